@@ -1,0 +1,70 @@
+//! What the server can be told. [`Config::default`] is what the binary runs
+//! with when given no options.
+
+use std::time::Duration;
+
+/// Bytes asked of the kernel per `read`. The loopback device moves up to
+/// 64 KiB per segment, so this takes a whole one per system call; the server
+/// rounds it down to a multiple of `max_read` so that a block is always cut
+/// into full frames plus one remainder.
+pub const DEFAULT_READ_BUFFER: usize = 64 * 1024;
+
+/// Bytes one connection may be read per wakeup before the others get their
+/// turn (then it is revisited without waiting for a new event).
+pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
+
+/// How long printed frames may wait in the output buffer. Flushing once per
+/// millisecond instead of once per wakeup costs an interactive reader
+/// nothing and saves a `write` per message under load.
+pub const DEFAULT_FLUSH_LAG: Duration = Duration::from_millis(1);
+
+/// Listen backlog: mio's own default is 128, too few for a burst of clients.
+pub const DEFAULT_BACKLOG: u32 = 1024;
+
+/// Everything that shapes how the server behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bytes per frame (`--max-read`, default 25).
+    pub max_read: usize,
+    /// Bytes written to every new client; empty for none.
+    pub greeting: Vec<u8>,
+    /// Print TEXT unchanged instead of escaping it (`--raw`).
+    pub raw: bool,
+    /// Start each frame line with the client's address (`--tag`).
+    pub tag: bool,
+    /// Connections served at once; `None` derives it from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Close a client that has sent nothing for this long.
+    pub idle_timeout: Option<Duration>,
+    /// TCP keepalive idle time on accepted sockets.
+    pub keepalive: Option<Duration>,
+    /// Log a statistics line this often.
+    pub stats_interval: Option<Duration>,
+    /// Bytes asked of the kernel per `read` (see [`DEFAULT_READ_BUFFER`]).
+    pub read_buffer: usize,
+    /// Bytes read from one connection per wakeup (see [`DEFAULT_READ_BUDGET`]).
+    pub read_budget: usize,
+    /// Longest time printed frames wait before they are written out.
+    pub flush_lag: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_read: crate::MAX_READ,
+            greeting: crate::GREETING.to_vec(),
+            raw: false,
+            tag: false,
+            max_connections: None,
+            backlog: DEFAULT_BACKLOG,
+            idle_timeout: None,
+            keepalive: None,
+            stats_interval: None,
+            read_buffer: DEFAULT_READ_BUFFER,
+            read_budget: DEFAULT_READ_BUDGET,
+            flush_lag: DEFAULT_FLUSH_LAG,
+        }
+    }
+}

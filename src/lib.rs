@@ -1,0 +1,50 @@
+//! `simple_tcp_server`: the TCP server of "The Way to Go" (chapter 15.1),
+//! rebuilt as a single-threaded mio reactor that holds tens of thousands of
+//! connections, frames what clients send into `<LEN:TEXT>` lines and never
+//! lets a client forge a line of the transcript.
+//!
+//! # Layout
+//!
+//! - [`config`]: everything the server can be told, with the defaults the
+//!   binary uses.
+//! - [`server`]: the reactor. [`server::Server`] owns the `mio::Poll`, the
+//!   listener and the slab of connections; [`server::Server::run`] takes the
+//!   output sink, so tests and benches drive the same code path as the binary.
+//! - `connection`: one client's state, kept as small as the design allows.
+//! - [`transcript`]: the buffered output sink and the flush policy.
+//! - [`frame`]: cutting bytes into frames, escaping, and the inverse
+//!   (parsing and unescaping transcript lines) for tests and tools.
+//! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
+//!   permanent) and what the accept loop does with each error.
+//! - [`limits`]: the open-file limit, raised at start as Go does.
+//! - [`duration`]: parsing `300ms`, `5s`, `2m` on the command line.
+//!
+//! The binaries in `src/bin/` only parse arguments, set up logging and call
+//! into this library.
+
+#![warn(missing_docs, rust_2018_idioms, unreachable_pub, clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod config;
+mod connection;
+pub mod duration;
+pub mod frame;
+pub mod limits;
+pub mod net_error;
+pub mod server;
+pub mod transcript;
+
+pub use config::Config;
+pub use server::{Server, Stopper, Summary};
+
+/// The port the chapter's programs use.
+pub const DEFAULT_PORT: u16 = 50000;
+
+/// The host the server listens on when none is given.
+pub const DEFAULT_HOST: &str = "localhost";
+
+/// Bytes per frame: simple_tcp_server.go reads into a 25-byte buffer.
+pub const MAX_READ: usize = 25;
+
+/// What simple_tcp_server.go writes to every new client.
+pub const GREETING: &[u8] = b"Let's GO!\n";

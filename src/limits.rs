@@ -1,0 +1,78 @@
+//! The open-file limit: raised at start (as Go's runtime does since 1.19),
+//! and the connection cap derived from it.
+
+use std::io;
+
+/// Descriptors kept back from the connection cap for the listener, the
+/// poller, stdio, the signal pipe and logs. Redis keeps the same 32.
+pub const RESERVED_FDS: u64 = 32;
+
+/// The process's open-file limit as (soft, hard).
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a pointer to a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Sets the soft open-file limit to `soft` (the hard limit stays).
+pub fn set_soft_nofile_limit(soft: u64) -> io::Result<()> {
+    let (_, hard) = nofile_limit()?;
+    let lim = libc::rlimit {
+        rlim_cur: soft.min(hard) as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads one rlimit through a pointer to a live local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the new soft
+/// limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    if soft < hard {
+        set_soft_nofile_limit(hard)?;
+    }
+    Ok(nofile_limit()?.0)
+}
+
+/// The default connection cap for a soft open-file limit: all of it but
+/// [`RESERVED_FDS`], and at least one.
+pub fn max_connections_for(soft_limit: u64) -> usize {
+    usize::try_from(soft_limit.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
+}
+
+/// The default connection cap for this process's current soft limit.
+pub fn default_max_connections() -> usize {
+    match nofile_limit() {
+        Ok((soft, _)) => max_connections_for(soft),
+        Err(_) => max_connections_for(1024),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_keeps_a_reserve() {
+        assert_eq!(max_connections_for(20000), 19968);
+        assert_eq!(max_connections_for(64), 32);
+        assert_eq!(max_connections_for(10), 1);
+    }
+
+    #[test]
+    fn reads_the_limit() {
+        let (soft, hard) = nofile_limit().expect("getrlimit");
+        assert!(soft <= hard);
+        assert!(soft > 0);
+    }
+}
