@@ -85,7 +85,11 @@ mod tests {
     fn stays_small() {
         // The budget is 96 bytes of server memory per connection; the slab
         // entry is most of it.
-        assert!(std::mem::size_of::<Connection>() <= 48, "{}", std::mem::size_of::<Connection>());
+        assert!(
+            std::mem::size_of::<Connection>() <= 48,
+            "{}",
+            std::mem::size_of::<Connection>()
+        );
         assert!(std::mem::size_of::<slab::Slab<Connection>>() <= 48);
     }
 }

@@ -20,9 +20,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" | "sec" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("invalid duration `{text}`: unknown unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "invalid duration `{text}`: unknown unit `{other}` (use ms, s, m or h)"
+            ));
+        }
     };
-    Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| format!("invalid duration `{text}`: out of range"))
+    Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("invalid duration `{text}`: out of range"))
 }
 
 #[cfg(test)]

@@ -169,11 +169,7 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
         }
         base += SCAN_CHUNK;
     }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| !is_plain(b))
-        .map(|i| base + i)
+    chunks.remainder().iter().position(|&b| !is_plain(b)).map(|i| base + i)
 }
 
 /// True when every byte of `bytes` is printed as it is.
@@ -202,12 +198,7 @@ fn is_hidden_char(c: char) -> bool {
 /// Appends `\xNN`.
 fn push_hex(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(&[
-        b'\\',
-        b'x',
-        HEX[usize::from(b >> 4)],
-        HEX[usize::from(b & 0xF)],
-    ]);
+    out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xF)]]);
 }
 
 /// Appends the escaped form of `text` (see the module docs).
@@ -441,7 +432,11 @@ mod tests {
     fn mixed_block_matches_frame_by_frame() {
         let mut block = Vec::new();
         for i in 0..2000u32 {
-            block.push(if i % 97 == 0 { (i % 256) as u8 } else { b'a' + (i % 26) as u8 });
+            block.push(if i % 97 == 0 {
+                (i % 256) as u8
+            } else {
+                b'a' + (i % 26) as u8
+            });
         }
         for m in [1, 2, 25, 31, 512, 4096] {
             let f = Framer::new(m, false);

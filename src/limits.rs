@@ -17,6 +17,7 @@ pub fn nofile_limit() -> io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
     Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
 }
 

@@ -44,9 +44,7 @@ pub fn classify(op: Op, err: &io::Error) -> Class {
     match err.kind() {
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Class::Timeout,
         io::ErrorKind::Interrupted => Class::Temporary,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted if op == Op::Accept => {
-            Class::Temporary
-        }
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted if op == Op::Accept => Class::Temporary,
         _ => Class::Permanent,
     }
 }
@@ -117,9 +115,9 @@ pub fn accept_action(err: &io::Error) -> AcceptAction {
         // than spin or die.
         Some(_) => AcceptAction::Backoff,
         None => match err.kind() {
-            io::ErrorKind::Interrupted
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset => AcceptAction::Retry,
+            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset => {
+                AcceptAction::Retry
+            }
             _ => AcceptAction::Backoff,
         },
     }

@@ -267,7 +267,9 @@ impl Server {
         let sweep = config.idle_timeout.map(|timeout| {
             let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
             Sweep {
-                timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX / 2).min(u32::MAX / 2),
+                timeout_ms: u32::try_from(timeout.as_millis())
+                    .unwrap_or(u32::MAX / 2)
+                    .min(u32::MAX / 2),
                 step: period / SWEEP_STEPS,
                 next: now + period / SWEEP_STEPS,
                 cursor: 0,
@@ -328,7 +330,11 @@ impl Server {
         if self.waker.is_none() {
             self.waker = Some(Arc::new(Waker::new(self.poll.registry(), STOP)?));
         }
-        let waker = self.waker.as_ref().map(Arc::clone).ok_or_else(|| io::Error::other("no waker"))?;
+        let waker = self
+            .waker
+            .as_ref()
+            .map(Arc::clone)
+            .ok_or_else(|| io::Error::other("no waker"))?;
         Ok(Stopper(waker))
     }
 
@@ -336,7 +342,9 @@ impl Server {
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
-        self.poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.core.signals = Some(signals);
         Ok(())
     }
@@ -394,10 +402,10 @@ impl Core {
         self.tick();
         out.stamp(self.now);
         let busy = !self.run_queue.is_empty() || self.accept.ready;
-        if let Some(due) = out.deadline(self.config.flush_lag) {
-            if due <= self.now || (!busy && self.config.flush_lag.is_zero()) {
-                out.flush()?;
-            }
+        if let Some(due) = out.deadline(self.config.flush_lag)
+            && (due <= self.now || (!busy && self.config.flush_lag.is_zero()))
+        {
+            out.flush()?;
         }
         if busy {
             return Ok(Some(Duration::ZERO));
@@ -429,11 +437,11 @@ impl Core {
             }
             out.flush_if_full()?;
         }
-        if let Some(until) = self.accept.paused_until {
-            if until <= self.now {
-                self.accept.paused_until = None;
-                self.accept.ready = true;
-            }
+        if let Some(until) = self.accept.paused_until
+            && until <= self.now
+        {
+            self.accept.paused_until = None;
+            self.accept.ready = true;
         }
         if self.accept.ready {
             self.accept_ready(registry, out)?;
@@ -455,7 +463,9 @@ impl Core {
             return Ok(());
         }
         for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = self.listener.as_ref() else { return Ok(()) };
+            let Some(listener) = self.listener.as_ref() else {
+                return Ok(());
+            };
             match listener.accept() {
                 Ok((stream, peer)) => {
                     self.end_shortage();
@@ -536,7 +546,10 @@ impl Core {
     /// Registers a new client, prints `Connection from`, sends the greeting.
     fn add<W: Write>(&mut self, mut stream: TcpStream, peer: SocketAddr, registry: &Registry, out: &mut Transcript<W>) {
         if self.accept.full_rejects > 0 {
-            info!("room again: {} clients were turned away while full", self.accept.full_rejects);
+            info!(
+                "room again: {} clients were turned away while full",
+                self.accept.full_rejects
+            );
             self.accept.full_rejects = 0;
         }
         let entry = self.connections.vacant_entry();
@@ -559,6 +572,10 @@ impl Core {
             Ok(true) => {}
             Ok(false) => {
                 // The rest goes out when the socket becomes writable.
+                debug!(
+                    "[{key}] {peer}: greeting: {} bytes wait for WRITABLE",
+                    self.config.greeting.len() - conn.greeting_sent as usize
+                );
                 match registry.reregister(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
                     Ok(()) => conn.flags |= WANTS_WRITE,
                     Err(e) => {
@@ -606,10 +623,11 @@ impl Core {
                 }
             }
         }
-        if (event.is_readable() || event.is_read_closed() || event.is_error()) && !conn.has(QUEUED) {
-            if let Some(reason) = self.read_ready(key, out) {
-                self.close(key, reason, out);
-            }
+        if (event.is_readable() || event.is_read_closed() || event.is_error())
+            && !conn.has(QUEUED)
+            && let Some(reason) = self.read_ready(key, out)
+        {
+            self.close(key, reason, out);
         }
     }
 
@@ -618,7 +636,11 @@ impl Core {
     fn read_ready<W: Write>(&mut self, key: usize, out: &mut Transcript<W>) -> Option<Close> {
         let conn = self.connections.get_mut(key)?;
         let mut tag_buf = [0u8; 64];
-        let tag = if self.config.tag { format_tag(&mut tag_buf, conn.peer) } else { &[][..] };
+        let tag = if self.config.tag {
+            format_tag(&mut tag_buf, conn.peer)
+        } else {
+            &[][..]
+        };
         let full = self.read_buf.len();
         let mut budget = self.config.read_budget;
         loop {
@@ -650,13 +672,18 @@ impl Core {
     /// Closes connection `key`: prints `Closed connection`, frees its slot
     /// and lets a paused accept try again.
     fn close<W: Write>(&mut self, key: usize, reason: Close, out: &mut Transcript<W>) {
-        let Some(conn) = self.connections.try_remove(key) else { return };
+        let Some(conn) = self.connections.try_remove(key) else {
+            return;
+        };
         match &reason {
             Close::Eof | Close::Shutdown => debug!("[{key}] {}: closed ({reason:?})", conn.peer),
             Close::Error(e) => debug!("[{key}] {}: closed: {e}", conn.peer),
             Close::Idle => {
-                info!("[{key}] {}: closed after {:?} without data (--idle-timeout)", conn.peer,
-                    Duration::from_millis(u64::from(self.now_ms.wrapping_sub(conn.last_active))));
+                info!(
+                    "[{key}] {}: closed after {:?} without data (--idle-timeout)",
+                    conn.peer,
+                    Duration::from_millis(u64::from(self.now_ms.wrapping_sub(conn.last_active)))
+                );
                 self.stats.idle_closed += 1;
             }
         }
@@ -681,10 +708,10 @@ impl Core {
         let mut key = sweep.cursor % span;
         let mut idle = Vec::new();
         for _ in 0..per_step {
-            if let Some(conn) = self.connections.get(key) {
-                if self.now_ms.wrapping_sub(conn.last_active) >= timeout {
-                    idle.push(key);
-                }
+            if let Some(conn) = self.connections.get(key)
+                && self.now_ms.wrapping_sub(conn.last_active) >= timeout
+            {
+                idle.push(key);
             }
             key = (key + 1) % span;
         }
@@ -768,7 +795,9 @@ mod tests {
     #[test]
     fn tags_fit() {
         let mut buf = [0u8; 64];
-        let v6: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535".parse().expect("addr");
+        let v6: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+            .parse()
+            .expect("addr");
         let tag = format_tag(&mut buf, v6);
         assert_eq!(tag, format!("{v6} ").as_bytes());
     }
@@ -777,7 +806,10 @@ mod tests {
     fn resolves_ipv4_first() {
         let addrs = resolve("localhost", 7).expect("localhost resolves");
         assert!(addrs[0].is_ipv4(), "{addrs:?}");
-        assert_eq!(resolve("[::1]", 7).expect("::1").first().map(|a| a.to_string()), Some("[::1]:7".into()));
+        assert_eq!(
+            resolve("[::1]", 7).expect("::1").first().map(|a| a.to_string()),
+            Some("[::1]:7".into())
+        );
         assert!(resolve("no-such-host.invalid", 7).is_err());
     }
 }

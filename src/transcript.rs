@@ -83,7 +83,11 @@ impl<W: Write> Transcript<W> {
     /// Writes the buffer if it has grown past [`FLUSH_AT`].
     #[inline]
     pub fn flush_if_full(&mut self) -> io::Result<()> {
-        if self.buf.len() >= FLUSH_AT { self.flush() } else { Ok(()) }
+        if self.buf.len() >= FLUSH_AT {
+            self.flush()
+        } else {
+            Ok(())
+        }
     }
 
     /// Writes everything buffered to the sink and flushes the sink.
@@ -124,7 +128,10 @@ mod tests {
         assert_eq!(t.pending(), 30);
         let now = Instant::now();
         t.stamp(now);
-        assert_eq!(t.deadline(Duration::from_millis(1)), Some(now + Duration::from_millis(1)));
+        assert_eq!(
+            t.deadline(Duration::from_millis(1)),
+            Some(now + Duration::from_millis(1))
+        );
         t.flush().expect("flush to a Vec");
         assert_eq!(t.deadline(Duration::from_millis(1)), None);
         assert_eq!(t.written(), 30);

@@ -43,7 +43,12 @@ struct Args {
 
     /// Greeting written to every new client (a newline is added unless TEXT
     /// ends with one).
-    #[arg(long, value_name = "TEXT", default_value = "Let's GO!", conflicts_with = "no_greeting")]
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "Let's GO!",
+        conflicts_with = "no_greeting"
+    )]
     greeting: String,
 
     /// Send no greeting.
@@ -123,13 +128,13 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     let fitting = limits::max_connections_for(soft_limit);
-    if let Some(cap) = args.max_connections {
-        if cap > fitting {
-            warn!(
-                "--max-connections {cap} is more than the open-file limit ({soft_limit}) allows; \
+    if let Some(cap) = args.max_connections
+        && cap > fitting
+    {
+        warn!(
+            "--max-connections {cap} is more than the open-file limit ({soft_limit}) allows; \
                  past about {fitting}, new clients wait in the backlog until others leave"
-            );
-        }
+        );
     }
     let mut greeting = args.greeting.into_bytes();
     if args.no_greeting {

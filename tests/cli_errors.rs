@@ -1,0 +1,104 @@
+//! Bad arguments, an unresolvable host, a port in use: a short error on
+//! stderr, a non-zero exit, never a panic.
+
+mod util;
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(util::bin("simple_tcp_server"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run simple_tcp_server")
+}
+
+/// Asserts a clean failure, and returns stderr.
+fn fails_cleanly(args: &[&str]) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{args:?} panicked:\n{stderr}"
+    );
+    assert!(
+        out.stdout.is_empty() || !String::from_utf8_lossy(&out.stdout).contains("Listening"),
+        "{args:?}"
+    );
+    assert!(stderr.lines().count() <= 8, "{args:?}: error too long:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["--bogus"][..],
+        &["localhost", "99999"],
+        &["localhost", "http"],
+        &["--max-read", "0"],
+        &["--max-read", "lots"],
+        &["--idle-timeout", "soon"],
+        &["--keepalive", "10ms"],
+        &["--greeting", "x", "--no-greeting"],
+        &["a", "1", "extra"],
+    ] {
+        let stderr = fails_cleanly(args);
+        assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
+        assert_eq!(run(args).status.code(), Some(2), "{args:?}: clap's usage exit code");
+    }
+}
+
+#[test]
+fn unresolvable_host_is_one_line() {
+    let stderr = fails_cleanly(&["no-such-host.invalid", "0"]);
+    assert!(
+        stderr.contains("simple_tcp_server: cannot resolve host `no-such-host.invalid`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("simple_tcp_server:")).count(),
+        1
+    );
+}
+
+#[test]
+fn port_in_use_is_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let stderr = fails_cleanly(&["127.0.0.1", &port]);
+    assert!(
+        stderr.contains(&format!(
+            "simple_tcp_server: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn address_that_is_not_ours_is_one_line() {
+    // 192.0.2.1 (TEST-NET-1) is not assigned to this machine.
+    let stderr = fails_cleanly(&["192.0.2.1", "0"]);
+    assert!(stderr.contains("cannot listen on 192.0.2.1:0"), "{stderr}");
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let help = run(&["--help"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--max-read",
+        "--greeting",
+        "--no-greeting",
+        "--raw",
+        "--tag",
+        "[HOST]",
+        "[PORT]",
+    ] {
+        assert!(text.contains(option), "--help lacks {option}");
+    }
+    let version = run(&["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("simple_tcp_server "));
+}

@@ -1,0 +1,114 @@
+//! Running out of descriptors: the server neither exits nor spins; clients
+//! wait in the backlog and are served as others leave.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use util::{PATIENCE, ServerProcess};
+
+/// Tries to read the greeting without blocking; true once it has arrived.
+fn greeted(client: &mut TcpStream) -> bool {
+    let mut greeting = [0u8; 10];
+    match client.peek(&mut greeting) {
+        Ok(10) => {
+            client.read_exact(&mut greeting).expect("read greeting");
+            assert_eq!(&greeting, b"Let's GO!\n");
+            true
+        }
+        Ok(_) => false,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("client failed while waiting: {e}"),
+    }
+}
+
+#[test]
+fn a_hard_limit_of_64_files_pauses_accepts_without_spinning() {
+    const CLIENTS: usize = 200;
+    // A cap above what 64 descriptors allow, so accept itself meets EMFILE.
+    let mut server = ServerProcess::start_with_limit(&["--max-connections", "1000"], Some(64));
+    let mut clients: Vec<Option<TcpStream>> = (0..CLIENTS)
+        .map(|i| {
+            let c = TcpStream::connect(server.addr).unwrap_or_else(|e| panic!("connect #{i}: {e}"));
+            c.set_nonblocking(true).expect("nonblocking");
+            Some(c)
+        })
+        .collect();
+
+    // Phase 1: the server takes what its descriptors allow, then waits.
+    let mut served = [false; CLIENTS];
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        for (i, c) in clients.iter_mut().enumerate() {
+            if !served[i] {
+                served[i] = greeted(c.as_mut().expect("open"));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_batch = served.iter().filter(|&&s| s).count();
+    assert!(
+        first_batch > 10 && first_batch < 64,
+        "greeted {first_batch} with 64 files\n{}",
+        server.context()
+    );
+
+    // While the rest wait, the server uses almost no CPU.
+    let cpu_before = server.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(
+        cpu < Duration::from_millis(200),
+        "server spun: {cpu:?} of CPU in 1 s\n{}",
+        server.context()
+    );
+    assert!(server.is_running(), "server exited\n{}", server.context());
+    assert_eq!(
+        util::count_lines(&server.stdout.bytes(), "Connection from:"),
+        first_batch
+    );
+
+    // Phase 2: each served client sends one message and leaves; the waiting
+    // ones are accepted as descriptors free up.
+    let deadline = Instant::now() + PATIENCE;
+    let mut done = 0;
+    while done < CLIENTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of {CLIENTS} served\n{}",
+            server.context()
+        );
+        for (i, slot) in clients.iter_mut().enumerate() {
+            let Some(c) = slot.as_mut() else { continue };
+            if !served[i] {
+                served[i] = greeted(c);
+            }
+            if served[i] {
+                c.write_all(format!("client {i} was here").as_bytes()).expect("send");
+                *slot = None;
+                done += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.wait_lines("Closed connection:", CLIENTS);
+    let out = server.stdout.bytes();
+    for i in 0..CLIENTS {
+        let line = format!("client {i} was here");
+        assert!(
+            util::contains(&out, line.as_bytes()),
+            "missing {line:?}\n{}",
+            server.context()
+        );
+    }
+    assert!(server.is_running());
+    // The shortage was logged once per burst, not once per retry.
+    let warnings = server.stderr.text().matches("pausing accepts").count();
+    assert!(
+        (1..=20).contains(&warnings),
+        "{warnings} pause warnings\n{}",
+        server.context()
+    );
+}

@@ -1,0 +1,414 @@
+//! Test helpers: start the real `simple_tcp_server` binary on port 0, read
+//! the address it prints, collect its stdout and stderr, and kill it when the
+//! test is done. Failures print the server's output for context.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use simple_tcp_server::frame::{parse_frame_line, unescape};
+
+/// Generous bound for anything a test waits for; a healthy run takes far less.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The path of one of this crate's binaries.
+pub fn bin(name: &str) -> &'static str {
+    match name {
+        "simple_tcp_server" => env!("CARGO_BIN_EXE_simple_tcp_server"),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// Bytes a child wrote to one of its pipes, filled by a reader thread.
+#[derive(Default)]
+pub struct Captured {
+    state: Mutex<(Vec<u8>, bool)>,
+    changed: Condvar,
+}
+
+impl Captured {
+    fn spawn(mut pipe: impl Read + Send + 'static) -> Arc<Captured> {
+        let captured = Arc::new(Captured::default());
+        let sink = Arc::clone(&captured);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = pipe.read(&mut buf).unwrap_or(0);
+                let mut state = sink.state.lock().expect("capture lock");
+                if n == 0 {
+                    state.1 = true;
+                } else {
+                    state.0.extend_from_slice(&buf[..n]);
+                }
+                sink.changed.notify_all();
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        captured
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.state.lock().expect("capture lock").0.clone()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes()).into_owned()
+    }
+
+    /// Waits until `pred` holds for the bytes so far, or the pipe closes, or
+    /// `timeout` passes. Returns whether `pred` held.
+    pub fn wait_for(&self, timeout: Duration, mut pred: impl FnMut(&[u8]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.state.lock().expect("capture lock");
+        loop {
+            if pred(&state.0) {
+                return true;
+            }
+            let now = Instant::now();
+            if state.1 || now >= deadline {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .expect("capture lock")
+                .0;
+        }
+    }
+}
+
+/// `127.0.0.1 0 ARGS...`
+fn local(args: &[&str]) -> Vec<String> {
+    let mut full: Vec<String> = vec!["127.0.0.1".into(), "0".into()];
+    full.extend(args.iter().map(|s| s.to_string()));
+    full
+}
+
+/// A running server binary.
+pub struct ServerProcess {
+    child: Child,
+    /// The address from the `Listening to:` line.
+    pub addr: SocketAddr,
+    pub stdout: Arc<Captured>,
+    pub stderr: Arc<Captured>,
+    args: Vec<String>,
+}
+
+impl ServerProcess {
+    /// Starts `simple_tcp_server 127.0.0.1 0 ARGS...`.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with_limit(args, None)
+    }
+
+    /// Starts the server with its open-file limit (soft and hard) set to
+    /// `nofile`, if given.
+    pub fn start_with_limit(args: &[&str], nofile: Option<u64>) -> ServerProcess {
+        ServerProcess::start_raw(&local(args), nofile, &[])
+    }
+
+    /// Starts the server with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::start_raw(&local(args), None, env)
+    }
+
+    /// Starts the server with exactly `args`.
+    pub fn start_raw(args: &[String], nofile: Option<u64>, env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(bin("simple_tcp_server"));
+        cmd.args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("SERVER_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(limit) = nofile {
+            // SAFETY: between fork and exec only async-signal-safe calls are
+            // allowed; setrlimit is one, and the closure touches no locks.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit as libc::rlim_t,
+                        rlim_max: limit as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start simple_tcp_server");
+        let stdout = Captured::spawn(child.stdout.take().expect("stdout pipe"));
+        let stderr = Captured::spawn(child.stderr.take().expect("stderr pipe"));
+        let mut server = ServerProcess {
+            child,
+            addr: "0.0.0.0:0".parse().expect("placeholder address"),
+            stdout,
+            stderr,
+            args: args.to_vec(),
+        };
+        let started = server.stdout.wait_for(PATIENCE, |out| {
+            out.starts_with(b"Listening to:  ") && out.contains(&b'\n')
+        });
+        assert!(started, "server did not start\n{}", server.context());
+        let text = server.stdout.text();
+        let line = text.lines().next().unwrap_or_default();
+        server.addr = line["Listening to:  ".len()..]
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
+        server
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The server's arguments, stdout and stderr, for failure messages.
+    pub fn context(&self) -> String {
+        let out = self.stdout.text();
+        let tail: String = if out.len() > 4000 {
+            format!("...{}", &out[out.len() - 4000..])
+        } else {
+            out
+        };
+        format!(
+            "--- server args: {:?}\n--- stdout (tail):\n{}\n--- stderr:\n{}",
+            self.args,
+            tail,
+            self.stderr.text()
+        )
+    }
+
+    /// Waits until the transcript holds at least `n` lines starting with
+    /// `prefix`; panics with context if it does not within [`PATIENCE`].
+    pub fn wait_lines(&self, prefix: &str, n: usize) {
+        let ok = self.stdout.wait_for(PATIENCE, |out| count_lines(out, prefix) >= n);
+        assert!(ok, "waited for {n} lines starting {prefix:?}\n{}", self.context());
+    }
+
+    /// Waits until the transcript holds `needle`.
+    pub fn wait_text(&self, needle: &str) {
+        let ok = self.stdout.wait_for(PATIENCE, |out| contains(out, needle.as_bytes()));
+        assert!(ok, "waited for {needle:?}\n{}", self.context());
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory effects; the pid is our own child, which
+        // is not reaped before `wait_exit`, so it cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits for the server to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Let the reader threads see end of file.
+                self.stdout.wait_for(Duration::from_secs(5), |_| false);
+                self.stderr.wait_for(Duration::from_secs(5), |_| false);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {timeout:?}\n{}",
+                self.context()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the server is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Threads in the server process, from /proc.
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("Threads line")
+    }
+
+    /// CPU time (user + system) the server has used, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid())
+    }
+
+    /// Open descriptors of the server, from /proc.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time (user + system) of process `pid`.
+pub fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn count_lines(out: &[u8], prefix: &str) -> usize {
+    out.split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(prefix.as_bytes()))
+        .count()
+}
+
+/// Connects a client and reads the greeting (asserting it is the default one).
+pub fn connect_greeted(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).expect("read timeout");
+    let mut greeting = [0u8; 10];
+    stream.read_exact(&mut greeting).expect("read greeting");
+    assert_eq!(&greeting, b"Let's GO!\n");
+    stream
+}
+
+/// Writes all of `data`.
+pub fn send(stream: &mut TcpStream, data: &[u8]) {
+    stream.write_all(data).expect("send");
+}
+
+/// One frame line, parsed: (tag, LEN, raw bytes).
+pub fn frames_of(out: &[u8]) -> Vec<(Option<String>, usize, Vec<u8>)> {
+    out.split(|&b| b == b'\n')
+        .filter_map(parse_frame_line)
+        .map(|f| {
+            let bytes =
+                unescape(f.text).unwrap_or_else(|e| panic!("bad escape in {:?}: {e}", String::from_utf8_lossy(f.text)));
+            assert_eq!(
+                bytes.len(),
+                f.len,
+                "LEN does not match TEXT in {:?}",
+                String::from_utf8_lossy(f.text)
+            );
+            (f.tag.map(str::to_string), f.len, bytes)
+        })
+        .collect()
+}
+
+/// Every client's bytes, rebuilt from a `--tag` transcript, keyed by address.
+pub fn streams_by_client(out: &[u8]) -> HashMap<String, Vec<u8>> {
+    let mut streams: HashMap<String, Vec<u8>> = HashMap::new();
+    for (tag, _, bytes) in frames_of(out) {
+        let tag = tag.expect("transcript run with --tag");
+        streams.entry(tag).or_default().extend_from_slice(&bytes);
+    }
+    streams
+}
+
+/// A small deterministic generator (xorshift64*), so tests need no crate.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// An output sink shared with the test, for servers run in-process.
+#[derive(Clone, Default)]
+pub struct SharedSink(pub Arc<Captured>);
+
+impl Write for SharedSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut state = self.0.state.lock().expect("sink lock");
+        state.0.extend_from_slice(buf);
+        self.0.changed.notify_all();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A library server running on a thread of the test process.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub out: Arc<Captured>,
+    stopper: simple_tcp_server::Stopper,
+    thread: Option<std::thread::JoinHandle<std::io::Result<simple_tcp_server::Summary>>>,
+}
+
+impl InProcess {
+    /// Runs `simple_tcp_server::Server` with `config` on 127.0.0.1, port 0.
+    pub fn start(config: simple_tcp_server::Config) -> InProcess {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut server = simple_tcp_server::Server::from_listener(listener, config).expect("server");
+        let addr = server.local_addr();
+        let stopper = server.stopper().expect("stopper");
+        let sink = SharedSink::default();
+        let out = Arc::clone(&sink.0);
+        let thread = std::thread::spawn(move || server.run(sink));
+        InProcess {
+            addr,
+            out,
+            stopper,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the server and returns its summary.
+    pub fn stop(mut self) -> simple_tcp_server::Summary {
+        self.stopper.stop().expect("stop");
+        let thread = self.thread.take().expect("running");
+        thread.join().expect("server thread").expect("server run")
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.stopper.stop();
+            let _ = thread.join();
+        }
+    }
+}
