@@ -17,6 +17,7 @@
 //! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
+//! - [`client`]: the blocking companion client (`tcp_client`).
 //! - [`duration`]: parsing `300ms`, `5s`, `2m` on the command line.
 //!
 //! The binaries in `src/bin/` only parse arguments, set up logging and call
@@ -25,6 +26,7 @@
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub, clippy::undocumented_unsafe_blocks)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod client;
 pub mod config;
 mod connection;
 pub mod duration;

@@ -20,6 +20,7 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub fn bin(name: &str) -> &'static str {
     match name {
         "simple_tcp_server" => env!("CARGO_BIN_EXE_simple_tcp_server"),
+        "tcp_client" => env!("CARGO_BIN_EXE_tcp_client"),
         other => panic!("unknown binary {other}"),
     }
 }
@@ -116,6 +117,13 @@ impl ServerProcess {
     /// Starts the server with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         ServerProcess::start_raw(&local(args), None, env)
+    }
+
+    /// Starts the server on a given port of 127.0.0.1.
+    pub fn start_on_port(port: u16, args: &[&str]) -> ServerProcess {
+        let mut full: Vec<String> = vec!["127.0.0.1".into(), port.to_string()];
+        full.extend(args.iter().map(|s| s.to_string()));
+        ServerProcess::start_raw(&full, None, &[])
     }
 
     /// Starts the server with exactly `args`.
@@ -257,6 +265,89 @@ impl ServerProcess {
 }
 
 impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// A child process with captured output, killed on drop.
+pub struct ChildProcess {
+    pub child: Child,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: Arc<Captured>,
+    pub stderr: Arc<Captured>,
+}
+
+impl ChildProcess {
+    /// Starts one of this crate's binaries with piped stdio.
+    pub fn start(name: &str, args: &[&str]) -> ChildProcess {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stdout = Captured::spawn(child.stdout.take().expect("stdout pipe"));
+        let stderr = Captured::spawn(child.stderr.take().expect("stderr pipe"));
+        let stdin = child.stdin.take();
+        ChildProcess {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Writes to the child's stdin.
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).expect("write stdin");
+        stdin.flush().expect("flush stdin");
+    }
+
+    /// Closes the child's stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for the child to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.stdout.wait_for(Duration::from_secs(5), |_| false);
+                self.stderr.wait_for(Duration::from_secs(5), |_| false);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "child did not exit within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+                self.stdout.text(),
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn context(&self) -> String {
+        format!(
+            "--- stdout:\n{}\n--- stderr:\n{}",
+            self.stdout.text(),
+            self.stderr.text()
+        )
+    }
+}
+
+impl Drop for ChildProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
