@@ -18,6 +18,7 @@
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
 //! - [`client`]: the blocking companion client (`tcp_client`).
+//! - [`load`]: the load generator behind `tcp_load`.
 //! - [`duration`]: parsing `300ms`, `5s`, `2m` on the command line.
 //!
 //! The binaries in `src/bin/` only parse arguments, set up logging and call
@@ -32,6 +33,7 @@ mod connection;
 pub mod duration;
 pub mod frame;
 pub mod limits;
+pub mod load;
 pub mod net_error;
 pub mod server;
 pub mod transcript;

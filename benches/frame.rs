@@ -1,0 +1,63 @@
+//! The framing + escaping hot path alone: bytes per second into a reused
+//! buffer, for printable chat text and for hostile bytes.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use simple_tcp_server::frame::Framer;
+
+/// One read's worth: 64 KiB rounded down to whole 25-byte frames, as the
+/// server reads.
+const BLOCK: usize = 65_525;
+
+fn chat_text(len: usize) -> Vec<u8> {
+    let mut text = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while text.len() < len {
+        text.extend_from_slice(format!("wong says: line {i} of the chat ").as_bytes());
+        i += 1;
+    }
+    text.truncate(len);
+    text
+}
+
+fn hostile(len: usize) -> Vec<u8> {
+    // Every byte value, ANSI sequences, broken UTF-8, newlines.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("frame");
+    group.throughput(Throughput::Bytes(BLOCK as u64));
+    let cases = [
+        ("printable", chat_text(BLOCK), 25, false, &b""[..]),
+        ("printable_tagged", chat_text(BLOCK), 25, false, &b"127.0.0.1:44581 "[..]),
+        ("printable_512", chat_text(BLOCK), 512, false, &b""[..]),
+        ("utf8_text", "héllo wörld, 世界 says: ünïcödé ".repeat(BLOCK / 40).into_bytes(), 25, false, &b""[..]),
+        ("hostile", hostile(BLOCK), 25, false, &b""[..]),
+        ("hostile_raw", hostile(BLOCK), 25, true, &b""[..]),
+    ];
+    for (name, data, max_read, raw, tag) in cases {
+        let framer = Framer::new(max_read, raw);
+        let mut out = Vec::with_capacity(BLOCK * 5);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                framer.frame_block(&mut out, tag, black_box(&data));
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
