@@ -18,6 +18,10 @@ pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
 /// nothing and saves a `write` per message under load.
 pub const DEFAULT_FLUSH_LAG: Duration = Duration::from_millis(1);
 
+/// How long the loop lets readiness events gather after a wakeup that found
+/// only a few (see [`Config::coalesce`]).
+pub const DEFAULT_COALESCE: Duration = Duration::from_micros(500);
+
 /// Listen backlog: mio's own default is 128, too few for a burst of clients.
 pub const DEFAULT_BACKLOG: u32 = 1024;
 
@@ -48,6 +52,11 @@ pub struct Config {
     pub read_budget: usize,
     /// Longest time printed frames wait before they are written out.
     pub flush_lag: Duration,
+    /// After a wakeup that found fewer events than the event buffer holds,
+    /// pause this long before polling again, so that under load one
+    /// `epoll_wait` and one context switch serve many messages. Zero polls
+    /// again at once.
+    pub coalesce: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +74,7 @@ impl Default for Config {
             read_buffer: DEFAULT_READ_BUFFER,
             read_budget: DEFAULT_READ_BUDGET,
             flush_lag: DEFAULT_FLUSH_LAG,
+            coalesce: DEFAULT_COALESCE,
         }
     }
 }

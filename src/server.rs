@@ -43,6 +43,11 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
 
+/// Bytes read in one wakeup above which the loop does not pause to
+/// coalesce events: that is bulk data, not chat, and pausing would only let a
+/// socket buffer fill (64 KiB is half the default receive buffer).
+const COALESCE_MAX_BYTES: usize = 64 * 1024;
+
 /// Connections accepted per wakeup before clients already connected get a
 /// turn; the rest are accepted on the next pass without waiting for an event.
 const ACCEPT_BUDGET: usize = 256;
@@ -212,6 +217,10 @@ struct Core {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// A stop was requested.
     stopping: bool,
+    /// The loop has just paused to let events gather: poll without waiting.
+    gathered: bool,
+    /// Bytes read since the last wakeup: bulk transfers are not paused.
+    wake_bytes: usize,
     accept: AcceptState,
     sweep: Option<Sweep>,
     stats_timer: Option<StatsTimer>,
@@ -291,6 +300,8 @@ impl Server {
             run_queue: VecDeque::new(),
             signals: None,
             stopping: false,
+            gathered: false,
+            wake_bytes: 0,
             accept: AcceptState {
                 ready: false,
                 paused_until: None,
@@ -373,7 +384,9 @@ impl Server {
             }
             core.tick();
             let registry = poll.registry();
+            let mut woken = 0;
             for event in events.iter() {
+                woken += 1;
                 match event.token() {
                     LISTENER => core.accept_ready(registry, &mut out)?,
                     STOP => core.stopping = true,
@@ -386,6 +399,7 @@ impl Server {
                 return core.shutdown(&mut out);
             }
             core.after_events(registry, &mut out)?;
+            core.coalesce(woken);
         }
     }
 }
@@ -397,11 +411,35 @@ impl Core {
         self.now_ms = self.now.duration_since(self.epoch).as_millis() as u32;
     }
 
+    /// After a wakeup that found a few small messages, lets more gather for
+    /// `--coalesce` before polling again: under load one `epoll_wait` and
+    /// one context switch then serve dozens of messages instead of one or
+    /// two, at the price of that much latency. A wakeup that filled the
+    /// event buffer, left work queued, or moved bulk data (where pausing
+    /// would only let a socket buffer fill and the sender stall) polls again
+    /// at once.
+    fn coalesce(&mut self, woken: usize) {
+        let window = self.config.coalesce;
+        let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
+        self.gathered = false;
+        if woken == 0 || woken >= EVENTS_CAPACITY || window.is_zero() || bulk || self.busy() {
+            return;
+        }
+        std::thread::sleep(window);
+        self.gathered = true;
+    }
+
+    /// Work is queued that must not wait for an event.
+    fn busy(&self) -> bool {
+        !self.run_queue.is_empty() || self.accept.ready
+    }
+
     /// Flushes what is due and computes how long `poll` may wait.
     fn before_poll<W: Write>(&mut self, out: &mut Transcript<W>) -> io::Result<Option<Duration>> {
         self.tick();
         out.stamp(self.now);
-        let busy = !self.run_queue.is_empty() || self.accept.ready;
+        // After a coalescing pause, collect what gathered without blocking.
+        let busy = self.busy() || self.gathered;
         if let Some(due) = out.deadline(self.config.flush_lag)
             && (due <= self.now || (!busy && self.config.flush_lag.is_zero()))
         {
@@ -649,6 +687,7 @@ impl Core {
                 Ok(n) => {
                     conn.last_active = self.now_ms;
                     self.stats.bytes += n as u64;
+                    self.wake_bytes += n;
                     self.stats.frames += self.framer.frame_block(out.buf(), tag, &self.read_buf[..n]);
                     // A short read drained the socket, unless the peer has
                     // closed: then read on to see the end of file.
