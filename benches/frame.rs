@@ -39,9 +39,21 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(BLOCK as u64));
     let cases = [
         ("printable", chat_text(BLOCK), 25, false, &b""[..]),
-        ("printable_tagged", chat_text(BLOCK), 25, false, &b"127.0.0.1:44581 "[..]),
+        (
+            "printable_tagged",
+            chat_text(BLOCK),
+            25,
+            false,
+            &b"127.0.0.1:44581 "[..],
+        ),
         ("printable_512", chat_text(BLOCK), 512, false, &b""[..]),
-        ("utf8_text", "héllo wörld, 世界 says: ünïcödé ".repeat(BLOCK / 40).into_bytes(), 25, false, &b""[..]),
+        (
+            "utf8_text",
+            "héllo wörld, 世界 says: ünïcödé ".repeat(BLOCK / 40).into_bytes(),
+            25,
+            false,
+            &b""[..],
+        ),
         ("hostile", hostile(BLOCK), 25, false, &b""[..]),
         ("hostile_raw", hostile(BLOCK), 25, true, &b""[..]),
     ];

@@ -100,7 +100,8 @@ fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
                     match listener.accept() {
                         Ok((mut stream, _)) => {
                             let entry = conns.vacant_entry();
-                            poll.registry().register(&mut stream, Token(entry.key()), Interest::READABLE)?;
+                            poll.registry()
+                                .register(&mut stream, Token(entry.key()), Interest::READABLE)?;
                             let greeted = stream.write(simple_tcp_server::GREETING).is_ok();
                             entry.insert((stream, greeted));
                         }
@@ -113,7 +114,9 @@ fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
                     return Ok(());
                 }
                 Token(key) => {
-                    let Some((stream, _)) = conns.get_mut(key) else { continue };
+                    let Some((stream, _)) = conns.get_mut(key) else {
+                        continue;
+                    };
                     let mut close = false;
                     loop {
                         match stream.read(&mut buf) {

@@ -202,9 +202,9 @@ fn first_to_escape(bytes: &[u8]) -> Option<usize> {
     for chunk in &mut chunks {
         // No early exit and no short-circuit inside the chunk, so this
         // compiles to vector compares.
-        let bad = chunk
-            .iter()
-            .fold(0u8, |acc, &b| acc | u8::from(b.wrapping_sub(0x20) >= 0x5F) | u8::from(b == b'\\'));
+        let bad = chunk.iter().fold(0u8, |acc, &b| {
+            acc | u8::from(b.wrapping_sub(0x20) >= 0x5F) | u8::from(b == b'\\')
+        });
         if bad != 0 {
             return chunk.iter().position(|&b| !is_plain(b)).map(|i| base + i);
         }

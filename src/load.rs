@@ -541,10 +541,10 @@ impl Run {
 
     /// Drops connection `key` after a failure.
     fn drop_conn(&mut self, key: usize) {
-        if let Some(conn) = self.conns.try_remove(key) {
-            if matches!(conn.phase, Phase::Connecting | Phase::Greeting) {
-                self.in_flight -= 1;
-            }
+        if let Some(conn) = self.conns.try_remove(key)
+            && matches!(conn.phase, Phase::Connecting | Phase::Greeting)
+        {
+            self.in_flight -= 1;
         }
     }
 
@@ -686,7 +686,9 @@ impl Run {
     /// Flood: writes until the socket is full or the connection's bytes are
     /// all out, then half-closes.
     fn on_writable(&mut self, key: usize) {
-        let Mode::Flood { bytes, .. } = self.cfg.mode else { return };
+        let Mode::Flood { bytes, .. } = self.cfg.mode else {
+            return;
+        };
         let Some(conn) = self.conns.get_mut(key) else { return };
         if conn.phase != Phase::Ready {
             return;
@@ -812,9 +814,8 @@ impl Run {
             }
             let util = cpu / elapsed;
             self.report.server_cpu_util = Some(util);
-            self.report.kept_up = Some(
-                self.report.blocked_writes == 0 && self.report.rate_achieved >= 0.99 * rate as f64 && util < 0.95,
-            );
+            self.report.kept_up =
+                Some(self.report.blocked_writes == 0 && self.report.rate_achieved >= 0.99 * rate as f64 && util < 0.95);
         } else {
             self.report.kept_up =
                 Some(self.report.blocked_writes == 0 && self.report.rate_achieved >= 0.99 * rate as f64);

@@ -140,7 +140,11 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot resolve `{}`: {e}", c.host))?[0];
     let mode = match cli.mode {
         ModeCmd::Hold { conns, hold } => Mode::Hold { conns, hold },
-        ModeCmd::Flood { conns, bytes, write_size } => Mode::Flood {
+        ModeCmd::Flood {
+            conns,
+            bytes,
+            write_size,
+        } => Mode::Flood {
             conns,
             bytes,
             write_size: usize::try_from(write_size.clamp(1, 16 << 20)).unwrap_or(1 << 20),

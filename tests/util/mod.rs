@@ -21,6 +21,7 @@ pub fn bin(name: &str) -> &'static str {
     match name {
         "simple_tcp_server" => env!("CARGO_BIN_EXE_simple_tcp_server"),
         "tcp_client" => env!("CARGO_BIN_EXE_tcp_client"),
+        "tcp_load" => env!("CARGO_BIN_EXE_tcp_load"),
         other => panic!("unknown binary {other}"),
     }
 }
