@@ -1,12 +1,23 @@
 //! One client's state. It lives in the server's slab, once per connection,
-//! so every byte counts: the socket, the peer's address (needed for the
-//! `Closed connection` line after a reset, when the kernel no longer knows
-//! it), how much of the greeting is out, when the client last sent, and a few
-//! flags. No buffer: the server reads through one shared block, and frames
-//! never span reads, so nothing of a connection's data outlives its read.
+//! so every byte counts: 32 bytes, which the slab stores without a separate
+//! tag (the `family` field's spare values hold it).
+//!
+//! What is kept, and why:
+//! - the socket (4 bytes: a descriptor);
+//! - the peer's address (24 bytes, stored flat: IP, port, IPv6 scope), for
+//!   the `Closed connection` line and `--tag`: after a reset the kernel no
+//!   longer knows it;
+//! - when the client last sent data (4 bytes), for `--idle-timeout`;
+//! - a few flags.
+//!
+//! Not kept: a read buffer (the server reads through one shared block, and
+//! frames never span reads, so nothing of a connection's data outlives its
+//! read), and the greeting's progress (almost every greeting goes out in one
+//! write; the rare one that does not is tracked by the server beside the
+//! slab).
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 use mio::net::TcpStream;
 
@@ -19,30 +30,65 @@ pub(crate) const PEER_CLOSED: u8 = 2;
 /// Registered for WRITABLE too, because the greeting is not all out.
 pub(crate) const WANTS_WRITE: u8 = 4;
 
+/// The address family of the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
 /// A connected client.
 #[derive(Debug)]
 pub(crate) struct Connection {
     /// The socket, registered with the server's poll under this slab key.
     pub(crate) stream: TcpStream,
-    /// The client's address, for the transcript and the logs.
-    pub(crate) peer: SocketAddr,
-    /// Bytes of the greeting written so far.
-    pub(crate) greeting_sent: u32,
+    /// The peer's IP: an IPv4 address in the first four bytes.
+    ip: [u8; 16],
+    /// The peer's IPv6 scope id (link-local addresses), else 0.
+    scope_id: u32,
     /// When the client last sent data, in the server's coarse milliseconds
     /// (wrapping); drives `--idle-timeout`.
     pub(crate) last_active: u32,
+    /// The peer's port.
+    port: u16,
+    /// Which of IPv4 and IPv6 `ip` holds.
+    family: Family,
     /// [`QUEUED`], [`PEER_CLOSED`], [`WANTS_WRITE`].
     pub(crate) flags: u8,
 }
 
 impl Connection {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, now_ms: u32) -> Connection {
+        let mut ip = [0u8; 16];
+        let (family, scope_id) = match peer {
+            SocketAddr::V4(a) => {
+                ip[..4].copy_from_slice(&a.ip().octets());
+                (Family::V4, 0)
+            }
+            SocketAddr::V6(a) => {
+                ip = a.ip().octets();
+                (Family::V6, a.scope_id())
+            }
+        };
         Connection {
             stream,
-            peer,
-            greeting_sent: 0,
+            ip,
+            scope_id,
             last_active: now_ms,
+            port: peer.port(),
+            family,
             flags: 0,
+        }
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        match self.family {
+            Family::V4 => {
+                let [a, b, c, d, ..] = self.ip;
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), self.port)
+            }
+            Family::V6 => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(self.ip), self.port, 0, self.scope_id)),
         }
     }
 
@@ -51,29 +97,25 @@ impl Connection {
     pub(crate) fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
+}
 
-    /// Writes what remains of `greeting`. `Ok(true)` once it is all out,
-    /// `Ok(false)` if the socket is full (finish on WRITABLE).
-    pub(crate) fn write_greeting(&mut self, greeting: &[u8]) -> io::Result<bool> {
-        loop {
-            let sent = self.greeting_sent as usize;
-            if sent >= greeting.len() {
-                return Ok(true);
-            }
-            match self.stream.write(&greeting[sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                // Greetings are capped well below 4 GiB, so this cannot wrap.
-                Ok(n) => self.greeting_sent += n as u32,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+/// Writes what remains of `greeting` after `sent` bytes, advancing `sent`.
+/// `Ok(true)` once it is all out, `Ok(false)` if the socket is full (finish
+/// on WRITABLE).
+pub(crate) fn write_greeting(stream: &mut TcpStream, greeting: &[u8], sent: &mut u32) -> io::Result<bool> {
+    loop {
+        let done = *sent as usize;
+        if done >= greeting.len() {
+            return Ok(true);
         }
-    }
-
-    /// Gives up on the greeting (the peer cannot take it).
-    pub(crate) fn abandon_greeting(&mut self, greeting: &[u8]) {
-        self.greeting_sent = greeting.len() as u32;
+        match stream.write(&greeting[done..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            // Greetings are capped below 4 GiB, so this cannot wrap.
+            Ok(n) => *sent += n as u32,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -82,14 +124,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stays_small() {
-        // The budget is 96 bytes of server memory per connection; the slab
-        // entry is most of it.
-        assert!(
-            std::mem::size_of::<Connection>() <= 48,
-            "{}",
-            std::mem::size_of::<Connection>()
-        );
-        assert!(std::mem::size_of::<slab::Slab<Connection>>() <= 48);
+    fn is_32_bytes_and_the_slab_needs_no_tag() {
+        assert_eq!(std::mem::size_of::<Connection>(), 32);
+        // A spare value of `family` is free for an enum's tag, as in the
+        // slab's `Entry<Connection>`.
+        assert_eq!(std::mem::size_of::<Option<Connection>>(), 32);
+    }
+
+    #[test]
+    fn keeps_the_peer_address_whole() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let std_stream = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        for peer in [
+            "127.0.0.1:44581",
+            "255.255.255.255:65535",
+            "[::1]:50000",
+            "[::ffff:1.2.3.4]:1",
+            "[fe80::1%7]:80",
+            "[2001:db8::dead:beef]:0",
+        ] {
+            let peer: SocketAddr = peer.parse().expect("address");
+            let stream = TcpStream::from_std(std_stream.try_clone().expect("clone"));
+            let conn = Connection::new(stream, peer, 0);
+            assert_eq!(conn.peer(), peer);
+            assert_eq!(conn.peer().to_string(), peer.to_string());
+        }
     }
 }

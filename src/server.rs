@@ -15,7 +15,7 @@
 //! server or makes it spin. Only a failing poll, a broken listener or an
 //! output that can no longer be written ends [`Server::run`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, PEER_CLOSED, QUEUED, WANTS_WRITE};
+use crate::connection::{Connection, PEER_CLOSED, QUEUED, WANTS_WRITE, write_greeting};
 use crate::frame::Framer;
 use crate::net_error::{self, AcceptAction};
 use crate::transcript::Transcript;
@@ -211,6 +211,10 @@ struct Core {
     /// The one read buffer, shared by all connections (a multiple of
     /// `max_read`, so blocks cut into full frames).
     read_buf: Vec<u8>,
+    /// Bytes of the greeting sent so far, for the rare connections whose
+    /// greeting did not fit their socket at once (kept out of the slab so
+    /// that every connection does not pay for it).
+    greetings_in_progress: HashMap<usize, u32>,
     /// Connections whose read budget ran out with data left.
     run_queue: VecDeque<usize>,
     /// SIGINT/SIGTERM, when the binary asked for them.
@@ -297,6 +301,7 @@ impl Server {
             max_connections,
             framer,
             read_buf: vec![0; read_len],
+            greetings_in_progress: HashMap::new(),
             run_queue: VecDeque::new(),
             signals: None,
             stopping: false,
@@ -606,28 +611,26 @@ impl Core {
         self.stats.accepted += 1;
         out.addr_line("Connection from:  ", peer);
         let mut conn = Connection::new(stream, peer, self.now_ms);
-        match conn.write_greeting(&self.config.greeting) {
+        let mut sent = 0;
+        match write_greeting(&mut conn.stream, &self.config.greeting, &mut sent) {
             Ok(true) => {}
             Ok(false) => {
                 // The rest goes out when the socket becomes writable.
                 debug!(
                     "[{key}] {peer}: greeting: {} bytes wait for WRITABLE",
-                    self.config.greeting.len() - conn.greeting_sent as usize
+                    self.config.greeting.len() - sent as usize
                 );
                 match registry.reregister(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
-                    Ok(()) => conn.flags |= WANTS_WRITE,
-                    Err(e) => {
-                        debug!("[{key}] {peer}: cannot wait to greet: {e}");
-                        conn.abandon_greeting(&self.config.greeting);
+                    Ok(()) => {
+                        conn.flags |= WANTS_WRITE;
+                        self.greetings_in_progress.insert(key, sent);
                     }
+                    Err(e) => debug!("[{key}] {peer}: cannot wait to greet: {e}"),
                 }
             }
-            Err(e) => {
-                // The client is gone or not listening; what it sent is still
-                // read and printed, and the read side closes the connection.
-                debug!("[{key}] {peer}: greeting: {e}");
-                conn.abandon_greeting(&self.config.greeting);
-            }
+            // The client is gone or not listening; what it sent is still read
+            // and printed, and the read side closes the connection.
+            Err(e) => debug!("[{key}] {peer}: greeting: {e}"),
         }
         entry.insert(conn);
         debug!("[{key}] {peer}: connected");
@@ -644,16 +647,18 @@ impl Core {
             conn.flags |= PEER_CLOSED;
         }
         if event.is_writable() && conn.has(WANTS_WRITE) {
-            let done = match conn.write_greeting(&self.config.greeting) {
+            let sent = self.greetings_in_progress.entry(key).or_default();
+            let done = match write_greeting(&mut conn.stream, &self.config.greeting, sent) {
                 Ok(done) => done,
                 Err(e) => {
-                    debug!("[{key}] {}: greeting: {e}", conn.peer);
-                    conn.abandon_greeting(&self.config.greeting);
+                    // Given up: the read side decides when to close.
+                    debug!("[{key}] {}: greeting: {e}", conn.peer());
                     true
                 }
             };
             if done {
                 // Greeted: stop asking for WRITABLE events.
+                self.greetings_in_progress.remove(&key);
                 conn.flags &= !WANTS_WRITE;
                 if let Err(e) = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE) {
                     self.close(key, Close::Error(e), out);
@@ -675,7 +680,7 @@ impl Core {
         let conn = self.connections.get_mut(key)?;
         let mut tag_buf = [0u8; 64];
         let tag = if self.config.tag {
-            format_tag(&mut tag_buf, conn.peer)
+            format_tag(&mut tag_buf, conn.peer())
         } else {
             &[][..]
         };
@@ -714,19 +719,23 @@ impl Core {
         let Some(conn) = self.connections.try_remove(key) else {
             return;
         };
+        if conn.has(WANTS_WRITE) {
+            self.greetings_in_progress.remove(&key);
+        }
+        let peer = conn.peer();
         match &reason {
-            Close::Eof | Close::Shutdown => debug!("[{key}] {}: closed ({reason:?})", conn.peer),
-            Close::Error(e) => debug!("[{key}] {}: closed: {e}", conn.peer),
+            Close::Eof | Close::Shutdown => debug!("[{key}] {peer}: closed ({reason:?})"),
+            Close::Error(e) => debug!("[{key}] {peer}: closed: {e}"),
             Close::Idle => {
                 info!(
                     "[{key}] {}: closed after {:?} without data (--idle-timeout)",
-                    conn.peer,
+                    peer,
                     Duration::from_millis(u64::from(self.now_ms.wrapping_sub(conn.last_active)))
                 );
                 self.stats.idle_closed += 1;
             }
         }
-        out.addr_line("Closed connection:  ", conn.peer);
+        out.addr_line("Closed connection:  ", peer);
         self.stats.closed += 1;
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
