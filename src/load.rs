@@ -192,6 +192,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Server CPU time (user + system) between the two samples, seconds.
+    pub fn server_cpu_secs(&self) -> Option<f64> {
+        Some(self.server_after?.cpu_secs - self.server_before?.cpu_secs)
+    }
+
     /// Hold: server RSS growth per established connection, bytes.
     pub fn rss_per_conn(&self) -> Option<f64> {
         if self.mode != "hold" {
@@ -277,7 +282,7 @@ impl Report {
                 "\"connect_secs\":{:.3},\"elapsed_secs\":{:.3},\"bytes_sent\":{},\"messages\":{},",
                 "\"mb_per_sec\":{:.3},\"rate_target\":{},\"rate_achieved\":{:.1},\"blocked_writes\":{},",
                 "\"server_rss_before\":{},\"server_rss_after\":{},\"rss_per_conn\":{},\"server_threads\":{},",
-                "\"cpu_us_per_msg\":{},\"server_cpu_util\":{},\"kept_up\":{}}}"
+                "\"server_cpu_secs\":{},\"cpu_us_per_msg\":{},\"server_cpu_util\":{},\"kept_up\":{}}}"
             ),
             self.mode,
             self.conns,
@@ -296,6 +301,7 @@ impl Report {
             self.server_after.map_or("null".into(), |p| p.rss.to_string()),
             num(self.rss_per_conn()),
             self.server_after.map_or("null".into(), |p| p.threads.to_string()),
+            num(self.server_cpu_secs()),
             num(self.cpu_us_per_msg),
             num(self.server_cpu_util),
             self.kept_up.map_or("null".into(), |k| k.to_string()),

@@ -43,10 +43,12 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
 
-/// Bytes read in one wakeup above which the loop does not pause to
-/// coalesce events: that is bulk data, not chat, and pausing would only let a
-/// socket buffer fill (64 KiB is half the default receive buffer).
-const COALESCE_MAX_BYTES: usize = 64 * 1024;
+/// Bytes read in one wakeup from which the loop does not pause to coalesce
+/// events: that is bulk data, not chat, and pausing would only let a socket
+/// buffer fill and the sender stall. A single loopback segment carries up to
+/// 64 KiB, so the bound sits well below it; chat at 100,000 messages of
+/// 100 bytes a second brings 5 kB per 500 us pause.
+const COALESCE_MAX_BYTES: usize = 16 * 1024;
 
 /// Connections accepted per wakeup before clients already connected get a
 /// turn; the rest are accepted on the next pass without waiting for an event.
@@ -225,6 +227,8 @@ struct Core {
     gathered: bool,
     /// Bytes read since the last wakeup: bulk transfers are not paused.
     wake_bytes: usize,
+    /// When the last wakeup that brought only small messages began.
+    last_small_wake: Option<Instant>,
     accept: AcceptState,
     sweep: Option<Sweep>,
     stats_timer: Option<StatsTimer>,
@@ -307,6 +311,7 @@ impl Server {
             stopping: false,
             gathered: false,
             wake_bytes: 0,
+            last_small_wake: None,
             accept: AcceptState {
                 ready: false,
                 paused_until: None,
@@ -416,22 +421,28 @@ impl Core {
         self.now_ms = self.now.duration_since(self.epoch).as_millis() as u32;
     }
 
-    /// After a wakeup that found a few small messages, lets more gather for
-    /// `--coalesce` before polling again: under load one `epoll_wait` and
-    /// one context switch then serve dozens of messages instead of one or
-    /// two, at the price of that much latency. A wakeup that filled the
-    /// event buffer, left work queued, or moved bulk data (where pausing
-    /// would only let a socket buffer fill and the sender stall) polls again
-    /// at once.
+    /// Under a steady stream of small messages, lets events gather for
+    /// `--coalesce` before polling again, so that one `epoll_wait` and one
+    /// context switch serve dozens of messages instead of one or two, at the
+    /// price of that much latency.
+    ///
+    /// It pauses only after two small wakeups in a row close together (the
+    /// second within twice the window of the first): a lone message, a new
+    /// connection or the end of a stream is handled and the loop blocks at
+    /// once. A wakeup that filled the event buffer, left work queued, or
+    /// moved bulk data (where a pause would only let a socket buffer fill and
+    /// the sender stall) never pauses.
     fn coalesce(&mut self, woken: usize) {
         let window = self.config.coalesce;
         let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
         self.gathered = false;
-        if woken == 0 || woken >= EVENTS_CAPACITY || window.is_zero() || bulk || self.busy() {
-            return;
+        let small = woken > 0 && woken < EVENTS_CAPACITY && !bulk && !window.is_zero() && !self.busy();
+        let previous = std::mem::replace(&mut self.last_small_wake, small.then_some(self.now));
+        let steady = previous.is_some_and(|t| self.now.duration_since(t) <= window * 2);
+        if small && steady {
+            std::thread::sleep(window);
+            self.gathered = true;
         }
-        std::thread::sleep(window);
-        self.gathered = true;
     }
 
     /// Work is queued that must not wait for an event.
