@@ -45,7 +45,12 @@ fn ingest(design: Design, clients: usize, per_client: u64) -> Duration {
     let report = load::run(config).expect("flood");
     server.stop();
     let elapsed = started.elapsed();
-    assert!(report.errors.is_empty(), "{} at {clients} clients: {:?}", design.name(), report.errors);
+    assert!(
+        report.errors.is_empty(),
+        "{} at {clients} clients: {:?}",
+        design.name(),
+        report.errors
+    );
     assert_eq!(report.bytes_sent, per_client * clients as u64);
     elapsed
 }
@@ -64,7 +69,11 @@ fn bench(c: &mut Criterion) {
             Design::TokioMulti,
             Design::Reactor25,
         ] {
-            let total = if design == Design::Reactor25 { TOTAL / SLOW_SHARE } else { TOTAL };
+            let total = if design == Design::Reactor25 {
+                TOTAL / SLOW_SHARE
+            } else {
+                TOTAL
+            };
             let per_client = total / clients as u64;
             group.throughput(Throughput::Bytes(per_client * clients as u64));
             group.bench_with_input(BenchmarkId::new(design.name(), clients), &clients, |b, &clients| {

@@ -13,10 +13,13 @@ pub const DEFAULT_READ_BUFFER: usize = 64 * 1024;
 /// turn (then it is revisited without waiting for a new event).
 pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
 
-/// How long printed frames may wait in the output buffer. Flushing once per
-/// millisecond instead of once per wakeup costs an interactive reader
-/// nothing and saves a `write` per message under load.
-pub const DEFAULT_FLUSH_LAG: Duration = Duration::from_millis(1);
+/// How long printed frames may wait in the output buffer before the loop
+/// blocks: none. The buffer is written before every blocking poll (or when
+/// it passes 256 KiB); under load, coalescing (below) already makes each
+/// write carry many messages. A lag above zero bounds poll with a timeout,
+/// and arming that timer on every wakeup costs more than the write it saves
+/// (measured on this VM: 7.2 us per chat message with 1 ms, 5.6 with 0).
+pub const DEFAULT_FLUSH_LAG: Duration = Duration::ZERO;
 
 /// How long the loop lets readiness events gather after a wakeup that found
 /// only a few (see [`Config::coalesce`]).

@@ -396,13 +396,39 @@ fn error_kind(e: &io::Error) -> String {
     }
 }
 
+/// Sets `IP_BIND_ADDRESS_NO_PORT` (Linux 4.2+): a socket bound to a source
+/// address gets its port when it connects.
+pub fn bind_address_no_port(socket: &socket2::Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local,
+    // on a descriptor that `socket` owns for the whole call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Opens a non-blocking connection from `source`.
 fn start_connect(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     if !source.is_unspecified() {
-        // Let the kernel reuse ports across source addresses.
+        // Choose the port at connect time, from the whole 4-tuple, as an
+        // unbound socket would: a port bound with bind(0) is taken for every
+        // destination, and the search for a free one slows to a crawl once
+        // tens of thousands of ports sit in TIME_WAIT.
+        bind_address_no_port(&socket)?;
         socket.bind(&SocketAddr::new(source, 0).into())?;
     }
     match socket.connect(&target.into()) {

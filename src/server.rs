@@ -50,6 +50,11 @@ const EVENTS_CAPACITY: usize = 1024;
 /// 100 bytes a second brings 5 kB per 500 us pause.
 const COALESCE_MAX_BYTES: usize = 16 * 1024;
 
+/// How many coalescing windows must pass after a connection was accepted or
+/// closed before the loop pauses again: while connections come and go,
+/// clients are waiting for greetings and closes.
+const CHURN_QUIET_WINDOWS: u32 = 10;
+
 /// Connections accepted per wakeup before clients already connected get a
 /// turn; the rest are accepted on the next pass without waiting for an event.
 const ACCEPT_BUDGET: usize = 256;
@@ -229,6 +234,9 @@ struct Core {
     wake_bytes: usize,
     /// When the last wakeup that brought only small messages began.
     last_small_wake: Option<Instant>,
+    /// When a connection was last accepted or closed (clients then wait on
+    /// the server, so the loop does not pause).
+    last_churn: Option<Instant>,
     accept: AcceptState,
     sweep: Option<Sweep>,
     stats_timer: Option<StatsTimer>,
@@ -312,6 +320,7 @@ impl Server {
             gathered: false,
             wake_bytes: 0,
             last_small_wake: None,
+            last_churn: None,
             accept: AcceptState {
                 ready: false,
                 paused_until: None,
@@ -422,16 +431,19 @@ impl Core {
     }
 
     /// Under a steady stream of small messages, lets events gather for
-    /// `--coalesce` before polling again, so that one `epoll_wait` and one
-    /// context switch serve dozens of messages instead of one or two, at the
-    /// price of that much latency.
+    /// `--coalesce` before polling again, so that one `epoll_wait`, one
+    /// context switch and one transcript write serve dozens of messages
+    /// instead of one or two, at the price of that much transcript latency.
     ///
-    /// It pauses only after two small wakeups in a row close together (the
-    /// second within twice the window of the first): a lone message, a new
-    /// connection or the end of a stream is handled and the loop blocks at
-    /// once. A wakeup that filled the event buffer, left work queued, or
-    /// moved bulk data (where a pause would only let a socket buffer fill and
-    /// the sender stall) never pauses.
+    /// Clients never wait on a message being printed, so the pause costs
+    /// them nothing, except where the server answers: the greeting, and the
+    /// close after end of file. So the loop pauses only in steady state:
+    /// after two small wakeups in a row close together (the second within
+    /// twice the window of the first), with no connection accepted or closed
+    /// lately. A lone message, a burst of connections or the end of a stream
+    /// is handled at once. A wakeup that filled the event buffer, left work
+    /// queued, or moved bulk data (where a pause would only let a socket
+    /// buffer fill and the sender stall) never pauses.
     fn coalesce(&mut self, woken: usize) {
         let window = self.config.coalesce;
         let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
@@ -439,7 +451,10 @@ impl Core {
         let small = woken > 0 && woken < EVENTS_CAPACITY && !bulk && !window.is_zero() && !self.busy();
         let previous = std::mem::replace(&mut self.last_small_wake, small.then_some(self.now));
         let steady = previous.is_some_and(|t| self.now.duration_since(t) <= window * 2);
-        if small && steady {
+        let churning = self
+            .last_churn
+            .is_some_and(|t| self.now.duration_since(t) <= window * CHURN_QUIET_WINDOWS);
+        if small && steady && !churning {
             std::thread::sleep(window);
             self.gathered = true;
         }
@@ -620,6 +635,7 @@ impl Core {
             }
         }
         self.stats.accepted += 1;
+        self.last_churn = Some(self.now);
         out.addr_line("Connection from:  ", peer);
         let mut conn = Connection::new(stream, peer, self.now_ms);
         let mut sent = 0;
@@ -748,6 +764,7 @@ impl Core {
         }
         out.addr_line("Closed connection:  ", peer);
         self.stats.closed += 1;
+        self.last_churn = Some(self.now);
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
         drop(conn);

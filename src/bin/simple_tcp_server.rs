@@ -86,8 +86,9 @@ struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     stats: Option<Duration>,
 
-    /// Longest time printed frames may wait before they are written out.
-    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    /// Let printed lines wait up to this long in the output buffer instead
+    /// of writing them before the loop blocks (0: write before blocking).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
     flush_lag: Duration,
 
     /// After a wakeup with few events, let more gather this long before

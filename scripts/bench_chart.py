@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Turns the last criterion results into the README's benchmark table and
+the chart docs/throughput.svg (throughput against client count, one line per
+design).
+
+    cargo bench                      # writes target/criterion/
+    scripts/bench_chart.py           # writes docs/throughput.svg, updates README.md
+
+Reads target/criterion/{ingest,accept,frame}/**/new/{estimates,benchmark}.json
+(criterion's median estimate and the throughput it was told), so the numbers
+are exactly criterion's. The README's table sits between the markers
+<!-- bench:start --> and <!-- bench:end -->. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CRITERION = os.path.join(ROOT, "target", "criterion")
+
+DESIGNS = [
+    ("reactor", "reactor (this crate)", "#d62728"),
+    ("thread_per_conn", "thread per connection", "#1f77b4"),
+    ("tokio_current_thread", "tokio, current_thread", "#2ca02c"),
+    ("tokio_multi_thread", "tokio, multi_thread (all cores)", "#9467bd"),
+    ("reactor_25B_reads", "reactor, 25-byte reads", "#ff7f0e"),
+]
+CLIENTS = [1, 64, 1000]
+
+
+def load(group, function, param=None):
+    """(median ns, throughput dict) of one benchmark, or None."""
+    parts = [CRITERION, group, function] + ([str(param)] if param is not None else []) + ["new"]
+    base = os.path.join(*parts)
+    try:
+        with open(os.path.join(base, "estimates.json")) as f:
+            median = json.load(f)["median"]["point_estimate"]
+        with open(os.path.join(base, "benchmark.json")) as f:
+            throughput = json.load(f).get("throughput") or {}
+    except FileNotFoundError:
+        return None
+    return median, throughput
+
+
+def per_second(result):
+    median_ns, throughput = result
+    amount = throughput.get("Bytes") or throughput.get("BytesDecimal") or throughput.get("Elements")
+    return amount / (median_ns / 1e9)
+
+
+def svg_chart(series, path):
+    """A line chart: x = client count (1, 64, 1000), y = GiB/s."""
+    w, h, left, right, top, bottom = 760, 420, 70, 250, 40, 60
+    pw, ph = w - left - right, h - top - bottom
+    ymax = max(v for _, _, _, pts in series for v in pts.values()) * 1.1
+    xs = {c: left + i * pw / (len(CLIENTS) - 1) for i, c in enumerate(CLIENTS)}
+
+    def y(v):
+        return top + ph - v / ymax * ph
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="22" font-size="15">Ingest throughput (GiB/s, higher is better)</text>']
+    steps = 5
+    for i in range(steps + 1):
+        v = ymax * i / steps
+        out.append(f'<line x1="{left}" y1="{y(v):.1f}" x2="{left + pw}" y2="{y(v):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 8}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.1f}</text>')
+    for c, x in xs.items():
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{c}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{h - 15}" text-anchor="middle">clients</text>')
+    for i, (_, label, color, pts) in enumerate(series):
+        coords = [(xs[c], y(pts[c])) for c in CLIENTS if c in pts]
+        path_d = " ".join(f"{'M' if j == 0 else 'L'}{px:.1f},{py:.1f}" for j, (px, py) in enumerate(coords))
+        out.append(f'<path d="{path_d}" fill="none" stroke="{color}" stroke-width="2.5"/>')
+        for px, py in coords:
+            out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{color}"/>')
+        ly = top + 10 + i * 20
+        out.append(f'<line x1="{left + pw + 20}" y1="{ly}" x2="{left + pw + 44}" y2="{ly}" stroke="{color}" stroke-width="2.5"/>')
+        out.append(f'<text x="{left + pw + 50}" y="{ly + 4}">{label}</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
+    args = ap.parse_args()
+
+    gib = 1024 ** 3
+    series = []
+    rows = []
+    for key, label, color in DESIGNS:
+        pts = {}
+        for c in CLIENTS:
+            r = load("ingest", key, c)
+            if r:
+                pts[c] = per_second(r) / gib
+        if pts:
+            series.append((key, label, color, pts))
+    if not series:
+        raise SystemExit("no criterion results under target/criterion/ingest: run `cargo bench` first")
+    reactor = dict((k, p) for k, _, _, p in series).get("reactor", {})
+
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores "
+             f"(Linux {platform.release()}), criterion medians from one `cargo bench` run.", ""]
+    lines += ["**Ingest** (GiB/s of client payload; ratio = reactor / design):", "",
+              "| design | cores used | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in CLIENTS) + " |",
+              "|---|---|" + "---:|" * len(CLIENTS)]
+    cores = {"reactor": "1", "reactor_25B_reads": "1", "tokio_current_thread": "1",
+             "thread_per_conn": "all (a thread each)", "tokio_multi_thread": "all (2 workers)"}
+    for key, label, _, pts in series:
+        cells = []
+        for c in CLIENTS:
+            if c not in pts:
+                cells.append("–")
+            elif key == "reactor":
+                cells.append(f"{pts[c]:.2f}")
+            else:
+                cells.append(f"{pts[c]:.2f} ({reactor.get(c, float('nan')) / pts[c]:.2f}x)")
+        lines.append(f"| {label} | {cores.get(key, '?')} | " + " | ".join(cells) + " |")
+
+    accept = [(label, load("accept", key, 512)) for key, label, _ in DESIGNS]
+    accept = [(label, per_second(r)) for label, r in accept if r]
+    if accept:
+        base = accept[0][1]
+        lines += ["", "**Accept** (connect, greeting, one message, close; connections per second):", "",
+                  "| design | connections/s | ratio |", "|---|---:|---:|"]
+        lines += [f"| {label} | {v:,.0f} | {base / v:.2f}x |" for label, v in accept]
+
+    frame_cases = ["printable", "printable_tagged", "printable_512", "utf8_text", "hostile", "hostile_raw"]
+    frames = [(n, load("frame", n)) for n in frame_cases]
+    frames = [(n, per_second(r) / 1e9) for n, r in frames if r]
+    if frames:
+        lines += ["", "**Framing + escaping alone** (one core, into a reused buffer, GB/s):", "",
+                  "| input | GB/s |", "|---|---:|"]
+        lines += [f"| {n} | {v:.2f} |" for n, v in frames]
+
+    table = "\n".join(lines)
+    os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
+    svg_chart(series, os.path.join(ROOT, "docs", "throughput.svg"))
+    print(table)
+    if not args.no_readme:
+        readme = os.path.join(ROOT, "README.md")
+        with open(readme) as f:
+            text = f.read()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            _, tail = rest.split(end, 1)
+            with open(readme, "w") as f:
+                f.write(f"{head}{start}\n{table}\n{end}{tail}")
+            print("\nREADME.md updated; chart in docs/throughput.svg", file=os.sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
