@@ -15,7 +15,7 @@ pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
 
 /// How long printed frames may wait in the output buffer before the loop
 /// blocks: none. The buffer is written before every blocking poll (or when
-/// it passes 256 KiB); under load, coalescing (below) already makes each
+/// it passes 64 KiB); under load, coalescing (below) already makes each
 /// write carry many messages. A lag above zero bounds poll with a timeout,
 /// and arming that timer on every wakeup costs more than the write it saves
 /// (measured on this VM: 7.2 us per chat message with 1 ms, 5.6 with 0).
