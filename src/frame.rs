@@ -222,8 +222,8 @@ pub fn is_plain_text(bytes: &[u8]) -> bool {
 /// a log viewer as they are: C1 controls (U+009B is a one-byte CSI on some
 /// terminals), and format characters that hide text or reorder it (bidi
 /// overrides, zero-width characters, line and paragraph separators).
-fn is_hidden_char(c: char) -> bool {
-    matches!(c as u32,
+fn is_hidden_code(c: u32) -> bool {
+    matches!(c,
         0x80..=0x9F
         | 0xAD
         | 0x061C
@@ -236,55 +236,105 @@ fn is_hidden_char(c: char) -> bool {
         | 0xFFF9..=0xFFFB)
 }
 
-/// Appends `\xNN`.
-fn push_hex(out: &mut Vec<u8>, b: u8) {
+/// `\xNN` for every byte value, built at compile time.
+const HEX_ESCAPES: [[u8; 4]; 256] = {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xF)]]);
+    let mut table = [[0u8; 4]; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = [b'\\', b'x', HEX[b >> 4], HEX[b & 0xF]];
+        b += 1;
+    }
+    table
+};
+
+/// Appends `\xNN`.
+#[inline]
+fn push_hex(out: &mut Vec<u8>, b: u8) {
+    out.extend_from_slice(&HEX_ESCAPES[usize::from(b)]);
 }
 
-/// Appends the escaped form of `text` (see the module docs).
+/// The character whose UTF-8 encoding starts at `text[i]` (a byte of 0x80
+/// or more) and its width, if the sequence there is valid UTF-8 (the rules
+/// of RFC 3629, as `std::str::from_utf8` applies them: no overlong forms, no
+/// surrogates, nothing above U+10FFFF).
+#[inline]
+fn utf8_char_at(text: &[u8], i: usize) -> Option<(u32, usize)> {
+    let b0 = text[i];
+    let cont = |k: usize| {
+        text.get(i + k)
+            .copied()
+            .filter(|b| b & 0xC0 == 0x80)
+            .map(|b| u32::from(b & 0x3F))
+    };
+    let (width, second_ok): (usize, fn(u8) -> bool) = match b0 {
+        0xC2..=0xDF => (2, |_| true),
+        0xE0 => (3, |b| (0xA0..=0xBF).contains(&b)),
+        0xE1..=0xEC | 0xEE..=0xEF => (3, |_| true),
+        0xED => (3, |b| (0x80..=0x9F).contains(&b)),
+        0xF0 => (4, |b| (0x90..=0xBF).contains(&b)),
+        0xF1..=0xF3 => (4, |_| true),
+        0xF4 => (4, |b| (0x80..=0x8F).contains(&b)),
+        _ => return None,
+    };
+    if !second_ok(*text.get(i + 1)?) {
+        return None;
+    }
+    let lead = u32::from(b0) & (0x7F >> width);
+    let mut c = lead;
+    for k in 1..width {
+        c = c << 6 | cont(k)?;
+    }
+    Some((c, width))
+}
+
+/// Appends the escaped form of `text` (see the module docs). Runs of bytes
+/// that stay as they are, printable non-ASCII characters included, are
+/// copied in one go; each invalid byte becomes `\xNN` on its own.
 pub fn escape_into(out: &mut Vec<u8>, text: &[u8]) {
-    for chunk in text.utf8_chunks() {
-        let valid = chunk.valid();
-        let bytes = valid.as_bytes();
-        let mut copied = 0;
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if is_plain(b) {
-                i += 1;
-                continue;
-            }
-            out.extend_from_slice(&bytes[copied..i]);
-            if b < 0x80 {
-                match b {
-                    b'\\' => out.extend_from_slice(b"\\\\"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    b'\t' => out.extend_from_slice(b"\\t"),
-                    _ => push_hex(out, b),
+    let mut copied = 0;
+    let mut i = 0;
+    while i < text.len() {
+        let b = text[i];
+        if is_plain(b) {
+            i += 1;
+            continue;
+        }
+        if b >= 0x80 {
+            match utf8_char_at(text, i) {
+                Some((c, width)) if !is_hidden_code(c) => {
+                    // Printable: stays in the run.
+                    i += width;
+                    continue;
                 }
-                i += 1;
-            } else {
-                // `valid` is a str and `i` is at the start of a character.
-                let c = valid[i..].chars().next().unwrap_or('\u{FFFD}');
-                let width = c.len_utf8();
-                if is_hidden_char(c) {
-                    for &byte in &bytes[i..i + width] {
+                Some((_, width)) => {
+                    out.extend_from_slice(&text[copied..i]);
+                    for &byte in &text[i..i + width] {
                         push_hex(out, byte);
                     }
-                } else {
-                    out.extend_from_slice(&bytes[i..i + width]);
+                    i += width;
                 }
-                i += width;
+                None => {
+                    out.extend_from_slice(&text[copied..i]);
+                    push_hex(out, b);
+                    i += 1;
+                }
             }
             copied = i;
+            continue;
         }
-        out.extend_from_slice(&bytes[copied..]);
-        for &b in chunk.invalid() {
-            push_hex(out, b);
+        out.extend_from_slice(&text[copied..i]);
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            _ => push_hex(out, b),
         }
+        i += 1;
+        copied = i;
     }
+    out.extend_from_slice(&text[copied..]);
 }
 
 /// The escaped form of `text`, as a new vector.
@@ -449,6 +499,71 @@ mod tests {
     #[test]
     fn raw_copies_bytes() {
         assert_eq!(frames(25, true, b"", b"a\nb\x1b"), "<4:a\nb\x1b>\n");
+    }
+
+    /// The escaping rules written the obvious way, on `utf8_chunks`.
+    fn escape_reference(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in text.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => out.extend_from_slice(b"\\\\"),
+                    '\n' => out.extend_from_slice(b"\\n"),
+                    '\r' => out.extend_from_slice(b"\\r"),
+                    '\t' => out.extend_from_slice(b"\\t"),
+                    c if (' '..='~').contains(&c) => out.push(c as u8),
+                    c if c.is_ascii() || is_hidden_code(c as u32) => {
+                        let mut utf8 = [0u8; 4];
+                        for &b in c.encode_utf8(&mut utf8).as_bytes() {
+                            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+                        }
+                    }
+                    c => out.extend_from_slice(c.to_string().as_bytes()),
+                }
+            }
+            for &b in chunk.invalid() {
+                out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn fast_escape_matches_the_reference() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces: [&[u8]; 12] = [
+            b"a",
+            b"\\",
+            b"\n",
+            b"\x1b[",
+            "é".as_bytes(),
+            "世".as_bytes(),
+            "🦀".as_bytes(),
+            "\u{9b}".as_bytes(),
+            "\u{202e}".as_bytes(),
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"\xe4\xb8",
+        ];
+        for _ in 0..20_000 {
+            let mut text = Vec::new();
+            for _ in 0..(next() % 12) {
+                if next() % 3 == 0 {
+                    text.push(next() as u8);
+                } else {
+                    text.extend_from_slice(pieces[(next() % 12) as usize]);
+                }
+            }
+            assert_eq!(escape(&text), escape_reference(&text), "{text:?}");
+        }
+        let all: Vec<u8> = (0..=255u8).collect();
+        assert_eq!(escape(&all), escape_reference(&all));
     }
 
     #[test]
