@@ -119,10 +119,12 @@ def main():
         for c in CLIENTS:
             if c not in pts:
                 cells.append("–")
-            elif key == "reactor":
-                cells.append(f"{pts[c]:.2f}")
+                continue
+            value = f"{pts[c]:.2f}" if pts[c] >= 0.1 else f"{pts[c] * 1024:.0f} MiB/s"
+            if key == "reactor":
+                cells.append(value)
             else:
-                cells.append(f"{pts[c]:.2f} ({reactor.get(c, float('nan')) / pts[c]:.2f}x)")
+                cells.append(f"{value} ({reactor.get(c, float('nan')) / pts[c]:.2f}x)")
         lines.append(f"| {label} | {cores.get(key, '?')} | " + " | ".join(cells) + " |")
 
     accept = [(label, load("accept", key, 512)) for key, label, _ in DESIGNS]

@@ -1,0 +1,521 @@
+//! Hostile clients: nothing lost, nothing forged, nobody starved.
+
+mod util;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use util::{PATIENCE, Rng, ServerProcess, connect_greeted, frames_of, send, streams_by_client};
+
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(stream);
+}
+
+#[test]
+fn no_byte_is_lost_with_200_clients_and_resets() {
+    const CLIENTS: u64 = 200;
+    let server = ServerProcess::start(&["--tag"]);
+    let addr = server.addr;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|seed| {
+            thread::spawn(move || {
+                let mut rng = Rng::new(seed * 7 + 3);
+                let data = rng.bytes(rng.range(0, 64 * 1024));
+                // A quarter reset part-way through.
+                let resets = seed % 4 == 0;
+                let stop_at = if resets { rng.range(0, data.len()) } else { data.len() };
+                let mut client = connect_greeted(addr);
+                let me = client.local_addr().expect("addr").to_string();
+                let mut sent = 0;
+                while sent < stop_at {
+                    let n = rng.range(1, 5000).min(stop_at - sent);
+                    send(&mut client, &data[sent..sent + n]);
+                    sent += n;
+                }
+                if resets {
+                    reset(client);
+                } else {
+                    client.shutdown(Shutdown::Write).expect("shutdown");
+                    let mut rest = Vec::new();
+                    client.read_to_end(&mut rest).expect("server closes");
+                }
+                (me, data[..sent].to_vec(), resets)
+            })
+        })
+        .collect();
+    let sent: Vec<(String, Vec<u8>, bool)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    server.wait_lines("Closed connection:", CLIENTS as usize);
+
+    let streams = streams_by_client(&server.stdout.bytes());
+    let mut reset_bytes = (0, 0);
+    for (me, data, resets) in &sent {
+        let got = streams.get(me).map(Vec::as_slice).unwrap_or_default();
+        if *resets {
+            // Whatever the server read before the reset is printed, in order.
+            assert!(
+                data.starts_with(got),
+                "{me}: printed bytes are not a prefix of what it sent"
+            );
+            reset_bytes.0 += got.len();
+            reset_bytes.1 += data.len();
+        } else {
+            assert!(
+                got == &data[..],
+                "{me}: sent {} bytes, {} printed",
+                data.len(),
+                got.len()
+            );
+        }
+    }
+    eprintln!(
+        "reset clients: {} of {} bytes sent before the reset printed",
+        reset_bytes.0, reset_bytes.1
+    );
+}
+
+#[test]
+fn a_fast_client_does_not_starve_a_slow_one_or_new_ones() {
+    let server = ServerProcess::start(&["--tag"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let streamed = Arc::new(AtomicU64::new(0));
+    let mut fast = connect_greeted(server.addr);
+    let fast_addr = fast.local_addr().expect("addr").to_string();
+    let streamer = {
+        let stop = Arc::clone(&stop);
+        let streamed = Arc::clone(&streamed);
+        thread::spawn(move || {
+            let block: Vec<u8> = b"fast says: ".iter().copied().cycle().take(256 * 1024).collect();
+            let started = Instant::now();
+            // Bounded: stops when told, or after 20 s at most.
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(20) {
+                if fast.write_all(&block).is_err() {
+                    break;
+                }
+                streamed.fetch_add(block.len() as u64, Ordering::SeqCst);
+            }
+            fast.shutdown(Shutdown::Write).expect("shutdown");
+            let mut rest = Vec::new();
+            let _ = fast.read_to_end(&mut rest);
+        })
+    };
+    // Let the stream get going.
+    while streamed.load(Ordering::SeqCst) < 32 << 20 {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut slow = connect_greeted(server.addr);
+    let slow_addr = slow.local_addr().expect("addr").to_string();
+    send(&mut slow, b"short message");
+    server.wait_text(&format!("{slow_addr} <13:short message>\n"));
+    // New clients are greeted while the stream goes on.
+    let newcomers: Vec<TcpStream> = (0..5).map(|_| connect_greeted(server.addr)).collect();
+    let still_streaming_at = streamed.load(Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        streamed.load(Ordering::SeqCst) > still_streaming_at,
+        "the fast client had stopped before the others were served"
+    );
+    stop.store(true, Ordering::SeqCst);
+    streamer.join().expect("streamer");
+    server.wait_text(&format!("Closed connection:  {fast_addr}\n"));
+    let out = server.stdout.text();
+    let short_at = out
+        .find(&format!("{slow_addr} <13:short message>"))
+        .expect("short message");
+    let fast_closed_at = out
+        .find(&format!("Closed connection:  {fast_addr}"))
+        .expect("fast closed");
+    // The fast client's frames continue after the short message.
+    assert!(out[short_at..fast_closed_at].contains(&format!("{fast_addr} <25:")));
+    for newcomer in &newcomers {
+        let line = format!("Connection from:  {}\n", newcomer.local_addr().expect("addr"));
+        assert!(out.find(&line).expect("newcomer accepted") < fast_closed_at);
+    }
+    // And the fast client's bytes all arrived, in order.
+    let streams = streams_by_client(&server.stdout.bytes());
+    let fast_bytes = &streams[&fast_addr];
+    assert_eq!(fast_bytes.len() as u64, streamed.load(Ordering::SeqCst));
+    assert!(fast_bytes.chunks(11).all(|c| b"fast says: ".starts_with(c)));
+}
+
+#[test]
+fn a_thousand_dribbling_clients_cost_no_thread_and_little_cpu() {
+    const DRIBBLERS: usize = 1000;
+    const PERIOD: Duration = Duration::from_millis(300);
+    let server = ServerProcess::start(&["--tag"]);
+    let mut dribblers: Vec<TcpStream> = (0..DRIBBLERS)
+        .map(|_| {
+            let c = TcpStream::connect(server.addr).expect("connect");
+            c.set_nonblocking(true).expect("nonblocking");
+            c
+        })
+        .collect();
+    server.wait_lines("Connection from:", DRIBBLERS);
+    let dribbler_addrs: std::collections::HashSet<String> = dribblers
+        .iter()
+        .map(|c| c.local_addr().expect("addr").to_string())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dribbling = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || {
+            let started = Instant::now();
+            let mut round = 0u32;
+            // One byte per client per period, spread over the period.
+            while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                for (i, c) in dribblers.iter_mut().enumerate() {
+                    let _ = c.write(&[b'a' + (i % 26) as u8]);
+                    if i % 100 == 99 {
+                        thread::sleep(PERIOD / 10);
+                    }
+                }
+                round += 1;
+            }
+            (dribblers, round)
+        })
+    };
+    thread::sleep(PERIOD * 2);
+    let cpu_before = server.cpu_time();
+    let wall = Instant::now();
+
+    // A normal client's round trips: connect, greeting, one message printed.
+    let mut rtts = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let mut normal = connect_greeted(server.addr);
+        let me = normal.local_addr().expect("addr").to_string();
+        let message = format!("round trip {i:02}");
+        send(&mut normal, message.as_bytes());
+        server.wait_text(&format!("{me} <13:{message}>\n"));
+        rtts.push(started.elapsed());
+    }
+    let elapsed = wall.elapsed();
+    let cpu = server.cpu_time() - cpu_before;
+    assert_eq!(server.threads(), 1);
+    stop.store(true, Ordering::SeqCst);
+    let (_dribblers, rounds) = dribbling.join().expect("dribbler");
+    assert!(rounds >= 2, "the dribblers barely ran");
+
+    // Between each round trip's connection and its message, hardly any
+    // dribbled byte was printed: the normal client did not wait for them.
+    let out = server.stdout.text();
+    let lines: Vec<&str> = out.lines().collect();
+    for i in 0..20 {
+        let message = format!("<13:round trip {i:02}>");
+        let end = lines.iter().position(|l| l.ends_with(&message)).expect("message line");
+        let addr = lines[end].split(' ').next().expect("tag");
+        let start = lines
+            .iter()
+            .position(|l| *l == format!("Connection from:  {addr}"))
+            .expect("connection line");
+        let between = lines[start..end]
+            .iter()
+            .filter(|l| l.split(' ').next().is_some_and(|t| dribbler_addrs.contains(t)))
+            .count();
+        assert!(
+            between < DRIBBLERS / 4,
+            "round trip {i}: {between} dribbled bytes printed meanwhile"
+        );
+    }
+    rtts.sort();
+    eprintln!(
+        "round trips with {DRIBBLERS} dribblers: median {:?}, max {:?}; server CPU {:?} over {:?}",
+        rtts[rtts.len() / 2],
+        rtts[rtts.len() - 1],
+        cpu,
+        elapsed
+    );
+    // Little CPU: well under half a core (the dribbles are a few thousand
+    // one-byte reads a second).
+    assert!(
+        cpu < elapsed / 2 + Duration::from_millis(100),
+        "server used {cpu:?} in {elapsed:?}"
+    );
+}
+
+#[test]
+fn every_byte_value_and_forgery_attempts_stay_inside_their_frames() {
+    let server = ServerProcess::start(&["--tag"]);
+    let all: Vec<u8> = (0..=255u8).collect();
+    let cases: Vec<Vec<u8>> = vec![
+        all.clone(),
+        all.iter().rev().copied().collect(),
+        b"\x1b[2J\x1b[H\x1b]0;owned\x07\x1b[31mred\x1b[0m".to_vec(),
+        b"x>\nConnection from:  6.6.6.6:666\n<5:fake!>\nClosed connection:  6.6.6.6:666\n".to_vec(),
+        b"\r<3:abc>\rListening to:  1.2.3.4:5".to_vec(),
+        b"\xc0\xaf\xe0\x80\xaf\xf0\x80\x80\xaf overlong".to_vec(),
+        b"\xed\xa0\x80\xed\xbf\xbf lone surrogates".to_vec(),
+        "\u{202e}\u{2066}\u{200b}\u{feff}\u{9b}31m bidi and friends"
+            .as_bytes()
+            .to_vec(),
+    ];
+    let mut sent: HashMap<String, Vec<u8>> = HashMap::new();
+    for case in &cases {
+        let mut client = connect_greeted(server.addr);
+        let me = client.local_addr().expect("addr").to_string();
+        send(&mut client, case);
+        client.shutdown(Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).expect("server closes");
+        sent.insert(me, case.clone());
+    }
+    server.wait_lines("Closed connection:", cases.len());
+    let out = server.stdout.bytes();
+    // No raw control byte reached stdout; every line is a transcript line.
+    assert!(
+        out.iter().all(|&b| b == b'\n' || (b >= 0x20 && b != 0x7f)),
+        "a control byte reached stdout"
+    );
+    let text = String::from_utf8(out.clone()).expect("the transcript is valid UTF-8");
+    for line in text.lines() {
+        let known = line.starts_with("Listening to:  ")
+            || line.starts_with("Connection from:  127.0.0.1:")
+            || line.starts_with("Closed connection:  127.0.0.1:")
+            || simple_tcp_server::frame::parse_frame_line(line.as_bytes())
+                .is_some_and(|f| f.tag.is_some_and(|t| sent.contains_key(t)) && f.len <= 25 && f.len > 0);
+        assert!(known, "forged or malformed line: {line:?}");
+    }
+    assert_eq!(text.matches("Connection from:").count(), cases.len());
+    // And the unescaped frames are exactly what each client sent.
+    assert_eq!(streams_by_client(&out), sent);
+    assert!(frames_of(&out).iter().all(|f| f.1 <= 25));
+}
+
+/// Starts `simple_tcp_server ARGS` with stdout piped to the test itself.
+fn start_with_stdout(args: &[&str]) -> (std::process::Child, std::process::ChildStdout, SocketAddr) {
+    let mut child = std::process::Command::new(util::bin("simple_tcp_server"))
+        .args(["127.0.0.1", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start server");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while !first.ends_with(b"\n") {
+        stdout.read_exact(&mut byte).expect("Listening line");
+        first.push(byte[0]);
+    }
+    let line = String::from_utf8(first).expect("utf8");
+    let addr = line.trim_end()["Listening to:  ".len()..].parse().expect("address");
+    (child, stdout, addr)
+}
+
+#[test]
+fn a_slow_reader_of_the_transcript_slows_clients_down_and_loses_nothing() {
+    const TOTAL: usize = 64 << 20;
+    let (mut child, mut stdout, addr) = start_with_stdout(&[]);
+    let done = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let done = Arc::clone(&done);
+        thread::spawn(move || {
+            let mut client = connect_greeted(addr);
+            let block: Vec<u8> = b"wong says: 123 ".iter().copied().cycle().take(1 << 20).collect();
+            for _ in 0..TOTAL / block.len() {
+                client.write_all(&block).expect("send");
+            }
+            client.shutdown(Shutdown::Write).expect("shutdown");
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).expect("server closes");
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    // Nobody reads the transcript for a while: the server blocks on stdout,
+    // stops reading, and the client's writes stall.
+    let pid = child.id() as i32;
+    thread::sleep(Duration::from_millis(500));
+    let cpu_before = util::cpu_time(pid);
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "64 MB went through with nobody reading the transcript"
+    );
+    let cpu = util::cpu_time(pid) - cpu_before;
+    assert!(
+        cpu < Duration::from_millis(200),
+        "server spun while blocked on stdout: {cpu:?}"
+    );
+    // Now read slowly at first, then at full speed: everything arrives.
+    let mut transcript = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..50 {
+        let n = stdout.read(&mut buf).expect("read transcript");
+        transcript.extend_from_slice(&buf[..n]);
+        thread::sleep(Duration::from_millis(5));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    while util::count_lines(&transcript, "Closed connection:") < 1 {
+        assert!(Instant::now() < deadline, "transcript incomplete");
+        let mut chunk = vec![0u8; 1 << 20];
+        let n = stdout.read(&mut chunk).expect("read transcript");
+        assert!(n > 0, "server exited early");
+        transcript.extend_from_slice(&chunk[..n]);
+    }
+    sender.join().expect("sender");
+    let printed: usize = frames_of(&transcript).iter().map(|f| f.1).sum();
+    assert_eq!(printed, TOTAL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_closed_stdout_ends_the_server_with_one_clear_line() {
+    let (mut child, stdout, addr) = start_with_stdout(&[]);
+    drop(stdout);
+    let mut client = connect_greeted(addr);
+    // The next write to stdout fails with EPIPE.
+    let _ = client.write_all(b"anyone there?");
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.starts_with("simple_tcp_server:")).collect();
+    assert_eq!(
+        ours,
+        ["simple_tcp_server: stdout was closed (broken pipe); stopping"],
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigterm_with_100_streaming_clients_prints_everything_received() {
+    let mut server = ServerProcess::start(&["--tag"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..100)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            let mut client = connect_greeted(server.addr);
+            thread::spawn(move || {
+                let me = client.local_addr().expect("addr").to_string();
+                let block: Vec<u8> = format!("client {i} streams ").bytes().cycle().take(16 * 1024).collect();
+                let mut sent = Vec::new();
+                let started = Instant::now();
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(30) {
+                    match client.write(&block) {
+                        Ok(n) => sent.extend_from_slice(&block[..n]),
+                        Err(_) => break,
+                    }
+                }
+                (me, sent)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let signalled = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(PATIENCE);
+    let took = signalled.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    assert!(status.success(), "{}", server.context());
+    let out = server.stdout.bytes();
+    let streams = streams_by_client(&out);
+    let mut printed = 0;
+    for sender in senders {
+        let (me, sent) = sender.join().expect("sender");
+        let got = streams.get(&me).map(Vec::as_slice).unwrap_or_default();
+        assert!(sent.starts_with(got), "{me}: printed bytes are not what it sent");
+        printed += got.len();
+    }
+    let stderr = server.stderr.text();
+    let summary = stderr.lines().find(|l| l.contains("summary:")).expect("summary");
+    assert!(
+        summary.contains(&format!(" {printed} bytes")),
+        "{summary}: transcript has {printed}"
+    );
+    assert!(
+        summary.contains(&format!(" {} frames", frames_of(&out).len())),
+        "{summary}"
+    );
+    assert!(summary.contains("100 connections (100 open at stop"), "{summary}");
+    eprintln!("exit {took:?} after SIGTERM, {printed} bytes printed");
+}
+
+/// Opens `n` connections without waiting for them (the burst).
+fn burst(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            socket.set_nonblocking(true).ok()?;
+            match socket.connect(&addr.into()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+                Err(_) => return None,
+            }
+            Some(socket.into())
+        })
+        .collect()
+}
+
+fn burst_then_normal_clients(args: &[&str], expect_in_log: &str) {
+    let mut server = ServerProcess::start_with_limit(args, Some(128));
+    let attempts = burst(server.addr, 2000);
+    thread::sleep(Duration::from_millis(700));
+    let cpu_before = server.cpu_time();
+    thread::sleep(Duration::from_secs(1));
+    let cpu = server.cpu_time() - cpu_before;
+    assert!(server.is_running(), "{}", server.context());
+    assert!(
+        cpu < Duration::from_millis(250),
+        "server spun during the burst: {cpu:?}\n{}",
+        server.context()
+    );
+    drop(attempts);
+    // Normal clients are served once the burst is gone.
+    for i in 0..10 {
+        let mut client = connect_greeted(server.addr);
+        send(&mut client, format!("normal {i}").as_bytes());
+        server.wait_text(&format!("<8:normal {i}>\n"));
+    }
+    assert!(server.is_running());
+    let stderr = server.stderr.text();
+    let mentions = stderr.matches(expect_in_log).count();
+    assert!(
+        (1..=3).contains(&mentions),
+        "{mentions} log lines for one burst:\n{stderr}"
+    );
+    assert!(stderr.lines().count() < 20, "log flooded:\n{stderr}");
+}
+
+#[test]
+fn a_burst_over_the_cap_is_turned_away_and_logged_once() {
+    burst_then_normal_clients(&[], "server full");
+}
+
+#[test]
+fn a_burst_past_the_descriptor_limit_waits_and_is_logged_once() {
+    burst_then_normal_clients(&["--max-connections", "10000"], "pausing accepts");
+}
+
+#[test]
+fn writes_that_find_the_client_gone_cost_only_that_client() {
+    let server = ServerProcess::start(&[]);
+    // A client that connects and resets before reading the greeting.
+    for _ in 0..50 {
+        let c = TcpStream::connect(server.addr).expect("connect");
+        reset(c);
+    }
+    let mut normal = connect_greeted(server.addr);
+    send(&mut normal, b"fine");
+    server.wait_text("<4:fine>\n");
+    let err = TcpStream::connect(server.addr).and_then(|mut c| {
+        c.set_read_timeout(Some(PATIENCE))?;
+        let mut g = [0u8; 10];
+        c.read_exact(&mut g)
+    });
+    assert!(err.is_ok() || err.is_err_and(|e| e.kind() != ErrorKind::ConnectionRefused));
+}
