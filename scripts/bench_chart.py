@@ -51,9 +51,9 @@ def per_second(result):
     return amount / (median_ns / 1e9)
 
 
-def svg_chart(series, path):
+def svg_chart(series, path, subtitle):
     """A line chart: x = client count (1, 64, 1000), y = GiB/s."""
-    w, h, left, right, top, bottom = 760, 420, 70, 250, 40, 60
+    w, h, left, right, top, bottom = 760, 430, 70, 250, 50, 60
     pw, ph = w - left - right, h - top - bottom
     ymax = max(v for _, _, _, pts in series for v in pts.values()) * 1.1
     xs = {c: left + i * pw / (len(CLIENTS) - 1) for i, c in enumerate(CLIENTS)}
@@ -63,7 +63,8 @@ def svg_chart(series, path):
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
            f'<rect width="{w}" height="{h}" fill="white"/>',
-           f'<text x="{left}" y="22" font-size="15">Ingest throughput (GiB/s, higher is better)</text>']
+           f'<text x="{left}" y="20" font-size="15">Ingest throughput (GiB/s, higher is better)</text>',
+           f'<text x="{left}" y="36" font-size="11" fill="#555">{subtitle}</text>']
     steps = 5
     for i in range(steps + 1):
         v = ymax * i / steps
@@ -145,7 +146,9 @@ def main():
 
     table = "\n".join(lines)
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-    svg_chart(series, os.path.join(ROOT, "docs", "throughput.svg"))
+    subtitle = (f"criterion medians, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+                f"{os.cpu_count()} cores, Linux {platform.release()}")
+    svg_chart(series, os.path.join(ROOT, "docs", "throughput.svg"), subtitle)
     print(table)
     if not args.no_readme:
         readme = os.path.join(ROOT, "README.md")

@@ -55,6 +55,16 @@ pub enum Mode {
         /// How long to send.
         secs: Duration,
     },
+    /// Connection churn: hold some connections open while others come and
+    /// go (connect, greeting, one message, close) at a paced rate.
+    Churn {
+        /// Connections held open throughout.
+        hold: usize,
+        /// New short-lived connections per second.
+        rate: u64,
+        /// How long to churn.
+        secs: Duration,
+    },
 }
 
 impl Mode {
@@ -64,12 +74,15 @@ impl Mode {
             Mode::Hold { .. } => "hold",
             Mode::Flood { .. } => "flood",
             Mode::Chat { .. } => "chat",
+            Mode::Churn { .. } => "churn",
         }
     }
 
-    fn conns(&self) -> usize {
+    /// Connections opened before the mode's main phase.
+    pub fn conns(&self) -> usize {
         match self {
             Mode::Hold { conns, .. } | Mode::Flood { conns, .. } | Mode::Chat { conns, .. } => *conns,
+            Mode::Churn { hold, .. } => *hold,
         }
     }
 }
@@ -179,6 +192,9 @@ pub struct Report {
     /// Chat: writes that found a connection's buffer full (the server fell
     /// behind).
     pub blocked_writes: u64,
+    /// Churn: short-lived connections completed (greeted, message sent,
+    /// closed by the server after it printed the message).
+    pub churned: u64,
     /// The server before the run (with `server_pid`).
     pub server_before: Option<ProcSample>,
     /// The server with all connections up (hold) or at the end (others).
@@ -214,11 +230,19 @@ impl Report {
     /// A few lines for a person.
     pub fn human(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "{}: {} of {} connections established, {} greeted, in {:.2} s",
-            self.mode, self.established, self.conns, self.greetings, self.connect_secs
-        );
+        if self.mode == "churn" {
+            let _ = writeln!(
+                s,
+                "churn: {} connections held, {} established in all, {} greeted",
+                self.conns, self.established, self.greetings
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "{}: {} of {} connections established, {} greeted, in {:.2} s",
+                self.mode, self.established, self.conns, self.greetings, self.connect_secs
+            );
+        }
         if self.errors.is_empty() {
             let _ = writeln!(s, "errors: none");
         } else {
@@ -231,6 +255,17 @@ impl Report {
                     s,
                     "sent {} bytes in {:.3} s: {:.1} MB/s",
                     self.bytes_sent, self.elapsed_secs, self.mb_per_sec
+                );
+            }
+            "churn" => {
+                let _ = writeln!(
+                    s,
+                    "churned {} connections in {:.1} s ({:.0}/s of {}/s asked) beside {} held",
+                    self.churned,
+                    self.elapsed_secs - self.connect_secs,
+                    self.rate_achieved,
+                    self.rate_target,
+                    self.conns
                 );
             }
             "chat" => {
@@ -280,7 +315,7 @@ impl Report {
             concat!(
                 "{{\"mode\":\"{}\",\"conns\":{},\"established\":{},\"greetings\":{},\"errors\":{{{}}},",
                 "\"connect_secs\":{:.3},\"elapsed_secs\":{:.3},\"bytes_sent\":{},\"messages\":{},",
-                "\"mb_per_sec\":{:.3},\"rate_target\":{},\"rate_achieved\":{:.1},\"blocked_writes\":{},",
+                "\"mb_per_sec\":{:.3},\"rate_target\":{},\"rate_achieved\":{:.1},\"blocked_writes\":{},\"churned\":{},",
                 "\"server_rss_before\":{},\"server_rss_after\":{},\"rss_per_conn\":{},\"server_threads\":{},",
                 "\"server_cpu_secs\":{},\"cpu_us_per_msg\":{},\"server_cpu_util\":{},\"kept_up\":{}}}"
             ),
@@ -297,6 +332,7 @@ impl Report {
             self.rate_target,
             self.rate_achieved,
             self.blocked_writes,
+            self.churned,
             self.server_before.map_or("null".into(), |p| p.rss.to_string()),
             self.server_after.map_or("null".into(), |p| p.rss.to_string()),
             num(self.rss_per_conn()),
@@ -361,6 +397,8 @@ enum Phase {
 struct Conn {
     stream: TcpStream,
     phase: Phase,
+    /// A short-lived churn connection (not one of the held ones).
+    churn: bool,
     /// Greeting bytes received.
     greeted: usize,
     /// Payload bytes written.
@@ -522,6 +560,7 @@ impl Run {
             Mode::Hold { hold, .. } => self.hold(hold, &mut events)?,
             Mode::Flood { conns, .. } => self.finish_flood(conns, deadline, &mut events)?,
             Mode::Chat { rate, secs, .. } => self.chat(rate, secs, &mut events)?,
+            Mode::Churn { rate, secs, .. } => self.churn(rate, secs, &mut events)?,
         }
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
         Ok(())
@@ -553,11 +592,43 @@ impl Run {
             entry.insert(Conn {
                 stream,
                 phase: Phase::Connecting,
+                churn: false,
                 greeted: 0,
                 sent: 0,
             });
             self.in_flight += 1;
         }
+        Ok(())
+    }
+
+    /// Churn: starts one short-lived connection.
+    fn open_churn(&mut self, n: u64) -> Result<(), LoadError> {
+        let source = self.cfg.sources[n as usize % self.cfg.sources.len().max(1)];
+        let mut stream = match start_connect(source, self.cfg.target) {
+            Ok(stream) => stream,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                return Err(LoadError::OutOfFiles {
+                    open: self.conns.len(),
+                    limit: crate::limits::nofile_limit().map(|l| l.0).unwrap_or(0),
+                });
+            }
+            Err(e) => {
+                self.fail(&e);
+                return Ok(());
+            }
+        };
+        let entry = self.conns.vacant_entry();
+        self.poll
+            .registry()
+            .register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
+        entry.insert(Conn {
+            stream,
+            phase: Phase::Connecting,
+            churn: true,
+            greeted: 0,
+            sent: 0,
+        });
+        self.in_flight += 1;
         Ok(())
     }
 
@@ -641,8 +712,11 @@ impl Run {
                     match conn.phase {
                         Phase::Draining => {
                             // The server printed everything and closed: done.
-                            self.conns.remove(key);
-                            self.finished += 1;
+                            if self.conns.remove(key).churn {
+                                self.report.churned += 1;
+                            } else {
+                                self.finished += 1;
+                            }
                         }
                         Phase::Greeting => {
                             self.fail_kind("closed before greeting");
@@ -693,6 +767,23 @@ impl Run {
         if self.cfg.greeting_len > 0 {
             self.report.greetings += 1;
         }
+        if conn.churn {
+            // One message, then close our side and wait for the server's close.
+            let message = format!("churn {key} says bye");
+            match conn.stream.write(message.as_bytes()) {
+                Ok(n) => {
+                    self.report.bytes_sent += n as u64;
+                    self.report.messages += 1;
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                    conn.phase = Phase::Draining;
+                }
+                Err(e) => {
+                    self.fail(&e);
+                    self.conns.remove(key);
+                }
+            }
+            return;
+        }
         self.last_greeting = Instant::now();
         self.ready.push(key);
         match self.cfg.mode {
@@ -711,7 +802,7 @@ impl Run {
                 }
             }
             Mode::Flood { .. } => self.on_writable(key),
-            Mode::Chat { .. } => {}
+            Mode::Chat { .. } | Mode::Churn { .. } => {}
         }
     }
 
@@ -779,6 +870,39 @@ impl Run {
         }
         let secs = self.started.elapsed().as_secs_f64();
         self.report.mb_per_sec = self.report.bytes_sent as f64 / secs / 1e6;
+        self.report.server_after = self.cfg.server_pid.and_then(|pid| sample_process(pid).ok());
+        Ok(())
+    }
+
+    /// Churn: paced short-lived connections beside the held ones.
+    fn churn(&mut self, rate: u64, secs: Duration, events: &mut Events) -> Result<(), LoadError> {
+        /// Short-lived connections in progress at most; past that the
+        /// server is behind and the generator waits.
+        const MAX_CHURN_IN_FLIGHT: usize = 4096;
+        self.report.rate_target = rate;
+        let start = Instant::now();
+        let end = start + secs;
+        let mut started = 0u64;
+        self.progress.set_length(secs.as_secs().max(1));
+        self.progress.set_position(0);
+        while Instant::now() < end {
+            let due = (rate as f64 * start.elapsed().as_secs_f64()) as u64;
+            while started < due && self.conns.len() < self.cfg.mode.conns() + MAX_CHURN_IN_FLIGHT {
+                self.open_churn(started)?;
+                started += 1;
+            }
+            self.progress.set_position(start.elapsed().as_secs());
+            self.poll.poll(events, Some(Duration::from_millis(1)))?;
+            self.dispatch(events);
+        }
+        let churning = start.elapsed().as_secs_f64();
+        // Let the last ones finish.
+        let settle = Instant::now() + Duration::from_secs(5);
+        while self.conns.len() > self.cfg.mode.conns() && Instant::now() < settle {
+            self.poll.poll(events, Some(Duration::from_millis(10)))?;
+            self.dispatch(events);
+        }
+        self.report.rate_achieved = self.report.churned as f64 / churning;
         self.report.server_after = self.cfg.server_pid.and_then(|pid| sample_process(pid).ok());
         Ok(())
     }

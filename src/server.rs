@@ -69,8 +69,8 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 /// What a client over `--max-connections` is told before it is closed.
 pub const SERVER_FULL: &[u8] = b"ERR server full, try again later\n";
 
-/// Bytes read from each connection at shutdown at most: what is queued is
-/// printed, but a client that keeps streaming cannot hold the exit up.
+/// Bytes read from a connection at shutdown when the kernel cannot say how
+/// many are queued (it always can on Linux).
 const SHUTDOWN_READ_CAP: usize = 4 * 1024 * 1024;
 
 /// The idle sweep visits every connection once per period, in this many steps.
@@ -501,7 +501,7 @@ impl Core {
                 // Closed, or the key now belongs to someone else.
                 _ => continue,
             }
-            if let Some(reason) = self.read_ready(key, out) {
+            if let Some(reason) = self.read_ready(key, self.config.read_budget, out) {
                 self.close(key, reason, out);
             }
             out.flush_if_full()?;
@@ -537,7 +537,6 @@ impl Core {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    self.end_shortage();
                     if self.connections.len() >= self.max_connections {
                         self.reject(stream, peer);
                     } else {
@@ -584,7 +583,10 @@ impl Core {
         accept.backoff = (accept.backoff * 2).min(MAX_ACCEPT_BACKOFF);
     }
 
-    /// Accepting works again: say how long the shortage lasted.
+    /// The backlog is empty again: say how long the shortage lasted. (Not
+    /// on the first accept that works: while the backlog is full, every
+    /// close lets one more in and the next accept fails again, and that is
+    /// still the same shortage.)
     fn end_shortage(&mut self) {
         if let Some(since) = self.accept.shortage_since.take() {
             info!(
@@ -695,7 +697,7 @@ impl Core {
         }
         if (event.is_readable() || event.is_read_closed() || event.is_error())
             && !conn.has(QUEUED)
-            && let Some(reason) = self.read_ready(key, out)
+            && let Some(reason) = self.read_ready(key, self.config.read_budget, out)
         {
             self.close(key, reason, out);
         }
@@ -703,7 +705,7 @@ impl Core {
 
     /// Reads connection `key` until drained or out of budget, printing every
     /// block. `Some(reason)` when the connection must close.
-    fn read_ready<W: Write>(&mut self, key: usize, out: &mut Transcript<W>) -> Option<Close> {
+    fn read_ready<W: Write>(&mut self, key: usize, budget: usize, out: &mut Transcript<W>) -> Option<Close> {
         let conn = self.connections.get_mut(key)?;
         let mut tag_buf = [0u8; 64];
         let tag = if self.config.tag {
@@ -712,7 +714,7 @@ impl Core {
             &[][..]
         };
         let full = self.read_buf.len();
-        let mut budget = self.config.read_budget;
+        let mut budget = budget;
         loop {
             match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => return Some(Close::Eof),
@@ -794,7 +796,9 @@ impl Core {
         sweep.cursor = key;
         for key in idle {
             // Print what it sent before its idle time began, if still queued.
-            let reason = self.read_ready(key, out).unwrap_or(Close::Idle);
+            let reason = self
+                .read_ready(key, self.config.read_budget, out)
+                .unwrap_or(Close::Idle);
             self.close(key, reason, out);
         }
     }
@@ -839,20 +843,35 @@ impl Core {
         // Closing the listener refuses whoever is still in the backlog.
         self.listener = None;
         self.stats.open_at_stop = self.connections.len() as u64;
-        self.config.read_budget = SHUTDOWN_READ_CAP;
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
-            if let Some(conn) = self.connections.get_mut(key) {
-                // A short read no longer ends the drain: take what is queued.
-                conn.flags |= PEER_CLOSED;
-            }
-            let reason = self.read_ready(key, out).unwrap_or(Close::Shutdown);
+            let Some(conn) = self.connections.get_mut(key) else {
+                continue;
+            };
+            // Everything the kernel has received is read and printed, however
+            // much that is; what a client sends after this moment is not (it
+            // learns so from the reset), so a client that keeps streaming
+            // cannot hold the exit up.
+            let queued = queued_bytes(&conn.stream).unwrap_or(SHUTDOWN_READ_CAP);
+            // A short read no longer ends the drain.
+            conn.flags |= PEER_CLOSED;
+            let reason = self.read_ready(key, queued.max(1), out).unwrap_or(Close::Shutdown);
             self.close(key, reason, out);
             out.flush_if_full()?;
         }
         out.flush()?;
         Ok(self.stats)
     }
+}
+
+/// Bytes waiting in a socket's receive queue (`FIONREAD`, alias `SIOCINQ`).
+fn queued_bytes(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through a pointer to a live local, on
+    // a descriptor that `stream` owns for the whole call.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD, &mut queued) };
+    (rc == 0).then(|| usize::try_from(queued).unwrap_or(0))
 }
 
 /// Formats `ADDR ` into `buf`, for `--tag`.

@@ -18,7 +18,8 @@ use simple_tcp_server::load::{self, LoadConfig, Mode};
     after_help = "Examples:\n  \
         tcp_load --server-pid $(pidof simple_tcp_server) hold --conns 19000\n  \
         tcp_load flood --conns 100 --bytes 10MB\n  \
-        tcp_load --server-pid $PID chat --conns 10000 --rate 50000 --secs 10"
+        tcp_load --server-pid $PID chat --conns 10000 --rate 50000 --secs 10\n  \
+        tcp_load churn --hold 3000 --rate 1000 --secs 60s"
 )]
 struct Cli {
     #[command(flatten)]
@@ -95,6 +96,19 @@ enum ModeCmd {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         secs: Duration,
     },
+    /// Hold N connections while others come and go at R per second
+    /// (connect, greeting, one message, close) for T seconds.
+    Churn {
+        /// Connections held open throughout.
+        #[arg(long, default_value_t = 0)]
+        hold: usize,
+        /// Short-lived connections per second.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        rate: u64,
+        /// How long to churn.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        secs: Duration,
+    },
 }
 
 fn positive(text: &str) -> Result<usize, String> {
@@ -150,11 +164,10 @@ fn run(cli: Cli) -> Result<(), String> {
             write_size: usize::try_from(write_size.clamp(1, 16 << 20)).unwrap_or(1 << 20),
         },
         ModeCmd::Chat { conns, rate, secs } => Mode::Chat { conns, rate, secs },
+        ModeCmd::Churn { hold, rate, secs } => Mode::Churn { hold, rate, secs },
     };
     let soft = simple_tcp_server::limits::raise_nofile_limit().map_err(|e| format!("open-file limit: {e}"))?;
-    let wanted = match &mode {
-        Mode::Hold { conns, .. } | Mode::Flood { conns, .. } | Mode::Chat { conns, .. } => *conns,
-    };
+    let wanted = mode.conns();
     // The poller, stdio and a little slack.
     if wanted as u64 + 16 > soft {
         return Err(format!(
