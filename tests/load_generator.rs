@@ -104,6 +104,21 @@ fn chat_paces_messages_and_reports_cpu() {
 }
 
 #[test]
+fn churn_opens_and_closes_connections_beside_held_ones() {
+    let server = ServerProcess::start(&[]);
+    let json = tcp_load(&server, &["churn", "--hold", "20", "--rate", "200", "--secs", "1s"]);
+    let churned = field(&json, "churned");
+    assert!(churned > 0.0, "{json}");
+    assert!(json.contains("\"errors\":{}"), "{json}");
+    // Every short-lived connection's message was printed before it closed,
+    // and the held ones were closed when tcp_load exited.
+    server.wait_lines("Closed connection:", 20 + churned as usize);
+    let frames = util::frames_of(&server.stdout.bytes());
+    let byes = frames.iter().filter(|f| f.2.ends_with(b" says bye")).count();
+    assert_eq!(byes as f64, churned);
+}
+
+#[test]
 fn bad_arguments_and_own_descriptor_limit_are_clear_errors() {
     let run = |args: &[&str]| {
         Command::new(util::bin("tcp_load"))
