@@ -570,40 +570,17 @@ impl Run {
     fn open_more(&mut self) -> Result<(), LoadError> {
         let total = self.cfg.mode.conns();
         while self.opened < total && self.in_flight < self.cfg.in_flight.max(1) {
-            let source = self.cfg.sources[self.opened % self.cfg.sources.len().max(1)];
             self.opened += 1;
-            let mut stream = match start_connect(source, self.cfg.target) {
-                Ok(stream) => stream,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    return Err(LoadError::OutOfFiles {
-                        open: self.conns.len(),
-                        limit: crate::limits::nofile_limit().map(|l| l.0).unwrap_or(0),
-                    });
-                }
-                Err(e) => {
-                    self.fail(&e);
-                    continue;
-                }
-            };
-            let entry = self.conns.vacant_entry();
-            self.poll
-                .registry()
-                .register(&mut stream, Token(entry.key()), Interest::READABLE | Interest::WRITABLE)?;
-            entry.insert(Conn {
-                stream,
-                phase: Phase::Connecting,
-                churn: false,
-                greeted: 0,
-                sent: 0,
-            });
-            self.in_flight += 1;
+            self.open_one(self.opened, false)?;
         }
         Ok(())
     }
 
-    /// Churn: starts one short-lived connection.
-    fn open_churn(&mut self, n: u64) -> Result<(), LoadError> {
-        let source = self.cfg.sources[n as usize % self.cfg.sources.len().max(1)];
+    /// Starts connection number `n` (its source address follows from `n`);
+    /// `churn` marks a short-lived one. A failure to connect is counted, not
+    /// returned; running out of descriptors ends the run.
+    fn open_one(&mut self, n: usize, churn: bool) -> Result<(), LoadError> {
+        let source = self.cfg.sources[n % self.cfg.sources.len().max(1)];
         let mut stream = match start_connect(source, self.cfg.target) {
             Ok(stream) => stream,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
@@ -624,7 +601,7 @@ impl Run {
         entry.insert(Conn {
             stream,
             phase: Phase::Connecting,
-            churn: true,
+            churn,
             greeted: 0,
             sent: 0,
         });
@@ -888,7 +865,7 @@ impl Run {
         while Instant::now() < end {
             let due = (rate as f64 * start.elapsed().as_secs_f64()) as u64;
             while started < due && self.conns.len() < self.cfg.mode.conns() + MAX_CHURN_IN_FLIGHT {
-                self.open_churn(started)?;
+                self.open_one(started as usize, true)?;
                 started += 1;
             }
             self.progress.set_position(start.elapsed().as_secs());

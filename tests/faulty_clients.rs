@@ -5,17 +5,8 @@ mod util;
 
 use std::io::Read;
 use std::net::{Shutdown, TcpStream};
-use std::time::Duration;
 
-use util::{Rng, ServerProcess, connect_greeted, send, streams_by_client};
-
-/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    socket2::SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(stream);
-}
+use util::{Rng, ServerProcess, connect_greeted, reset, send, streams_by_client};
 
 #[test]
 fn reset_half_closed_and_silent_clients_do_not_disturb_the_others() {

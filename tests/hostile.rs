@@ -10,15 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, Rng, ServerProcess, connect_greeted, frames_of, send, streams_by_client};
-
-/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
-fn reset(stream: TcpStream) {
-    socket2::SockRef::from(&stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(stream);
-}
+use util::{PATIENCE, Rng, ServerProcess, connect_greeted, frames_of, reset, send, streams_by_client};
 
 #[test]
 fn no_byte_is_lost_with_200_clients_and_resets() {

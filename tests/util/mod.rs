@@ -272,6 +272,32 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Waits for `child` to exit, at most `timeout`, then for its output pipes
+/// to reach end of file; panics with `context` if it does not exit.
+fn wait_child(child: &mut Child, stdout: &Captured, stderr: &Captured, timeout: Duration, context: &str) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            stdout.wait_for(Duration::from_secs(5), |_| false);
+            stderr.wait_for(Duration::from_secs(5), |_| false);
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {timeout:?}\n{context}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(stream);
+}
+
 /// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -322,21 +348,8 @@ impl ChildProcess {
 
     /// Waits for the child to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                self.stdout.wait_for(Duration::from_secs(5), |_| false);
-                self.stderr.wait_for(Duration::from_secs(5), |_| false);
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "child did not exit within {timeout:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-                self.stdout.text(),
-                self.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let context = self.context();
+        wait_child(&mut self.child, &self.stdout, &self.stderr, timeout, &context)
     }
 
     pub fn context(&self) -> String {
