@@ -24,6 +24,8 @@ JSON (--json-out, default target/load_bench.json).
 """
 
 import argparse
+import builtins
+import io
 import json
 import os
 import platform
@@ -223,15 +225,27 @@ def main():
     ap.add_argument("--perf", action="store_true", help="count system calls per message with perf")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json-out", default=os.path.join(ROOT, "target", "load_bench.json"))
+    ap.add_argument("--readme", action="store_true",
+                    help="also put the tables in README.md between <!-- load:start --> and <!-- load:end -->")
     args = ap.parse_args()
     if not args.no_build:
         build()
+    # Everything printed to stdout is also kept for the README.
+    captured = io.StringIO()
+    real_print = builtins.print
+
+    def tee(*a, **k):
+        real_print(*a, **k)
+        if k.get("file") in (None, sys.stdout):
+            real_print(*a, **{**k, "file": captured})
+
+    builtins.print = tee
     results = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
         "runs": args.runs, "flood": [], "hold": {}, "chat": None,
     }
-    print(f"Measured {results['date']} on {results['machine']}.")
+    print(f"Measured {results['date']} on {results['machine']}, with `scripts/load_bench.py --runs {args.runs}`.")
     only = set(args.only.split(","))
     if "hold" in only:
         run_hold(results, args.hold_conns)
@@ -242,6 +256,16 @@ def main():
     os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
     with open(args.json_out, "w") as f:
         json.dump(results, f, indent=1)
+    builtins.print = real_print
+    if args.readme:
+        readme = os.path.join(ROOT, "README.md")
+        with open(readme) as f:
+            text = f.read()
+        start, end = "<!-- load:start -->", "<!-- load:end -->"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        with open(readme, "w") as f:
+            f.write(f"{head}{start}\n{captured.getvalue().strip()}\n{end}{tail}")
 
 
 if __name__ == "__main__":

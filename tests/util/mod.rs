@@ -26,6 +26,16 @@ pub fn bin(name: &str) -> &'static str {
     }
 }
 
+/// Raises this test process's soft open-file limit to the hard limit (once):
+/// some tests hold thousands of client sockets, and a CI machine's soft limit
+/// may be the usual 1024.
+pub fn raise_fd_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = simple_tcp_server::limits::raise_nofile_limit();
+    });
+}
+
 /// Bytes a child wrote to one of its pipes, filled by a reader thread.
 #[derive(Default)]
 pub struct Captured {
@@ -129,6 +139,7 @@ impl ServerProcess {
 
     /// Starts the server with exactly `args`.
     pub fn start_raw(args: &[String], nofile: Option<u64>, env: &[(&str, &str)]) -> ServerProcess {
+        raise_fd_limit();
         let mut cmd = Command::new(bin("simple_tcp_server"));
         cmd.args(args)
             .env(
@@ -486,6 +497,7 @@ pub struct InProcess {
 impl InProcess {
     /// Runs `simple_tcp_server::Server` with `config` on 127.0.0.1, port 0.
     pub fn start(config: simple_tcp_server::Config) -> InProcess {
+        raise_fd_limit();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut server = simple_tcp_server::Server::from_listener(listener, config).expect("server");
         let addr = server.local_addr();
