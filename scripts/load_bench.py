@@ -188,7 +188,7 @@ def run_chat(runs, results, conns, rate, secs, with_perf):
     print(f"| simple_tcp_server (framing, escaping, printing to tmpfs) | {m_s:.2f} us | {m_s / m_b:.2f}x |")
     print(f"| bare loop (reads to WouldBlock, prints nothing) | {m_b:.2f} us | 1.00x |")
     if sys_counts:
-        print("\nSystem calls per message:\n")
+        print("\nSystem calls (and context switches) per message, from `perf stat` over a third of the run:\n")
         names = sorted({n for c in sys_counts.values() for n in c})
         print("| design | " + " | ".join(names) + " |")
         print("|---|" + "---:|" * len(names))
