@@ -91,9 +91,10 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
     flush_lag: Duration,
 
-    /// After a wakeup with few events, let more gather this long before
-    /// polling again: fewer system calls and context switches per message
-    /// under load, for at most this much added latency (0 turns it off).
+    /// Under a steady stream of small messages, with no connections coming
+    /// or going, let readiness events gather this long between polls: one
+    /// system call and context switch per batch instead of per message, for
+    /// at most this much transcript latency (0 turns it off).
     #[arg(long, value_name = "DURATION", default_value = "500us", value_parser = parse_duration)]
     coalesce: Duration,
 }
