@@ -128,8 +128,9 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
-def run_flood(runs, results):
-    cases = [(1, "1GB"), (100, "10MB"), (1000, "1MB")]
+def run_flood(runs, results, clients):
+    # 1 GB in all per run, whatever the client count.
+    cases = [(c, f"{1_000_000_000 // c}B") for c in clients]
     table = []
     for conns, per_conn in cases:
         rates = {"server": [], "write-limit": []}
@@ -219,6 +220,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="hold,flood,chat")
     ap.add_argument("--hold-conns", type=int, default=19000)
+    ap.add_argument("--flood-clients", default="1,100,1000", help="client counts for flood, comma-separated")
     ap.add_argument("--chat-conns", type=int, default=10000)
     ap.add_argument("--chat-rate", type=int, default=50000)
     ap.add_argument("--chat-secs", type=int, default=10)
@@ -250,7 +252,7 @@ def main():
     if "hold" in only:
         run_hold(results, args.hold_conns)
     if "flood" in only:
-        run_flood(args.runs, results)
+        run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")])
     if "chat" in only:
         run_chat(args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs, args.perf)
     os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
