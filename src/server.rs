@@ -410,7 +410,7 @@ impl Server {
                     LISTENER => core.accept_ready(registry, &mut out)?,
                     STOP => core.stopping = true,
                     SIGNALS => core.take_signals(),
-                    token => core.connection_event(token.0, event, registry, &mut out),
+                    token => core.connection_event(token.0, event, registry, &mut out)?,
                 }
                 out.flush_if_full()?;
             }
@@ -501,10 +501,9 @@ impl Core {
                 // Closed, or the key now belongs to someone else.
                 _ => continue,
             }
-            if let Some(reason) = self.read_ready(key, self.config.read_budget, out) {
+            if let Some(reason) = self.read_ready(key, self.config.read_budget, out)? {
                 self.close(key, reason, out);
             }
-            out.flush_if_full()?;
         }
         if let Some(until) = self.accept.paused_until
             && until <= self.now
@@ -516,7 +515,7 @@ impl Core {
             self.accept_ready(registry, out)?;
         }
         if self.sweep.as_ref().is_some_and(|s| s.next <= self.now) {
-            self.sweep_step(out);
+            self.sweep_step(out)?;
         }
         if self.stats_timer.as_ref().is_some_and(|s| s.next <= self.now) {
             self.log_stats();
@@ -666,11 +665,17 @@ impl Core {
     }
 
     /// One readiness event for connection `key`.
-    fn connection_event<W: Write>(&mut self, key: usize, event: &Event, registry: &Registry, out: &mut Transcript<W>) {
+    fn connection_event<W: Write>(
+        &mut self,
+        key: usize,
+        event: &Event,
+        registry: &Registry,
+        out: &mut Transcript<W>,
+    ) -> io::Result<()> {
         let Some(conn) = self.connections.get_mut(key) else {
             // Slab keys are reused: an event may outlive its connection.
             debug!("[{key}] event for a closed connection, ignored");
-            return;
+            return Ok(());
         };
         if event.is_read_closed() || event.is_error() {
             conn.flags |= PEER_CLOSED;
@@ -691,22 +696,31 @@ impl Core {
                 conn.flags &= !WANTS_WRITE;
                 if let Err(e) = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE) {
                     self.close(key, Close::Error(e), out);
-                    return;
+                    return Ok(());
                 }
             }
         }
         if (event.is_readable() || event.is_read_closed() || event.is_error())
             && !conn.has(QUEUED)
-            && let Some(reason) = self.read_ready(key, self.config.read_budget, out)
+            && let Some(reason) = self.read_ready(key, self.config.read_budget, out)?
         {
             self.close(key, reason, out);
         }
+        Ok(())
     }
 
     /// Reads connection `key` until drained or out of budget, printing every
-    /// block. `Some(reason)` when the connection must close.
-    fn read_ready<W: Write>(&mut self, key: usize, budget: usize, out: &mut Transcript<W>) -> Option<Close> {
-        let conn = self.connections.get_mut(key)?;
+    /// block. `Ok(Some(reason))` when the connection must close; `Err` only
+    /// when the transcript can no longer be written.
+    fn read_ready<W: Write>(
+        &mut self,
+        key: usize,
+        budget: usize,
+        out: &mut Transcript<W>,
+    ) -> io::Result<Option<Close>> {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return Ok(None);
+        };
         let mut tag_buf = [0u8; 64];
         let tag = if self.config.tag {
             format_tag(&mut tag_buf, conn.peer())
@@ -717,27 +731,29 @@ impl Core {
         let mut budget = budget;
         loop {
             match conn.stream.read(&mut self.read_buf) {
-                Ok(0) => return Some(Close::Eof),
+                Ok(0) => return Ok(Some(Close::Eof)),
                 Ok(n) => {
                     conn.last_active = self.now_ms;
                     self.stats.bytes += n as u64;
                     self.wake_bytes += n;
                     self.stats.frames += self.framer.frame_block(out.buf(), tag, &self.read_buf[..n]);
+                    // Write while the lines are still in the cache.
+                    out.flush_if_full()?;
                     // A short read drained the socket, unless the peer has
                     // closed: then read on to see the end of file.
                     if cfg!(target_os = "linux") && n < full && !conn.has(PEER_CLOSED) {
-                        return None;
+                        return Ok(None);
                     }
                     if n >= budget {
                         conn.flags |= QUEUED;
                         self.run_queue.push_back(key);
-                        return None;
+                        return Ok(None);
                     }
                     budget -= n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Some(Close::Error(e)),
+                Err(e) => return Ok(Some(Close::Error(e))),
             }
         }
     }
@@ -777,8 +793,10 @@ impl Core {
     }
 
     /// One step of the idle sweep.
-    fn sweep_step<W: Write>(&mut self, out: &mut Transcript<W>) {
-        let Some(sweep) = self.sweep.as_mut() else { return };
+    fn sweep_step<W: Write>(&mut self, out: &mut Transcript<W>) -> io::Result<()> {
+        let Some(sweep) = self.sweep.as_mut() else {
+            return Ok(());
+        };
         sweep.next = self.now + sweep.step;
         let span = self.connections.capacity().max(1);
         let per_step = span.div_ceil(SWEEP_STEPS as usize);
@@ -797,10 +815,11 @@ impl Core {
         for key in idle {
             // Print what it sent before its idle time began, if still queued.
             let reason = self
-                .read_ready(key, self.config.read_budget, out)
+                .read_ready(key, self.config.read_budget, out)?
                 .unwrap_or(Close::Idle);
             self.close(key, reason, out);
         }
+        Ok(())
     }
 
     /// Logs one `--stats` line.
@@ -855,9 +874,8 @@ impl Core {
             let queued = queued_bytes(&conn.stream).unwrap_or(SHUTDOWN_READ_CAP);
             // A short read no longer ends the drain.
             conn.flags |= PEER_CLOSED;
-            let reason = self.read_ready(key, queued.max(1), out).unwrap_or(Close::Shutdown);
+            let reason = self.read_ready(key, queued.max(1), out)?.unwrap_or(Close::Shutdown);
             self.close(key, reason, out);
-            out.flush_if_full()?;
         }
         out.flush()?;
         Ok(self.stats)
