@@ -24,7 +24,7 @@ JSON (--json-out, default target/load_bench.json).
 """
 
 import argparse
-import builtins
+import contextlib
 import io
 import json
 import os
@@ -48,6 +48,25 @@ def build():
     subprocess.run(["cargo", "build", "--release", "--bins", "--examples"], cwd=ROOT, check=True)
 
 
+# The transcript file on tmpfs, preallocated once and overwritten by every
+# run. Growing a fresh file makes the kernel allocate and fill a page per
+# 4 KiB written, and on this VM that cost swings fourfold from run to run
+# (perf: copy_folio_from_iter_atomic between 15% and 42% of the server's
+# CPU for the same bytes), which drowns the comparison; overwriting pages
+# that exist leaves the servers' own work. --growing-file measures the
+# other way.
+SINK = os.path.join(TMPFS, f"load_bench_{os.getpid()}.sink")
+SINK_BYTES = 1_500_000_000
+GROWING = False
+
+
+def prepare_sink():
+    with open(SINK, "wb") as f:
+        block = b"\0" * (1 << 20)
+        for _ in range(SINK_BYTES // len(block) + 1):
+            f.write(block)
+
+
 class Server:
     """A server process with stdout to a file on tmpfs; stopped by PID."""
 
@@ -58,7 +77,17 @@ class Server:
             cmd = [SERVER, "127.0.0.1", "0", *extra]
         else:
             cmd = [REFERENCE, kind, "127.0.0.1", "0"]
-        self.out = open(self.out_path, "wb")
+        if GROWING:
+            self.out = open(self.out_path, "wb")
+        else:
+            # Written from the start, without truncation: the pages exist.
+            # The previous run's first line is wiped so that its port is not
+            # taken for this one's.
+            self.out = open(SINK, "r+b")
+            self.out.write(b"\0" * 4096)
+            self.out.flush()
+            self.out.seek(0)
+            self.out_path = SINK
         self.err = open(self.err_path, "wb")
         env = dict(os.environ, RUST_LOG="warn")
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=self.err, env=env)
@@ -90,6 +119,8 @@ class Server:
         self.out.close()
         self.err.close()
         for path in (self.out_path, self.err_path):
+            if path == SINK:
+                continue
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -128,11 +159,18 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def quartiles(values):
+    """(25th, 75th) percentiles, for the spread of noisy runs."""
+    if len(values) < 4:
+        return min(values), max(values)
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 def run_flood(runs, results, clients):
     # 1 GB in all per run, whatever the client count.
-    cases = [(c, f"{1_000_000_000 // c}B") for c in clients]
-    table = []
-    for conns, per_conn in cases:
+    for conns in clients:
+        per_conn = f"{1_000_000_000 // conns}B"
         rates = {"server": [], "write-limit": []}
         for _ in range(runs):
             for kind in ("server", "write-limit"):
@@ -144,15 +182,8 @@ def run_flood(runs, results, clients):
                 if r["errors"]:
                     raise RuntimeError(f"flood errors against {kind}: {r['errors']}")
                 rates[kind].append(r["mb_per_sec"])
-        m_s, m_w = median(rates["server"]), median(rates["write-limit"])
-        results["flood"].append({"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"],
-                                 "median_server": m_s, "median_write_limit": m_w, "ratio": m_s / m_w})
-        table.append(f"| {conns} | {m_s:.0f} | {m_w:.0f} | {m_s / m_w:.2f}x |")
+        results["flood"].append({"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"]})
         print(f"flood {conns}: server {rates['server']} write-limit {rates['write-limit']}", file=sys.stderr)
-    print("\n### Flood (MB/s of client payload, transcript to tmpfs; median of %d)\n" % runs)
-    print("| clients | simple_tcp_server | write-limit loop | ratio |")
-    print("|---:|---:|---:|---:|")
-    print("\n".join(table))
 
 
 def run_chat(runs, results, conns, rate, secs, with_perf):
@@ -180,39 +211,63 @@ def run_chat(runs, results, conns, rate, secs, with_perf):
             if r["errors"] or not r["kept_up"]:
                 print(f"chat against {kind}: errors {r['errors']} kept_up {r['kept_up']}", file=sys.stderr)
             per[kind].append(r["cpu_us_per_msg"])
-    m_s, m_b = median(per["server"]), median(per["bare"])
     results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "server": per["server"], "bare": per["bare"],
-                       "median_server": m_s, "median_bare": m_b, "ratio": m_s / m_b, "syscalls_per_msg": sys_counts}
-    print(f"\n### Chat ({conns} connections, {rate} messages/s, {secs} s; server CPU per message, median of {runs})\n")
-    print("| design | CPU per message | ratio |")
-    print("|---|---:|---:|")
-    print(f"| simple_tcp_server (framing, escaping, printing to tmpfs) | {m_s:.2f} us | {m_s / m_b:.2f}x |")
-    print(f"| bare loop (reads to WouldBlock, prints nothing) | {m_b:.2f} us | 1.00x |")
-    if sys_counts:
-        print("\nSystem calls (and context switches) per message, from `perf stat` over a third of the run:\n")
-        names = sorted({n for c in sys_counts.values() for n in c})
-        print("| design | " + " | ".join(names) + " |")
-        print("|---|" + "---:|" * len(names))
-        for kind, counts in sys_counts.items():
-            print(f"| {kind} | " + " | ".join(f"{counts.get(n, 0):.3f}" for n in names) + " |")
+                       "syscalls_per_msg": sys_counts}
 
 
 def run_hold(results, conns):
-    rows = []
     for kind in ("server", "bare"):
         s = Server(kind)
         try:
-            r = load(s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"], timeout="300s")
+            results["hold"][kind] = load(s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"], timeout="300s")
         finally:
             s.stop()
-        results["hold"][kind] = r
-        rows.append(f"| {'simple_tcp_server' if kind == 'server' else 'bare mio loop'} | {r['established']} | "
-                    f"{r['greetings']} | {sum(r['errors'].values())} | {r['connect_secs']:.2f} s | "
-                    f"{r['rss_per_conn']:.1f} B | {r['server_threads']} |")
-    print(f"\n### Hold ({conns} connections)\n")
-    print("| design | established | greeted | errors | connect time | RSS per connection | threads |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    results["hold_conns"] = conns
+
+
+def render(results):
+    """Prints the tables for `results` (fresh, or read back with --render-json)."""
+    print(f"Measured {results['date']} on {results['machine']}, with `scripts/load_bench.py "
+          f"--runs {results['runs']}`.")
+    if results.get("hold"):
+        conns = results.get("hold_conns") or next(iter(results["hold"].values()))["conns"]
+        print(f"\n### Hold ({conns} connections)\n")
+        print("| design | established | greeted | errors | connect time | RSS per connection | threads |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for kind, r in results["hold"].items():
+            print(f"| {'simple_tcp_server' if kind == 'server' else 'bare mio loop'} | {r['established']} | "
+                  f"{r['greetings']} | {sum(r['errors'].values())} | {r['connect_secs']:.2f} s | "
+                  f"{r['rss_per_conn']:.1f} B | {r['server_threads']} |")
+    if results.get("flood"):
+        runs = len(results["flood"][0]["server"])
+        sink = results.get("sink", "new file per run")
+        print(f"\n### Flood (MB/s of client payload; transcript to tmpfs, {sink}; {runs} interleaved runs each)\n")
+        print("| clients | simple_tcp_server: median (quartiles), best | write-limit loop: median (quartiles), best "
+              "| ratio of medians | ratio of bests |")
+        print("|---:|---:|---:|---:|---:|")
+        for f in results["flood"]:
+            srv, ref = f["server"], f["write_limit"]
+            (s25, s75), (w25, w75) = quartiles(srv), quartiles(ref)
+            print(f"| {f['conns']} | {median(srv):.0f} ({s25:.0f}–{s75:.0f}), {max(srv):.0f} "
+                  f"| {median(ref):.0f} ({w25:.0f}–{w75:.0f}), {max(ref):.0f} "
+                  f"| {median(srv) / median(ref):.2f}x | {max(srv) / max(ref):.2f}x |")
+    chat = results.get("chat")
+    if chat:
+        m_s, m_b = median(chat["server"]), median(chat["bare"])
+        print(f"\n### Chat ({chat['conns']} connections, {chat['rate']} messages/s, {chat['secs']} s; "
+              f"server CPU per message, median of {len(chat['server'])})\n")
+        print("| design | CPU per message | ratio |")
+        print("|---|---:|---:|")
+        print(f"| simple_tcp_server (framing, escaping, printing to tmpfs) | {m_s:.2f} us | {m_s / m_b:.2f}x |")
+        print(f"| bare loop (reads to WouldBlock, prints nothing) | {m_b:.2f} us | 1.00x |")
+        sys_counts = chat.get("syscalls_per_msg")
+        if sys_counts:
+            print("\nSystem calls (and context switches) per message, from `perf stat` over a third of the run:\n")
+            names = sorted({n for c in sys_counts.values() for n in c})
+            print("| design | " + " | ".join(names) + " |")
+            print("|---|" + "---:|" * len(names))
+            for kind, counts in sys_counts.items():
+                print(f"| {kind} | " + " | ".join(f"{counts.get(n, 0):.3f}" for n in names) + " |")
 
 
 def main():
@@ -224,41 +279,53 @@ def main():
     ap.add_argument("--chat-conns", type=int, default=10000)
     ap.add_argument("--chat-rate", type=int, default=50000)
     ap.add_argument("--chat-secs", type=int, default=10)
+    ap.add_argument("--chat-runs", type=int, help="runs of chat (default: --runs)")
     ap.add_argument("--perf", action="store_true", help="count system calls per message with perf")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json-out", default=os.path.join(ROOT, "target", "load_bench.json"))
+    ap.add_argument("--render-json", metavar="PATH", help="print the tables of an earlier run's JSON; measure nothing")
+    ap.add_argument("--growing-file", action="store_true",
+                    help="write each run's transcript to a new file on tmpfs instead of overwriting a preallocated one")
     ap.add_argument("--readme", action="store_true",
                     help="also put the tables in README.md between <!-- load:start --> and <!-- load:end -->")
     args = ap.parse_args()
-    if not args.no_build:
-        build()
-    # Everything printed to stdout is also kept for the README.
-    captured = io.StringIO()
-    real_print = builtins.print
 
-    def tee(*a, **k):
-        real_print(*a, **k)
-        if k.get("file") in (None, sys.stdout):
-            real_print(*a, **{**k, "file": captured})
+    if args.render_json:
+        with open(args.render_json) as f:
+            results = json.load(f)
+    else:
+        if not args.no_build:
+            build()
+        results = {
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
+            "runs": args.runs, "flood": [], "hold": {}, "chat": None,
+        }
+        global GROWING
+        GROWING = args.growing_file
+        results["sink"] = "new file per run" if GROWING else "preallocated file, overwritten"
+        only = set(args.only.split(","))
+        try:
+            if not GROWING:
+                prepare_sink()
+            if "hold" in only:
+                run_hold(results, args.hold_conns)
+            if "flood" in only:
+                run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")])
+            if "chat" in only:
+                run_chat(args.chat_runs or args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs,
+                         args.perf)
+        finally:
+            if os.path.exists(SINK):
+                os.unlink(SINK)
+        os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
 
-    builtins.print = tee
-    results = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
-        "runs": args.runs, "flood": [], "hold": {}, "chat": None,
-    }
-    print(f"Measured {results['date']} on {results['machine']}, with `scripts/load_bench.py --runs {args.runs}`.")
-    only = set(args.only.split(","))
-    if "hold" in only:
-        run_hold(results, args.hold_conns)
-    if "flood" in only:
-        run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")])
-    if "chat" in only:
-        run_chat(args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs, args.perf)
-    os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
-    with open(args.json_out, "w") as f:
-        json.dump(results, f, indent=1)
-    builtins.print = real_print
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        render(results)
+    print(out.getvalue(), end="")
     if args.readme:
         readme = os.path.join(ROOT, "README.md")
         with open(readme) as f:
@@ -267,7 +334,7 @@ def main():
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
         with open(readme, "w") as f:
-            f.write(f"{head}{start}\n{captured.getvalue().strip()}\n{end}{tail}")
+            f.write(f"{head}{start}\n{out.getvalue().strip()}\n{end}{tail}")
 
 
 if __name__ == "__main__":

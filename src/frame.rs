@@ -113,16 +113,31 @@ impl Framer {
         if full > 0 && m == DEFAULT_FRAME {
             // The default: every full line is the tag and the same 31 bytes,
             // copied with fixed-size moves instead of memcpy calls.
-            let line = tag.len() + DEFAULT_LINE;
-            let start = out.len();
-            out.resize(start + full * line, 0);
             let texts = seg.chunks_exact(DEFAULT_FRAME);
+            let start = out.len();
             if tag.is_empty() {
-                // Constant line length: the loop is all fixed-size moves.
-                for (line, text) in out[start..].chunks_exact_mut(DEFAULT_LINE).zip(texts) {
-                    fill_default_line(line, text);
+                // Constant line length: the loop is all fixed-size moves,
+                // straight into the spare capacity (no zero-filling first:
+                // that pass cost 3% of the server's CPU at one client).
+                let total = full * DEFAULT_LINE;
+                out.reserve(total);
+                let spare = &mut out.spare_capacity_mut()[..total];
+                for (line, text) in spare.chunks_exact_mut(DEFAULT_LINE).zip(texts) {
+                    let (prefix_dst, rest) = line.split_at_mut(DEFAULT_PREFIX.len());
+                    let (text_dst, end_dst) = rest.split_at_mut(DEFAULT_FRAME);
+                    prefix_dst.write_copy_of_slice(DEFAULT_PREFIX);
+                    text_dst.write_copy_of_slice(text);
+                    end_dst.write_copy_of_slice(LINE_END);
                 }
+                // SAFETY: the loop wrote all `total` bytes after the old
+                // length: `texts` yields exactly `full` chunks of 25 bytes
+                // (`full` is `seg.len() / 25`), `spare` holds exactly `full`
+                // lines of 31 bytes, and each line is written whole
+                // (4 + 25 + 2 bytes). `reserve` made the capacity.
+                unsafe { out.set_len(start + total) };
             } else {
+                let line = tag.len() + DEFAULT_LINE;
+                out.resize(start + full * line, 0);
                 for (line, text) in out[start..].chunks_exact_mut(line).zip(texts) {
                     let (tag_dst, fixed) = line.split_at_mut(tag.len());
                     tag_dst.copy_from_slice(tag);
