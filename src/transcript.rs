@@ -11,10 +11,10 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Buffered bytes that trigger a write at once. Writes of one or two read
-/// blocks' worth of lines (64 to 145 KiB) are large enough to make printing
-/// cheap, and keep the buffer hot in the L2 cache: measured against 256 KiB,
-/// ingest from one client went from 2.8 to 3.1 GiB/s (benches/throughput.rs).
+/// Buffered bytes that trigger a write at once: the server checks after
+/// every read block, so a bulk client's lines go out in one large write per
+/// block while they are still in the cache, and many small messages are
+/// gathered into writes of at least this size.
 pub const FLUSH_AT: usize = 64 * 1024;
 
 /// How long to wait before retrying an output that said `WouldBlock` (a

@@ -1,5 +1,6 @@
 //! The designs a user would pick instead of the reactor, serving the same
-//! protocol (greeting, 25-byte frames cut from 64 KiB reads by the library's
+//! protocol (greeting, 25-byte frames cut from reads as large as the
+//! reactor's by the library's
 //! `Framer`, `Connection from` / `<LEN:TEXT>` / `Closed connection` lines)
 //! into the same kind of sink (a buffered writer on a file), so that a
 //! comparison measures the concurrency design alone:
@@ -27,9 +28,9 @@ use std::thread::{self, JoinHandle};
 use simple_tcp_server::frame::Framer;
 use simple_tcp_server::{Config, GREETING, MAX_READ, Server};
 
-/// Bytes per read in every design: the reactor's 64 KiB block, rounded
-/// down to whole frames.
-pub const READ_LEN: usize = (64 * 1024 / MAX_READ) * MAX_READ;
+/// Bytes per read in every design: the reactor's read block, rounded down
+/// to whole frames as the reactor rounds it.
+pub const READ_LEN: usize = (simple_tcp_server::config::DEFAULT_READ_BUFFER / MAX_READ) * MAX_READ;
 
 /// Buffer of the shared sink, as large as the reactor's flush threshold.
 const SINK_BUFFER: usize = 256 * 1024;
@@ -166,7 +167,7 @@ fn serve_blocking(mut stream: TcpStream, sink: &SharedSink) {
     let _ = stream.write_all(GREETING);
     let framer = Framer::new(MAX_READ, false);
     let mut buf = vec![0u8; READ_LEN];
-    let mut out = Vec::with_capacity(READ_LEN * 2);
+    let mut out = Vec::new();
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
@@ -230,7 +231,7 @@ async fn serve_task(mut stream: tokio::net::TcpStream, peer: SocketAddr, sink: S
     let _ = stream.write_all(GREETING).await;
     let framer = Framer::new(MAX_READ, false);
     let mut buf = vec![0u8; READ_LEN];
-    let mut out = Vec::with_capacity(READ_LEN * 2);
+    let mut out = Vec::new();
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
