@@ -66,6 +66,11 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 /// Longest pause between accept retries while short of descriptors.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Bytes of a read block framed at a time before the lines are written: the
+/// input and its lines (1.25 times as much) then stay inside a 1 MiB L2
+/// cache.
+const FRAME_WINDOW: usize = 256 * 1024;
+
 /// What a client over `--max-connections` is told before it is closed.
 pub const SERVER_FULL: &[u8] = b"ERR server full, try again later\n";
 
@@ -218,6 +223,9 @@ struct Core {
     /// The one read buffer, shared by all connections (a multiple of
     /// `max_read`, so blocks cut into full frames).
     read_buf: Vec<u8>,
+    /// Bytes of a read block framed before the lines are written out (a
+    /// multiple of `max_read`).
+    frame_window: usize,
     /// Bytes of the greeting sent so far, for the rare connections whose
     /// greeting did not fit their socket at once (kept out of the slab so
     /// that every connection does not pay for it).
@@ -313,6 +321,7 @@ impl Server {
             max_connections,
             framer,
             read_buf: vec![0; read_len],
+            frame_window: (FRAME_WINDOW / m).max(1) * m,
             greetings_in_progress: HashMap::new(),
             run_queue: VecDeque::new(),
             signals: None,
@@ -736,9 +745,13 @@ impl Core {
                     conn.last_active = self.now_ms;
                     self.stats.bytes += n as u64;
                     self.wake_bytes += n;
-                    self.stats.frames += self.framer.frame_block(out.buf(), tag, &self.read_buf[..n]);
-                    // Write while the lines are still in the cache.
-                    out.flush_if_full()?;
+                    // Frame and write a window at a time, so that a large
+                    // block's lines go out while they are still in the cache.
+                    // Windows are whole frames, so the cut is the same.
+                    for part in self.read_buf[..n].chunks(self.frame_window) {
+                        self.stats.frames += self.framer.frame_block(out.buf(), tag, part);
+                        out.flush_if_full()?;
+                    }
                     // A short read drained the socket, unless the peer has
                     // closed: then read on to see the end of file.
                     if cfg!(target_os = "linux") && n < full && !conn.has(PEER_CLOSED) {
