@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use simple_tcp_server::frame::Framer;
+use simple_tcp_server::output::text::Framer;
 
 /// A 64 KiB block rounded down to whole 25-byte frames (the server reads up
 /// to 2 MiB at a time; framing cost per byte is the same).

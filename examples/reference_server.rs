@@ -72,8 +72,8 @@ fn main() -> ExitCode {
 
 fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
     simple_tcp_server::limits::raise_nofile_limit()?;
-    let addr: SocketAddr = simple_tcp_server::server::resolve(host, port)?[0];
-    let mut listener = TcpListener::from_std(simple_tcp_server::server::listen(addr, 1024)?);
+    let addr: SocketAddr = simple_tcp_server::listen::resolve(host, port)?[0];
+    let mut listener = TcpListener::from_std(simple_tcp_server::listen::listen(addr, 1024)?);
     let mut poll = Poll::new()?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
     let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::frame;
 use crate::net_error::{self, Class, Op};
+use crate::output::text as frame;
 
 /// The prompt for the name, as client.go prints it.
 pub const NAME_PROMPT: &str = "First, what is your name?";
@@ -170,7 +170,7 @@ pub fn retry<T>(
 
 /// Resolves `host:port` (IPv4 first), or says why not.
 pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ClientError> {
-    crate::server::resolve(host, port).map_err(|err| ClientError::Resolve {
+    crate::listen::resolve(host, port).map_err(|err| ClientError::Resolve {
         target: format!("{host}:{port}"),
         err,
     })

@@ -7,13 +7,16 @@
 //!
 //! - [`config`]: everything the server can be told, with the defaults the
 //!   binary uses.
-//! - [`server`]: the reactor. [`server::Server`] owns the `mio::Poll`, the
-//!   listener and the slab of connections; [`server::Server::run`] takes the
-//!   output sink, so tests and benches drive the same code path as the binary.
-//! - `connection`: one client's state, kept as small as the design allows.
-//! - [`transcript`]: the buffered output sink and the flush policy.
-//! - [`frame`]: cutting bytes into frames, escaping, and the inverse
-//!   (parsing and unescaping transcript lines) for tests and tools.
+//! - [`listen`]: resolving a host and binding a listener.
+//! - [`reactor`]: the loop. [`reactor::Server`] owns the `mio::Poll`, the
+//!   listener and the slab of connections; [`reactor::Server::run`] takes the
+//!   output sink, so tests and benches drive the same code path as the
+//!   binary. Its rooms: `accept` (accepting, backoff, the cap),
+//!   `connection` (one client's 32 bytes), `sweep` (the idle timeout),
+//!   `stats` (the summary and the `--stats` line).
+//! - [`output`]: the buffered transcript sink and its flush policy;
+//!   [`output::text`] cuts bytes into frames, escapes them, and has the
+//!   inverse (parsing and unescaping transcript lines) for tests and tools.
 //! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
@@ -29,17 +32,16 @@
 
 pub mod client;
 pub mod config;
-mod connection;
 pub mod duration;
-pub mod frame;
 pub mod limits;
+pub mod listen;
 pub mod load;
 pub mod net_error;
-pub mod server;
-pub mod transcript;
+pub mod output;
+pub mod reactor;
 
 pub use config::Config;
-pub use server::{Server, Stopper, Summary};
+pub use reactor::{Server, Stopper, Summary};
 
 /// The port the chapter's programs use.
 pub const DEFAULT_PORT: u16 = 50000;

@@ -967,7 +967,7 @@ mod tests {
         let p = payload(1000);
         assert_eq!(p.len(), 1000);
         assert!(p.starts_with(b"wong says: line 0 of the flood wong says: line 1"));
-        assert!(crate::frame::is_plain_text(&p));
+        assert!(crate::output::text::is_plain_text(&p));
     }
 
     #[test]

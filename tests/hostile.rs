@@ -275,7 +275,7 @@ fn every_byte_value_and_forgery_attempts_stay_inside_their_frames() {
         let known = line.starts_with("Listening to:  ")
             || line.starts_with("Connection from:  127.0.0.1:")
             || line.starts_with("Closed connection:  127.0.0.1:")
-            || simple_tcp_server::frame::parse_frame_line(line.as_bytes())
+            || simple_tcp_server::output::text::parse_frame_line(line.as_bytes())
                 .is_some_and(|f| f.tag.is_some_and(|t| sent.contains_key(t)) && f.len <= 25 && f.len > 0);
         assert!(known, "forged or malformed line: {line:?}");
     }

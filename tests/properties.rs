@@ -3,7 +3,7 @@
 //! input, every frame is at most max-read bytes, every frame is one line.
 
 use proptest::prelude::*;
-use simple_tcp_server::frame::{Framer, escape, parse_frame_line, unescape};
+use simple_tcp_server::output::text::{Framer, escape, parse_frame_line, unescape};
 
 /// Frames `data` as reads of the sizes in `splits` (cycled) would deliver it.
 fn transcript(framer: &Framer, tag: &[u8], data: &[u8], splits: &[usize]) -> Vec<u8> {

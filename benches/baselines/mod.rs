@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use simple_tcp_server::frame::Framer;
+use simple_tcp_server::output::text::Framer;
 use simple_tcp_server::{Config, GREETING, MAX_READ, Server};
 
 /// Bytes per read in every design: the reactor's read block, rounded down
@@ -67,7 +67,7 @@ impl Design {
     pub fn start(self) -> RunningServer {
         // The backlog the binary uses (std would give 128): a burst of 1,000
         // connects must not overflow the accept queue of any design.
-        let listener = simple_tcp_server::server::listen("127.0.0.1:0".parse().expect("address"), 1024)
+        let listener = simple_tcp_server::listen::listen("127.0.0.1:0".parse().expect("address"), 1024)
             .expect("listen on 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let sink = File::create("/dev/null").expect("open /dev/null");

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use simple_tcp_server::frame::{Framer, parse_frame_line, unescape};
+use simple_tcp_server::output::text::{Framer, parse_frame_line, unescape};
 
 fuzz_target!(|input: &[u8]| {
     // The first two bytes choose max-read and the read size; the rest is data.

@@ -12,7 +12,8 @@ use clap::builder::TypedValueParser as _;
 use log::{info, warn};
 
 use simple_tcp_server::duration::parse_duration;
-use simple_tcp_server::server::{self, MAX_GREETING};
+use simple_tcp_server::listen;
+use simple_tcp_server::reactor::MAX_GREETING;
 use simple_tcp_server::{Config, Server, config, limits};
 
 /// A single-threaded TCP server that greets every client and prints what it
@@ -168,12 +169,12 @@ fn run(args: Args) -> Result<(), String> {
         ..Config::default()
     };
 
-    let addrs = server::resolve(&args.host, args.port)
+    let addrs = listen::resolve(&args.host, args.port)
         .map_err(|e| format!("cannot resolve host `{}`: {}", args.host, plain(&e)))?;
     let mut last_error = None;
     let mut bound = None;
     for addr in addrs {
-        match server::listen(addr, config.backlog) {
+        match listen::listen(addr, config.backlog) {
             Ok(listener) => {
                 bound = Some(listener);
                 break;

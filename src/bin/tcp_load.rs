@@ -150,7 +150,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     let c = cli.common;
-    let target = simple_tcp_server::server::resolve(&c.host, c.port)
+    let target = simple_tcp_server::listen::resolve(&c.host, c.port)
         .map_err(|e| format!("cannot resolve `{}`: {e}", c.host))?[0];
     let mode = match cli.mode {
         ModeCmd::Hold { conns, hold } => Mode::Hold { conns, hold },

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use simple_tcp_server::frame::{parse_frame_line, unescape};
+use simple_tcp_server::output::text::{parse_frame_line, unescape};
 
 /// Generous bound for anything a test waits for; a healthy run takes far less.
 pub const PATIENCE: Duration = Duration::from_secs(30);

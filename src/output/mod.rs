@@ -6,6 +6,8 @@
 //! after its first unwritten byte), so that under load one `write` carries
 //! many messages while an interactive reader sees each line at once.
 
+pub mod text;
+
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;

@@ -15,23 +15,32 @@
 //! server or makes it spin. Only a failing poll, a broken listener or an
 //! output that can no longer be written ends [`Server::run`].
 
+mod accept;
+mod connection;
+mod stats;
+mod sweep;
+
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, error, info, warn};
+use log::{debug, info};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, PEER_CLOSED, QUEUED, WANTS_WRITE, write_greeting};
-use crate::frame::Framer;
-use crate::net_error::{self, AcceptAction};
-use crate::transcript::Transcript;
+use crate::output::Transcript;
+use crate::output::text::Framer;
+use accept::AcceptState;
+pub use accept::SERVER_FULL;
+use connection::{Connection, PEER_CLOSED, QUEUED, WANTS_WRITE, write_greeting};
+use stats::StatsTimer;
+pub use stats::Summary;
+use sweep::Sweep;
 
 /// The listener's token: outside the slab's key range, like all special tokens.
 const LISTENER: Token = Token(usize::MAX);
@@ -55,66 +64,20 @@ const COALESCE_MAX_BYTES: usize = 16 * 1024;
 /// clients are waiting for greetings and closes.
 const CHURN_QUIET_WINDOWS: u32 = 10;
 
-/// Connections accepted per wakeup before clients already connected get a
-/// turn; the rest are accepted on the next pass without waiting for an event.
-const ACCEPT_BUDGET: usize = 256;
-
-/// First pause after a descriptor or memory shortage, doubled on every
-/// failed retry up to [`MAX_ACCEPT_BACKOFF`]. A closing connection ends the
-/// pause early.
-const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
-/// Longest pause between accept retries while short of descriptors.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
-
 /// Bytes of a read block framed at a time before the lines are written: the
 /// input and its lines (1.25 times as much) then stay inside a 1 MiB L2
 /// cache.
 const FRAME_WINDOW: usize = 256 * 1024;
 
-/// What a client over `--max-connections` is told before it is closed.
-pub const SERVER_FULL: &[u8] = b"ERR server full, try again later\n";
-
 /// Bytes read from a connection at shutdown when the kernel cannot say how
 /// many are queued (it always can on Linux).
 const SHUTDOWN_READ_CAP: usize = 4 * 1024 * 1024;
-
-/// The idle sweep visits every connection once per period, in this many steps.
-const SWEEP_STEPS: u32 = 10;
 
 /// Slab entries reserved up front (virtual memory only until used).
 const SLAB_PREALLOC_LIMIT: usize = 1 << 20;
 
 /// Greetings longer than this are refused (the sent count is a `u32`).
 pub const MAX_GREETING: usize = 1 << 30;
-
-/// Counts of what the server did, returned by [`Server::run`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// Connections accepted and served.
-    pub accepted: u64,
-    /// Connections closed (all of them, at the end of `run`).
-    pub closed: u64,
-    /// Connections turned away at the cap.
-    pub rejected: u64,
-    /// Connections closed for idling.
-    pub idle_closed: u64,
-    /// Frames printed.
-    pub frames: u64,
-    /// Bytes received and printed.
-    pub bytes: u64,
-    /// Connections still open when the server was stopped.
-    pub open_at_stop: u64,
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} connections ({} open at stop, {} rejected, {} idle-closed), {} frames, {} bytes",
-            self.accepted, self.open_at_stop, self.rejected, self.idle_closed, self.frames, self.bytes
-        )
-    }
-}
 
 /// Stops a running server from another thread.
 #[derive(Debug, Clone)]
@@ -128,31 +91,6 @@ impl Stopper {
     }
 }
 
-/// Resolves `host` and `port`, IPv4 addresses first (as Go's
-/// `ResolveTCPAddr` prefers them). `[::1]` is accepted for `::1`.
-pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let mut addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
-    addrs.sort_by_key(|a| a.is_ipv6());
-    addrs.dedup();
-    if addrs.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "no addresses found"));
-    }
-    Ok(addrs)
-}
-
-/// A listening socket on `addr` with `backlog`, `SO_REUSEADDR` set (as Go
-/// sets it) and non-blocking.
-pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
-}
-
 /// The server: the poll, its events, and the state the loop works on.
 pub struct Server {
     /// The one poll instance of the one thread.
@@ -163,48 +101,6 @@ pub struct Server {
     core: Core,
     /// The waker behind [`Stopper`]s, created on first request.
     waker: Option<Arc<Waker>>,
-}
-
-/// Accept-side state: pauses, backoff and burst logging.
-#[derive(Debug)]
-struct AcceptState {
-    /// More clients may be waiting: the last pass stopped at its budget, or a
-    /// connection closed during a pause.
-    ready: bool,
-    /// Accepting is paused (descriptor shortage) until then.
-    paused_until: Option<Instant>,
-    /// The next pause's length.
-    backoff: Duration,
-    /// When the current shortage began, for one log line when it ends.
-    shortage_since: Option<Instant>,
-    /// Failed accepts in the current shortage.
-    shortage_errors: u64,
-    /// Clients turned away at the cap since the server last had room.
-    full_rejects: u64,
-}
-
-/// The idle sweep (Redis-style): a few slab keys per step, every connection
-/// once per period, so the cost per event does not grow with connections.
-#[derive(Debug)]
-struct Sweep {
-    /// Idle time after which a client is closed, in milliseconds.
-    timeout_ms: u32,
-    /// Time between steps.
-    step: Duration,
-    /// When the next step is due.
-    next: Instant,
-    /// The next slab key to look at.
-    cursor: usize,
-}
-
-/// Periodic statistics (`--stats`).
-#[derive(Debug)]
-struct StatsTimer {
-    interval: Duration,
-    next: Instant,
-    /// Counters at the previous line, for rates.
-    last: Summary,
-    last_at: Instant,
 }
 
 struct Core {
@@ -274,7 +170,7 @@ enum Close {
 impl Server {
     /// Binds `addr` and prepares a server with `config`.
     pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
-        let listener = listen(addr, config.backlog)?;
+        let listener = crate::listen::listen(addr, config.backlog)?;
         Server::from_listener(listener, config)
     }
 
@@ -297,23 +193,8 @@ impl Server {
         let m = framer.max_read();
         let read_len = (config.read_buffer.max(m) / m) * m;
         let now = Instant::now();
-        let sweep = config.idle_timeout.map(|timeout| {
-            let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            Sweep {
-                timeout_ms: u32::try_from(timeout.as_millis())
-                    .unwrap_or(u32::MAX / 2)
-                    .min(u32::MAX / 2),
-                step: period / SWEEP_STEPS,
-                next: now + period / SWEEP_STEPS,
-                cursor: 0,
-            }
-        });
-        let stats_timer = config.stats_interval.map(|interval| StatsTimer {
-            interval,
-            next: now + interval,
-            last: Summary::default(),
-            last_at: now,
-        });
+        let sweep = config.idle_timeout.map(|timeout| Sweep::new(timeout, now));
+        let stats_timer = config.stats_interval.map(|interval| StatsTimer::new(interval, now));
         let core = Core {
             listener: Some(listener),
             local_addr,
@@ -330,14 +211,7 @@ impl Server {
             wake_bytes: 0,
             last_small_wake: None,
             last_churn: None,
-            accept: AcceptState {
-                ready: false,
-                paused_until: None,
-                backoff: MIN_ACCEPT_BACKOFF,
-                shortage_since: None,
-                shortage_errors: 0,
-                full_rejects: 0,
-            },
+            accept: AcceptState::new(),
             sweep,
             stats_timer,
             stats: Summary::default(),
@@ -532,147 +406,6 @@ impl Core {
         Ok(())
     }
 
-    /// Accepts waiting clients, up to [`ACCEPT_BUDGET`].
-    fn accept_ready<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<W>) -> io::Result<()> {
-        self.accept.ready = false;
-        if self.accept.paused_until.is_some() {
-            // Paused for a shortage: the timer or a closing connection resumes.
-            return Ok(());
-        }
-        for _ in 0..ACCEPT_BUDGET {
-            let Some(listener) = self.listener.as_ref() else {
-                return Ok(());
-            };
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    if self.connections.len() >= self.max_connections {
-                        self.reject(stream, peer);
-                    } else {
-                        self.add(stream, peer, registry, out);
-                    }
-                }
-                // The backlog is empty.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.end_shortage();
-                    return Ok(());
-                }
-                Err(e) => match net_error::accept_action(&e) {
-                    // That one client's problem: take the next.
-                    AcceptAction::Retry => debug!("accept: {e}; next"),
-                    AcceptAction::Backoff => {
-                        self.start_pause(&e);
-                        return Ok(());
-                    }
-                    AcceptAction::Fatal => {
-                        error!("accept: {e}; the listener is unusable");
-                        return Err(e);
-                    }
-                },
-            }
-        }
-        // Budget spent: come back without waiting for an event.
-        self.accept.ready = true;
-        Ok(())
-    }
-
-    /// Out of descriptors or memory: pause accepting; log once per shortage.
-    fn start_pause(&mut self, e: &io::Error) {
-        let accept = &mut self.accept;
-        if accept.shortage_since.is_none() {
-            warn!(
-                "accept: {e}; pausing accepts while {} connections are open (clients wait in the backlog)",
-                self.connections.len()
-            );
-            accept.shortage_since = Some(self.now);
-            accept.backoff = MIN_ACCEPT_BACKOFF;
-        }
-        accept.shortage_errors += 1;
-        accept.paused_until = Some(self.now + accept.backoff);
-        accept.backoff = (accept.backoff * 2).min(MAX_ACCEPT_BACKOFF);
-    }
-
-    /// The backlog is empty again: say how long the shortage lasted. (Not
-    /// on the first accept that works: while the backlog is full, every
-    /// close lets one more in and the next accept fails again, and that is
-    /// still the same shortage.)
-    fn end_shortage(&mut self) {
-        if let Some(since) = self.accept.shortage_since.take() {
-            info!(
-                "accept: resumed after {:.0?} ({} retries)",
-                self.now.duration_since(since),
-                self.accept.shortage_errors
-            );
-            self.accept.shortage_errors = 0;
-            self.accept.backoff = MIN_ACCEPT_BACKOFF;
-        }
-    }
-
-    /// Turns a client away at the cap: one line, then close. Logs once per
-    /// burst.
-    fn reject(&mut self, stream: TcpStream, peer: SocketAddr) {
-        // Best effort: the line fits any fresh socket's buffer.
-        let _ = (&stream).write(SERVER_FULL);
-        self.stats.rejected += 1;
-        if self.accept.full_rejects == 0 {
-            warn!(
-                "server full ({} connections): turning new clients away, starting with {peer}",
-                self.max_connections
-            );
-        }
-        self.accept.full_rejects += 1;
-    }
-
-    /// Registers a new client, prints `Connection from`, sends the greeting.
-    fn add<W: Write>(&mut self, mut stream: TcpStream, peer: SocketAddr, registry: &Registry, out: &mut Transcript<W>) {
-        if self.accept.full_rejects > 0 {
-            info!(
-                "room again: {} clients were turned away while full",
-                self.accept.full_rejects
-            );
-            self.accept.full_rejects = 0;
-        }
-        let entry = self.connections.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = registry.register(&mut stream, Token(key), Interest::READABLE) {
-            // epoll itself is out of room (max_user_watches): drop this one.
-            warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
-            return;
-        }
-        if let Some(idle) = self.config.keepalive {
-            let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(idle);
-            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-                debug!("[{key}] {peer}: keepalive: {e}");
-            }
-        }
-        self.stats.accepted += 1;
-        self.last_churn = Some(self.now);
-        out.addr_line("Connection from:  ", peer);
-        let mut conn = Connection::new(stream, peer, self.now_ms);
-        let mut sent = 0;
-        match write_greeting(&mut conn.stream, &self.config.greeting, &mut sent) {
-            Ok(true) => {}
-            Ok(false) => {
-                // The rest goes out when the socket becomes writable.
-                debug!(
-                    "[{key}] {peer}: greeting: {} bytes wait for WRITABLE",
-                    self.config.greeting.len() - sent as usize
-                );
-                match registry.reregister(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
-                    Ok(()) => {
-                        conn.flags |= WANTS_WRITE;
-                        self.greetings_in_progress.insert(key, sent);
-                    }
-                    Err(e) => debug!("[{key}] {peer}: cannot wait to greet: {e}"),
-                }
-            }
-            // The client is gone or not listening; what it sent is still read
-            // and printed, and the read side closes the connection.
-            Err(e) => debug!("[{key}] {peer}: greeting: {e}"),
-        }
-        entry.insert(conn);
-        debug!("[{key}] {peer}: connected");
-    }
-
     /// One readiness event for connection `key`.
     fn connection_event<W: Write>(
         &mut self,
@@ -805,60 +538,6 @@ impl Core {
         }
     }
 
-    /// One step of the idle sweep.
-    fn sweep_step<W: Write>(&mut self, out: &mut Transcript<W>) -> io::Result<()> {
-        let Some(sweep) = self.sweep.as_mut() else {
-            return Ok(());
-        };
-        sweep.next = self.now + sweep.step;
-        let span = self.connections.capacity().max(1);
-        let per_step = span.div_ceil(SWEEP_STEPS as usize);
-        let timeout = sweep.timeout_ms;
-        let mut key = sweep.cursor % span;
-        let mut idle = Vec::new();
-        for _ in 0..per_step {
-            if let Some(conn) = self.connections.get(key)
-                && self.now_ms.wrapping_sub(conn.last_active) >= timeout
-            {
-                idle.push(key);
-            }
-            key = (key + 1) % span;
-        }
-        sweep.cursor = key;
-        for key in idle {
-            // Print what it sent before its idle time began, if still queued.
-            let reason = self
-                .read_ready(key, self.config.read_budget, out)?
-                .unwrap_or(Close::Idle);
-            self.close(key, reason, out);
-        }
-        Ok(())
-    }
-
-    /// Logs one `--stats` line.
-    fn log_stats(&mut self) {
-        let Some(timer) = self.stats_timer.as_mut() else { return };
-        let s = self.stats;
-        let secs = self.now.duration_since(timer.last_at).as_secs_f64().max(1e-9);
-        let rate = |now: u64, then: u64| (now - then) as f64 / secs;
-        info!(
-            "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
-            self.connections.len(),
-            s.accepted,
-            s.closed,
-            s.rejected,
-            s.bytes,
-            s.frames,
-            rate(s.accepted, timer.last.accepted),
-            rate(s.closed, timer.last.closed),
-            rate(s.bytes, timer.last.bytes) / 1e6,
-            rate(s.frames, timer.last.frames),
-        );
-        timer.last = s;
-        timer.last_at = self.now;
-        timer.next = self.now + timer.interval;
-    }
-
     /// Drains the signal pipe; SIGINT and SIGTERM both stop the server.
     fn take_signals(&mut self) {
         if let Some(signals) = self.signals.as_mut() {
@@ -926,16 +605,5 @@ mod tests {
             .expect("addr");
         let tag = format_tag(&mut buf, v6);
         assert_eq!(tag, format!("{v6} ").as_bytes());
-    }
-
-    #[test]
-    fn resolves_ipv4_first() {
-        let addrs = resolve("localhost", 7).expect("localhost resolves");
-        assert!(addrs[0].is_ipv4(), "{addrs:?}");
-        assert_eq!(
-            resolve("[::1]", 7).expect("::1").first().map(|a| a.to_string()),
-            Some("[::1]:7".into())
-        );
-        assert!(resolve("no-such-host.invalid", 7).is_err());
     }
 }

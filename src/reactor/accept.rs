@@ -1,0 +1,204 @@
+//! Accepting clients: the accept pass and its budget, the pause and
+//! backoff when descriptors or memory run out, and the cap
+//! (`--max-connections`) with its one-line refusal.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use super::Core;
+use super::connection::{Connection, WANTS_WRITE, write_greeting};
+use crate::net_error::{self, AcceptAction};
+use crate::output::Transcript;
+
+/// Connections accepted per wakeup before clients already connected get a
+/// turn; the rest are accepted on the next pass without waiting for an event.
+const ACCEPT_BUDGET: usize = 256;
+
+/// First pause after a descriptor or memory shortage, doubled on every
+/// failed retry up to [`MAX_ACCEPT_BACKOFF`]. A closing connection ends the
+/// pause early.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Longest pause between accept retries while short of descriptors.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// What a client over `--max-connections` is told before it is closed.
+pub const SERVER_FULL: &[u8] = b"ERR server full, try again later\n";
+
+/// Accept-side state: pauses, backoff and burst logging.
+#[derive(Debug)]
+pub(super) struct AcceptState {
+    /// More clients may be waiting: the last pass stopped at its budget, or a
+    /// connection closed during a pause.
+    pub(super) ready: bool,
+    /// Accepting is paused (descriptor shortage) until then.
+    pub(super) paused_until: Option<Instant>,
+    /// The next pause's length.
+    pub(super) backoff: Duration,
+    /// When the current shortage began, for one log line when it ends.
+    pub(super) shortage_since: Option<Instant>,
+    /// Failed accepts in the current shortage.
+    pub(super) shortage_errors: u64,
+    /// Clients turned away at the cap since the server last had room.
+    pub(super) full_rejects: u64,
+}
+
+impl AcceptState {
+    pub(super) fn new() -> AcceptState {
+        AcceptState {
+            ready: false,
+            paused_until: None,
+            backoff: MIN_ACCEPT_BACKOFF,
+            shortage_since: None,
+            shortage_errors: 0,
+            full_rejects: 0,
+        }
+    }
+}
+
+impl Core {
+    /// Accepts waiting clients, up to [`ACCEPT_BUDGET`].
+    pub(super) fn accept_ready<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<W>) -> io::Result<()> {
+        self.accept.ready = false;
+        if self.accept.paused_until.is_some() {
+            // Paused for a shortage: the timer or a closing connection resumes.
+            return Ok(());
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            let Some(listener) = self.listener.as_ref() else {
+                return Ok(());
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.connections.len() >= self.max_connections {
+                        self.reject(stream, peer);
+                    } else {
+                        self.add(stream, peer, registry, out);
+                    }
+                }
+                // The backlog is empty.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.end_shortage();
+                    return Ok(());
+                }
+                Err(e) => match net_error::accept_action(&e) {
+                    // That one client's problem: take the next.
+                    AcceptAction::Retry => debug!("accept: {e}; next"),
+                    AcceptAction::Backoff => {
+                        self.start_pause(&e);
+                        return Ok(());
+                    }
+                    AcceptAction::Fatal => {
+                        error!("accept: {e}; the listener is unusable");
+                        return Err(e);
+                    }
+                },
+            }
+        }
+        // Budget spent: come back without waiting for an event.
+        self.accept.ready = true;
+        Ok(())
+    }
+
+    /// Out of descriptors or memory: pause accepting; log once per shortage.
+    fn start_pause(&mut self, e: &io::Error) {
+        let accept = &mut self.accept;
+        if accept.shortage_since.is_none() {
+            warn!(
+                "accept: {e}; pausing accepts while {} connections are open (clients wait in the backlog)",
+                self.connections.len()
+            );
+            accept.shortage_since = Some(self.now);
+            accept.backoff = MIN_ACCEPT_BACKOFF;
+        }
+        accept.shortage_errors += 1;
+        accept.paused_until = Some(self.now + accept.backoff);
+        accept.backoff = (accept.backoff * 2).min(MAX_ACCEPT_BACKOFF);
+    }
+
+    /// The backlog is empty again: say how long the shortage lasted. (Not
+    /// on the first accept that works: while the backlog is full, every
+    /// close lets one more in and the next accept fails again, and that is
+    /// still the same shortage.)
+    fn end_shortage(&mut self) {
+        if let Some(since) = self.accept.shortage_since.take() {
+            info!(
+                "accept: resumed after {:.0?} ({} retries)",
+                self.now.duration_since(since),
+                self.accept.shortage_errors
+            );
+            self.accept.shortage_errors = 0;
+            self.accept.backoff = MIN_ACCEPT_BACKOFF;
+        }
+    }
+
+    /// Turns a client away at the cap: one line, then close. Logs once per
+    /// burst.
+    fn reject(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // Best effort: the line fits any fresh socket's buffer.
+        let _ = (&stream).write(SERVER_FULL);
+        self.stats.rejected += 1;
+        if self.accept.full_rejects == 0 {
+            warn!(
+                "server full ({} connections): turning new clients away, starting with {peer}",
+                self.max_connections
+            );
+        }
+        self.accept.full_rejects += 1;
+    }
+
+    /// Registers a new client, prints `Connection from`, sends the greeting.
+    fn add<W: Write>(&mut self, mut stream: TcpStream, peer: SocketAddr, registry: &Registry, out: &mut Transcript<W>) {
+        if self.accept.full_rejects > 0 {
+            info!(
+                "room again: {} clients were turned away while full",
+                self.accept.full_rejects
+            );
+            self.accept.full_rejects = 0;
+        }
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = registry.register(&mut stream, Token(key), Interest::READABLE) {
+            // epoll itself is out of room (max_user_watches): drop this one.
+            warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
+            return;
+        }
+        if let Some(idle) = self.config.keepalive {
+            let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(idle);
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                debug!("[{key}] {peer}: keepalive: {e}");
+            }
+        }
+        self.stats.accepted += 1;
+        self.last_churn = Some(self.now);
+        out.addr_line("Connection from:  ", peer);
+        let mut conn = Connection::new(stream, peer, self.now_ms);
+        let mut sent = 0;
+        match write_greeting(&mut conn.stream, &self.config.greeting, &mut sent) {
+            Ok(true) => {}
+            Ok(false) => {
+                // The rest goes out when the socket becomes writable.
+                debug!(
+                    "[{key}] {peer}: greeting: {} bytes wait for WRITABLE",
+                    self.config.greeting.len() - sent as usize
+                );
+                match registry.reregister(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+                    Ok(()) => {
+                        conn.flags |= WANTS_WRITE;
+                        self.greetings_in_progress.insert(key, sent);
+                    }
+                    Err(e) => debug!("[{key}] {peer}: cannot wait to greet: {e}"),
+                }
+            }
+            // The client is gone or not listening; what it sent is still read
+            // and printed, and the read side closes the connection.
+            Err(e) => debug!("[{key}] {peer}: greeting: {e}"),
+        }
+        entry.insert(conn);
+        debug!("[{key}] {peer}: connected");
+    }
+}
