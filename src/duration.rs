@@ -30,6 +30,38 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("invalid duration `{text}`: out of range"))
 }
 
+/// Parses a duration and checks that it lies within `min..=max`: every
+/// duration option has a bound that makes sense for it, so that no value
+/// can overflow a deadline later.
+pub fn parse_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < min || d > max {
+        return Err(if min.is_zero() {
+            format!("must be at most {}", format(max))
+        } else {
+            format!("must be between {} and {}", format(min), format(max))
+        });
+    }
+    Ok(d)
+}
+
+/// A duration in the largest unit that shows it whole: `30s`, `500us`, `24h`.
+pub fn format(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    for (unit, size) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+    ] {
+        if nanos >= size && nanos.is_multiple_of(size) {
+            return format!("{}{unit}", nanos / size);
+        }
+    }
+    format!("{nanos}ns")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +74,25 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn bounds_and_formats() {
+        let (min, max) = (Duration::from_millis(1), Duration::from_secs(3600));
+        assert_eq!(parse_within("5s", min, max), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            parse_within("10000000000000000000s", min, max),
+            Err("must be between 1ms and 1h".into())
+        );
+        assert_eq!(parse_within("0", min, max), Err("must be between 1ms and 1h".into()));
+        assert_eq!(
+            parse_within("2s", Duration::ZERO, Duration::from_secs(1)),
+            Err("must be at most 1s".into())
+        );
+        assert_eq!(format(Duration::from_micros(500)), "500us");
+        assert_eq!(format(Duration::from_secs(90)), "90s");
+        assert_eq!(format(Duration::from_secs(32767)), "32767s");
+        assert_eq!(format(Duration::from_secs(24 * 3600)), "24h");
     }
 
     #[test]

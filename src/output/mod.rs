@@ -23,6 +23,39 @@ pub const FLUSH_AT: usize = 64 * 1024;
 /// non-blocking pipe inherited from the parent).
 const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
+/// An error writing the transcript, as opposed to one of the server's own
+/// (polling, the listener): the loop passes both up as `io::Error`, and
+/// [`OutputError::of`] tells them apart, so the binary can say "stdout".
+#[derive(Debug)]
+pub struct OutputError(pub io::Error);
+
+impl std::fmt::Display for OutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OutputError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl OutputError {
+    /// Marks `e` as the output's, keeping its kind.
+    pub fn wrap(e: io::Error) -> io::Error {
+        if OutputError::of(&e).is_some() {
+            return e;
+        }
+        io::Error::new(e.kind(), OutputError(e))
+    }
+
+    /// The output's error inside `e`, if `e` is one.
+    pub fn of(e: &io::Error) -> Option<&io::Error> {
+        e.get_ref()?.downcast_ref::<OutputError>().map(|o| &o.0)
+    }
+}
+
 /// The buffered transcript writer.
 #[derive(Debug)]
 pub struct Transcript<W: Write> {
@@ -95,8 +128,13 @@ impl<W: Write> Transcript<W> {
         }
     }
 
-    /// Writes everything buffered to the sink and flushes the sink.
+    /// Writes everything buffered to the sink and flushes the sink. An
+    /// error is marked as the output's (see [`OutputError`]).
     pub fn flush(&mut self) -> io::Result<()> {
+        self.write_out().map_err(OutputError::wrap)
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
         let mut done = 0;
         while done < self.buf.len() {
             match self.sink.write(&self.buf[done..]) {

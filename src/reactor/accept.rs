@@ -11,7 +11,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::Core;
-use super::connection::{Connection, WANTS_WRITE, write_greeting};
+use super::connection::{Connection, READ_INTEREST, WANTS_WRITE, write_greeting};
 use crate::net_error::{self, AcceptAction};
 use crate::output::Transcript;
 
@@ -162,10 +162,16 @@ impl Core {
         }
         let entry = self.connections.vacant_entry();
         let key = entry.key();
-        if let Err(e) = registry.register(&mut stream, Token(key), Interest::READABLE) {
+        if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
             // epoll itself is out of room (max_user_watches): drop this one.
             warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
             return;
+        }
+        // Urgent (out-of-band) data stays in the stream, where it was sent,
+        // instead of being set aside where nobody reads it: every byte a
+        // client sends is printed.
+        if let Err(e) = socket2::SockRef::from(&stream).set_out_of_band_inline(true) {
+            debug!("[{key}] {peer}: SO_OOBINLINE: {e}");
         }
         if let Some(idle) = self.config.keepalive {
             let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(idle);
@@ -186,7 +192,7 @@ impl Core {
                     "[{key}] {peer}: greeting: {} bytes wait for WRITABLE",
                     self.config.greeting.len() - sent as usize
                 );
-                match registry.reregister(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+                match registry.reregister(&mut conn.stream, Token(key), READ_INTEREST | Interest::WRITABLE) {
                     Ok(()) => {
                         conn.flags |= WANTS_WRITE;
                         self.greetings_in_progress.insert(key, sent);
@@ -199,6 +205,8 @@ impl Core {
             Err(e) => debug!("[{key}] {peer}: greeting: {e}"),
         }
         entry.insert(conn);
+        self.key_end = self.key_end.max(key + 1);
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         debug!("[{key}] {peer}: connected");
     }
 }

@@ -17,6 +17,7 @@
 
 mod accept;
 mod connection;
+mod shutdown;
 mod stats;
 mod sweep;
 
@@ -24,6 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -37,7 +39,7 @@ use crate::output::Transcript;
 use crate::output::text::Framer;
 use accept::AcceptState;
 pub use accept::SERVER_FULL;
-use connection::{Connection, PEER_CLOSED, QUEUED, WANTS_WRITE, write_greeting};
+use connection::{Connection, PEER_CLOSED, QUEUED, READ_INTEREST, URGENT, WANTS_WRITE, write_greeting};
 use stats::StatsTimer;
 pub use stats::Summary;
 use sweep::Sweep;
@@ -119,6 +121,19 @@ struct Core {
     /// The one read buffer, shared by all connections (a multiple of
     /// `max_read`, so blocks cut into full frames).
     read_buf: Vec<u8>,
+    /// Bytes read from one connection per wakeup (`--read-budget` rounded
+    /// down to whole frames): reads never ask for more, so one full read
+    /// block with the default budget is one `recv`.
+    read_budget: usize,
+    /// One past the highest slab key in use: the idle sweep walks keys below
+    /// it, so its cost follows the connections, not the slab's capacity.
+    key_end: usize,
+    /// Connections open (shared with the signal handlers, which say how
+    /// many a timed-out drain did not finish).
+    open: Arc<AtomicUsize>,
+    /// The process's signals stop this server (see
+    /// [`Server::stop_on_signals`]).
+    exits_on_signals: bool,
     /// Bytes of a read block framed before the lines are written out (a
     /// multiple of `max_read`).
     frame_window: usize,
@@ -192,6 +207,10 @@ impl Server {
         let framer = Framer::new(config.max_read, config.raw);
         let m = framer.max_read();
         let read_len = (config.read_buffer.max(m) / m) * m;
+        // Whole frames, at least one, and never more than one read block per
+        // read: a budget that does not divide into reads would cut a frame
+        // short or cost a second read for a few bytes.
+        let read_budget = (config.read_budget.max(m) / m) * m;
         let now = Instant::now();
         let sweep = config.idle_timeout.map(|timeout| Sweep::new(timeout, now));
         let stats_timer = config.stats_interval.map(|interval| StatsTimer::new(interval, now));
@@ -202,6 +221,10 @@ impl Server {
             max_connections,
             framer,
             read_buf: vec![0; read_len],
+            read_budget,
+            key_end: 0,
+            open: Arc::new(AtomicUsize::new(0)),
+            exits_on_signals: false,
             frame_window: (FRAME_WINDOW / m).max(1) * m,
             greetings_in_progress: HashMap::new(),
             run_queue: VecDeque::new(),
@@ -251,14 +274,23 @@ impl Server {
         Ok(Stopper(waker))
     }
 
-    /// Stops the server cleanly on SIGINT and SIGTERM.
+    /// Stops the server cleanly on SIGINT and SIGTERM, as a process should:
+    /// the first signal drains (stop accepting, print what was received,
+    /// flush); a second one ends the process at once (exit 130 or 143); a
+    /// drain that takes longer than the config's `shutdown_timeout` ends it
+    /// with status 1. Only for the process's one server: the exits end the
+    /// whole process.
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
+        // The exit handlers first: on the first signal they only arm the
+        // drain timer.
+        shutdown::install(self.core.config.shutdown_timeout, Arc::clone(&self.core.open))?;
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
         self.poll
             .registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         self.core.signals = Some(signals);
+        self.core.exits_on_signals = true;
         Ok(())
     }
 
@@ -298,10 +330,14 @@ impl Server {
                 out.flush_if_full()?;
             }
             if core.stopping {
-                return core.shutdown(&mut out);
+                let summary = core.shutdown(&mut out);
+                if core.exits_on_signals {
+                    shutdown::drained();
+                }
+                return summary;
             }
             core.after_events(registry, &mut out)?;
-            core.coalesce(woken);
+            core.coalesce(woken, &mut out)?;
         }
     }
 }
@@ -327,7 +363,7 @@ impl Core {
     /// is handled at once. A wakeup that filled the event buffer, left work
     /// queued, or moved bulk data (where a pause would only let a socket
     /// buffer fill and the sender stall) never pauses.
-    fn coalesce(&mut self, woken: usize) {
+    fn coalesce<W: Write>(&mut self, woken: usize, out: &mut Transcript<W>) -> io::Result<()> {
         let window = self.config.coalesce;
         let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
         self.gathered = false;
@@ -338,9 +374,13 @@ impl Core {
             .last_churn
             .is_some_and(|t| self.now.duration_since(t) <= window * CHURN_QUIET_WINDOWS);
         if small && steady && !churning {
+            // What was read is written before the pause, in one write with
+            // what the last pause gathered: a line waits at most one window.
+            out.flush()?;
             std::thread::sleep(window);
             self.gathered = true;
         }
+        Ok(())
     }
 
     /// Work is queued that must not wait for an event.
@@ -365,7 +405,10 @@ impl Core {
         let deadline = [
             out.deadline(self.config.flush_lag),
             self.accept.paused_until,
-            self.sweep.as_ref().map(|s| s.next),
+            self.sweep
+                .as_ref()
+                .filter(|_| !self.connections.is_empty())
+                .map(|s| s.next),
             self.stats_timer.as_ref().map(|s| s.next),
         ]
         .into_iter()
@@ -384,7 +427,7 @@ impl Core {
                 // Closed, or the key now belongs to someone else.
                 _ => continue,
             }
-            if let Some(reason) = self.read_ready(key, self.config.read_budget, out)? {
+            if let Some(reason) = self.read_ready(key, self.read_budget, out)? {
                 self.close(key, reason, out);
             }
         }
@@ -422,6 +465,11 @@ impl Core {
         if event.is_read_closed() || event.is_error() {
             conn.flags |= PEER_CLOSED;
         }
+        if event.is_priority() {
+            // Urgent data: Linux ends a read at the urgent mark, so a short
+            // read no longer means drained. Read to `WouldBlock` this time.
+            conn.flags |= URGENT;
+        }
         if event.is_writable() && conn.has(WANTS_WRITE) {
             let sent = self.greetings_in_progress.entry(key).or_default();
             let done = match write_greeting(&mut conn.stream, &self.config.greeting, sent) {
@@ -436,7 +484,7 @@ impl Core {
                 // Greeted: stop asking for WRITABLE events.
                 self.greetings_in_progress.remove(&key);
                 conn.flags &= !WANTS_WRITE;
-                if let Err(e) = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE) {
+                if let Err(e) = registry.reregister(&mut conn.stream, Token(key), READ_INTEREST) {
                     self.close(key, Close::Error(e), out);
                     return Ok(());
                 }
@@ -444,7 +492,7 @@ impl Core {
         }
         if (event.is_readable() || event.is_read_closed() || event.is_error())
             && !conn.has(QUEUED)
-            && let Some(reason) = self.read_ready(key, self.config.read_budget, out)?
+            && let Some(reason) = self.read_ready(key, self.read_budget, out)?
         {
             self.close(key, reason, out);
         }
@@ -470,9 +518,15 @@ impl Core {
             &[][..]
         };
         let full = self.read_buf.len();
-        let mut budget = budget;
+        // Whole frames, so that a read the budget cuts short still ends on a
+        // frame boundary.
+        let m = self.framer.max_read();
+        let mut left = budget.div_ceil(m).max(1) * m;
         loop {
-            match conn.stream.read(&mut self.read_buf) {
+            // Never ask for more than the budget leaves: one read block per
+            // wakeup with the default budget.
+            let want = left.min(full);
+            match conn.stream.read(&mut self.read_buf[..want]) {
                 Ok(0) => return Ok(Some(Close::Eof)),
                 Ok(n) => {
                     conn.last_active = self.now_ms;
@@ -485,19 +539,24 @@ impl Core {
                         self.stats.frames += self.framer.frame_block(out.buf(), tag, part);
                         out.flush_if_full()?;
                     }
-                    // A short read drained the socket, unless the peer has
-                    // closed: then read on to see the end of file.
-                    if cfg!(target_os = "linux") && n < full && !conn.has(PEER_CLOSED) {
+                    // A short read drained the socket (the kernel raises a
+                    // new edge for every arrival), unless the peer has closed
+                    // (read on to see the end of file) or sent urgent data
+                    // (Linux ends a read at the urgent mark).
+                    if cfg!(target_os = "linux") && n < want && !conn.has(PEER_CLOSED | URGENT) {
                         return Ok(None);
                     }
-                    if n >= budget {
+                    left -= n;
+                    if left == 0 {
                         conn.flags |= QUEUED;
                         self.run_queue.push_back(key);
                         return Ok(None);
                     }
-                    budget -= n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags &= !URGENT;
+                    return Ok(None);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Ok(Some(Close::Error(e))),
             }
@@ -532,6 +591,15 @@ impl Core {
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
         drop(conn);
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if key + 1 == self.key_end {
+            // The top key is free: lower the sweep's bound past every free
+            // key below it (each key is passed once per use, so this is
+            // constant time on average).
+            while self.key_end > 0 && !self.connections.contains(self.key_end - 1) {
+                self.key_end -= 1;
+            }
+        }
         if self.accept.shortage_since.is_some() {
             self.accept.paused_until = None;
             self.accept.ready = true;
@@ -594,7 +662,7 @@ fn format_tag(buf: &mut [u8; 64], peer: SocketAddr) -> &[u8] {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -605,5 +673,71 @@ mod tests {
             .expect("addr");
         let tag = format_tag(&mut buf, v6);
         assert_eq!(tag, format!("{v6} ").as_bytes());
+    }
+
+    /// A server with `config` and one client it has accepted (not through
+    /// `run`: the test drives the loop's steps itself).
+    pub(crate) fn server_with_client(config: Config) -> (Server, std::net::TcpStream, Transcript<Vec<u8>>, usize) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut server = Server::from_listener(listener, config).expect("server");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let mut out = Transcript::new(Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.core.connections.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the connection never reached the accept queue"
+            );
+            server
+                .core
+                .accept_ready(server.poll.registry(), &mut out)
+                .expect("accept");
+        }
+        let key = server
+            .core
+            .connections
+            .iter()
+            .map(|(key, _)| key)
+            .next()
+            .expect("a connection");
+        (server, client, out, key)
+    }
+
+    /// Waits until connection `key`'s socket has at least `n` bytes queued.
+    pub(crate) fn wait_queued(server: &Server, key: usize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let queued = queued_bytes(&server.core.connections[key].stream).expect("FIONREAD");
+            if queued >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {queued} of {n} bytes arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn one_wakeup_reads_one_block_when_the_budget_is_one_block() {
+        // A buffer that rounds down to whole frames (1010 -> 1000) and a
+        // budget of the same unrounded size: one read, not a second one for
+        // the 10 bytes of budget the rounding left over.
+        let config = Config {
+            read_buffer: 1010,
+            read_budget: 1010,
+            ..Config::default()
+        };
+        let (mut server, mut client, mut out, key) = server_with_client(config);
+        client.write_all(&[b'a'; 10_000]).expect("send");
+        wait_queued(&server, key, 10_000);
+        let budget = server.core.read_budget;
+        let close = server.core.read_ready(key, budget, &mut out).expect("read");
+        assert!(close.is_none());
+        assert_eq!(server.core.stats.bytes, 1000, "bytes read in one wakeup");
+        assert_eq!(server.core.stats.frames, 40);
+        assert!(
+            server.core.connections[key].has(QUEUED),
+            "the rest waits in the run queue"
+        );
     }
 }

@@ -44,7 +44,7 @@ pub struct Captured {
 }
 
 impl Captured {
-    fn spawn(mut pipe: impl Read + Send + 'static) -> Arc<Captured> {
+    pub fn spawn(mut pipe: impl Read + Send + 'static) -> Arc<Captured> {
         let captured = Arc::new(Captured::default());
         let sink = Arc::clone(&captured);
         std::thread::spawn(move || {
