@@ -100,6 +100,9 @@ pub struct Config {
     /// 1 (only when the server handles signals, see
     /// [`crate::Server::stop_on_signals`]).
     pub shutdown_timeout: Duration,
+    /// Reactors, each on its own thread (`--threads`; 1: the caller's
+    /// thread only).
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -119,6 +122,7 @@ impl Default for Config {
             flush_lag: DEFAULT_FLUSH_LAG,
             coalesce: DEFAULT_COALESCE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            threads: 1,
         }
     }
 }

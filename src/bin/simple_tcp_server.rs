@@ -109,6 +109,13 @@ struct Args {
     /// finished. A second signal exits at once (at most 24h).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = within(bounds::SHUTDOWN_TIMEOUT))]
     shutdown_timeout: Duration,
+
+    /// Reactors, each on its own thread with its own poll, connections and
+    /// listener (SO_REUSEPORT); 0 for one per available core. The cap,
+    /// stats and shutdown cover them all.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(0..=1024).map(|n| n as usize))]
+    threads: usize,
 }
 
 /// A clap parser for a duration within `(min, max)`.
@@ -148,6 +155,10 @@ fn run(args: Args) -> Result<(), String> {
                  past about {fitting}, new clients wait in the backlog until others leave"
         );
     }
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let mut greeting = args.greeting.into_bytes();
     if args.no_greeting {
         greeting.clear();
@@ -170,6 +181,7 @@ fn run(args: Args) -> Result<(), String> {
         flush_lag: args.flush_lag,
         coalesce: args.coalesce,
         shutdown_timeout: args.shutdown_timeout,
+        threads,
         ..Config::default()
     };
 
@@ -178,22 +190,26 @@ fn run(args: Args) -> Result<(), String> {
     let mut last_error = None;
     let mut bound = None;
     for addr in addrs {
-        match listen::listen(addr, config.backlog) {
-            Ok(listener) => {
-                bound = Some(listener);
+        match listen::listen_many(addr, config.backlog, threads) {
+            Ok(listeners) => {
+                bound = Some(listeners);
                 break;
             }
             Err(e) => last_error = Some(format!("cannot listen on {addr}: {}", plain(&e))),
         }
     }
-    let listener = bound.ok_or_else(|| last_error.unwrap_or_else(|| "no address to listen on".into()))?;
-    let mut server = Server::from_listener(listener, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
+    let listeners = bound.ok_or_else(|| last_error.unwrap_or_else(|| "no address to listen on".into()))?;
+    let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
         .stop_on_signals()
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
     info!(
-        "serving up to {} connections on one thread (open-file limit {soft_limit})",
-        server.max_connections()
+        "serving up to {} connections on {} (open-file limit {soft_limit})",
+        server.max_connections(),
+        match server.threads() {
+            1 => "one thread".to_string(),
+            n => format!("{n} threads"),
+        }
     );
 
     // Write the transcript straight to the stdout descriptor: the library

@@ -62,7 +62,7 @@ impl AcceptState {
 
 impl Core {
     /// Accepts waiting clients, up to [`ACCEPT_BUDGET`].
-    pub(super) fn accept_ready<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<W>) -> io::Result<()> {
+    pub(super) fn accept_ready<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) -> io::Result<()> {
         self.accept.ready = false;
         if self.accept.paused_until.is_some() {
             // Paused for a shortage: the timer or a closing connection resumes.
@@ -74,10 +74,12 @@ impl Core {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.connections.len() >= self.max_connections {
-                        self.reject(stream, peer);
-                    } else {
+                    // The cap counts every reactor's connections: a slot is
+                    // taken before the client is served.
+                    if self.shared.try_open() {
                         self.add(stream, peer, registry, out);
+                    } else {
+                        self.reject(stream, peer);
                     }
                 }
                 // The backlog is empty.
@@ -152,7 +154,7 @@ impl Core {
     }
 
     /// Registers a new client, prints `Connection from`, sends the greeting.
-    fn add<W: Write>(&mut self, mut stream: TcpStream, peer: SocketAddr, registry: &Registry, out: &mut Transcript<W>) {
+    fn add<W: Write>(&mut self, mut stream: TcpStream, peer: SocketAddr, registry: &Registry, out: &mut Transcript<'_, W>) {
         if self.accept.full_rejects > 0 {
             info!(
                 "room again: {} clients were turned away while full",
@@ -165,6 +167,7 @@ impl Core {
         if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
             // epoll itself is out of room (max_user_watches): drop this one.
             warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
+            self.shared.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         // Urgent (out-of-band) data stays in the stream, where it was sent,
@@ -181,7 +184,7 @@ impl Core {
         }
         self.stats.accepted += 1;
         self.last_churn = Some(self.now);
-        out.addr_line("Connection from:  ", peer);
+        out.connected(peer);
         let mut conn = Connection::new(stream, peer, self.now_ms);
         let mut sent = 0;
         match write_greeting(&mut conn.stream, &self.config.greeting, &mut sent) {
@@ -206,7 +209,6 @@ impl Core {
         }
         entry.insert(conn);
         self.key_end = self.key_end.max(key + 1);
-        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         debug!("[{key}] {peer}: connected");
     }
 }

@@ -13,9 +13,11 @@
 //! that blocked the drain) and calls `_exit`. No thread is added.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use super::Stopper;
 
 use signal_hook::consts::{SIGALRM, SIGINT, SIGTERM};
 
@@ -28,27 +30,33 @@ const EXIT_DRAIN_TIMEOUT: i32 = 1;
 
 /// Set by the first SIGINT or SIGTERM.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// The first SIGINT or SIGTERM's number (0 before it).
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// `--shutdown-timeout` in microseconds (0 until [`install`]).
 static DRAIN_TIMEOUT_US: AtomicU64 = AtomicU64::new(0);
 /// Whether the drain has finished (the timer then does nothing).
 static DRAINED: AtomicBool = AtomicBool::new(false);
-/// The server's count of open connections, for the timeout's note.
-static OPEN: OnceLock<Arc<AtomicUsize>> = OnceLock::new();
+/// What the first signal stops (and whose open connections the timeout's
+/// note counts).
+static STOPPER: OnceLock<Stopper> = OnceLock::new();
 /// The start of the timeout's note, formatted when installed (a handler
 /// may not allocate).
 static TIMEOUT_NOTE: OnceLock<String> = OnceLock::new();
 
-/// Installs the handlers: on SIGINT and SIGTERM, note the first and arm the
-/// drain timer, exit on the second; on SIGALRM, exit if the drain is not
-/// done. Register them before the loop's own signal pipe, which signal-hook
-/// feeds from the same handler.
-pub(super) fn install(drain_timeout: Duration, open: Arc<AtomicUsize>) -> io::Result<()> {
+/// Installs the handlers: on the first SIGINT or SIGTERM, stop the server
+/// (a flag and a write to each reactor's eventfd) and arm the drain timer;
+/// on the second, exit; on SIGALRM, exit if the drain is not done.
+pub(super) fn install(drain_timeout: Duration, stopper: Stopper) -> io::Result<()> {
     DRAIN_TIMEOUT_US.store(
         u64::try_from(drain_timeout.as_micros()).unwrap_or(u64::MAX).max(1),
         Ordering::SeqCst,
     );
-    // A second server in the same process keeps the first one's count.
-    let _ = OPEN.set(open);
+    if STOPPER.set(stopper).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the process's signals already stop another server",
+        ));
+    }
     let _ = TIMEOUT_NOTE.set(format!(
         "simple_tcp_server: the drain took longer than --shutdown-timeout {}; exiting with ",
         crate::duration::format(drain_timeout)
@@ -70,17 +78,23 @@ pub(super) fn install(drain_timeout: Duration, open: Arc<AtomicUsize>) -> io::Re
                 try_note(note);
                 signal_hook::low_level::exit(status);
             }
+            FIRST_SIGNAL.store(signal, Ordering::SeqCst);
             arm_timer(DRAIN_TIMEOUT_US.load(Ordering::SeqCst));
+            if let Some(stopper) = STOPPER.get() {
+                let _ = stopper.stop();
+            }
         };
         // SAFETY: the action only touches atomics, calls `setitimer` (a
         // plain system call), `poll` and `write` on descriptor 2 (through
-        // `try_note`) and `_exit`, all async-signal-safe; it allocates
-        // nothing and takes no lock.
+        // `try_note`), `_exit`, and `Stopper::stop`, which stores a flag and
+        // `write`s to each reactor's eventfd (mio's `Waker` on Linux; its
+        // errors are OS codes, which do not allocate): all async-signal-safe;
+        // nothing allocates or takes a lock.
         unsafe { signal_hook::low_level::register(signal, action) }?;
     }
     let on_alarm = || {
         if SIGNALLED.load(Ordering::SeqCst) && !DRAINED.load(Ordering::SeqCst) {
-            let open = OPEN.get().map_or(0, |open| open.load(Ordering::SeqCst));
+            let open = STOPPER.get().map_or(0, |stopper| stopper.open());
             let mut line = Line::new();
             line.push(
                 TIMEOUT_NOTE
@@ -101,6 +115,11 @@ pub(super) fn install(drain_timeout: Duration, open: Arc<AtomicUsize>) -> io::Re
     // formatted before the handler was installed, `poll`, `write`, `_exit`.
     unsafe { signal_hook::low_level::register(SIGALRM, on_alarm) }?;
     Ok(())
+}
+
+/// The signal that started the drain, if one did.
+pub(super) fn signal_received() -> Option<i32> {
+    Some(FIRST_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)
 }
 
 /// The drain has finished: the timer, if armed, is disarmed and ignored.

@@ -42,7 +42,7 @@ impl Sweep {
 
 impl Core {
     /// One step of the idle sweep.
-    pub(super) fn sweep_step<W: Write>(&mut self, out: &mut Transcript<W>) -> io::Result<()> {
+    pub(super) fn sweep_step<W: Write>(&mut self, out: &mut Transcript<'_, W>) -> io::Result<()> {
         let Some(sweep) = self.sweep.as_mut() else {
             return Ok(());
         };
@@ -94,7 +94,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::config::Config;
-    use crate::reactor::tests::{server_with_client, wait_queued};
+    use crate::reactor::tests::{reactor_with_client, transcript, wait_queued};
 
     #[test]
     fn data_that_lands_before_the_sweep_keeps_the_client() {
@@ -102,7 +102,9 @@ mod tests {
             idle_timeout: Some(Duration::from_secs(1)),
             ..Config::default()
         };
-        let (mut server, mut client, mut out, key) = server_with_client(config);
+        let sink = std::sync::Mutex::new(Vec::new());
+        let mut out = transcript(&sink);
+        let (mut server, mut client, key) = reactor_with_client(config, &mut out);
         // The client has been silent for 2 s of the server's clock...
         server.core.now_ms = 10_000;
         server.core.connections[key].last_active = 8_000;
@@ -115,7 +117,7 @@ mod tests {
             "closed a client that had just sent data"
         );
         assert_eq!(server.core.stats.idle_closed, 0);
-        let text = String::from_utf8(out.buf().clone()).expect("UTF-8");
+        let text = String::from_utf8(out.pending_bytes().to_vec()).expect("UTF-8");
         assert!(text.contains("<10:still here>\n"), "{text}");
         assert!(!text.contains("Closed connection"), "{text}");
 
