@@ -3,12 +3,18 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Token};
 
-use super::{LoadError, Mode, Run};
+use super::{LoadError, Mode, POLL_TICK, Run};
+
+/// No greeting byte on any connection for this long while some wait for
+/// one: the server sends none, or fewer bytes than `--greeting-len`. A
+/// healthy server greets within milliseconds, even while accepting a
+/// backlog of thousands.
+const GREETING_STALL: Duration = Duration::from_secs(3);
 
 /// Source addresses for a target: for an IPv4 loopback target, `count`
 /// addresses from 127.0.0.1 up; otherwise the unspecified address (the
@@ -23,6 +29,25 @@ pub fn default_sources(target: SocketAddr, count: usize) -> Vec<IpAddr> {
     }
 }
 
+/// `count` consecutive IPv4 addresses from `first`, skipping those whose
+/// last byte is 0 or 255 (network and broadcast addresses elsewhere; best
+/// left alone on loopback too).
+pub fn sources_from(first: Ipv4Addr, count: usize) -> Vec<IpAddr> {
+    let mut next = u32::from(first);
+    let mut sources = Vec::with_capacity(count);
+    while sources.len() < count {
+        let last = next & 0xFF;
+        if last != 0 && last != 255 {
+            sources.push(IpAddr::V4(Ipv4Addr::from(next)));
+        }
+        match next.checked_add(1) {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    sources
+}
+
 /// Where one connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -32,7 +57,8 @@ pub(super) enum Phase {
     Greeting,
     /// Greeted: sending (flood), holding (hold) or chatting (chat).
     Ready,
-    /// Flood: all sent, write side closed, waiting for the server to close.
+    /// All sent, write side closed, waiting for the server to close (which
+    /// it does once it has read and printed everything).
     Draining,
 }
 
@@ -46,6 +72,8 @@ pub(super) struct Conn {
     pub(super) greeted: usize,
     /// Payload bytes written.
     pub(super) sent: u64,
+    /// Messages written.
+    pub(super) messages: u64,
 }
 
 /// Names an error for the report.
@@ -108,6 +136,82 @@ fn start_connect(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
 }
 
 impl Run {
+    /// Phase 1: opens every connection (a bounded number at a time) and
+    /// reads each greeting. Stops early on a signal, at the deadline, or
+    /// when greetings stall; what is left unfinished is counted as failed.
+    pub(super) fn connect_all(&mut self, events: &mut Events) -> Result<(), LoadError> {
+        while self.opened < self.cfg.mode.conns() || self.in_flight > 0 {
+            self.open_more()?;
+            if self.stopping() {
+                break;
+            }
+            self.check_greeting_stall();
+            if self.stopping() {
+                break;
+            }
+            self.poll_events(events, POLL_TICK)?;
+            self.progress.set_position(self.report.established as u64);
+        }
+        if self.stopping() {
+            self.abandon_unfinished();
+        }
+        Ok(())
+    }
+
+    /// Stops the run when connections have waited [`GREETING_STALL`] for a
+    /// greeting and no greeting byte came to any of them, and says what to
+    /// do about it.
+    fn check_greeting_stall(&mut self) {
+        if self.cfg.greeting_len == 0 || self.awaiting == 0 || self.greeting_clock.elapsed() < GREETING_STALL {
+            return;
+        }
+        let most = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase == Phase::Greeting)
+            .map(|(_, c)| c.greeted)
+            .max()
+            .unwrap_or(0);
+        let stall = GREETING_STALL.as_secs();
+        let why = if most == 0 {
+            format!(
+                "{} connections were established but no greeting came in {stall} s: \
+                 for a server run with --no-greeting, pass --greeting-len 0",
+                self.awaiting
+            )
+        } else {
+            format!(
+                "greetings stopped at {most} bytes, fewer than --greeting-len {}: pass --greeting-len {most}",
+                self.cfg.greeting_len
+            )
+        };
+        self.stop(why);
+    }
+
+    /// After a stop: connections still connecting or waiting for their
+    /// greeting, and those never started, are failures.
+    pub(super) fn abandon_unfinished(&mut self) {
+        let kind = match self.report.stopped.as_deref() {
+            Some(s) if s.contains("greeting") => "no greeting",
+            _ => self.stop_kind(),
+        };
+        let stuck: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.phase, Phase::Connecting | Phase::Greeting))
+            .map(|(k, _)| k)
+            .collect();
+        for key in stuck {
+            self.fail_kind(kind);
+            self.drop_conn(key);
+        }
+        let never = self.cfg.mode.conns().saturating_sub(self.opened);
+        if never > 0 {
+            self.report.fail("not started", never as u64);
+            self.opened = self.cfg.mode.conns();
+        }
+    }
+
     /// Starts connections up to the in-flight bound.
     pub(super) fn open_more(&mut self) -> Result<(), LoadError> {
         let total = self.cfg.mode.conns();
@@ -146,46 +250,49 @@ impl Run {
             churn,
             greeted: 0,
             sent: 0,
+            messages: 0,
         });
         self.in_flight += 1;
         Ok(())
     }
 
     pub(super) fn fail(&mut self, e: &io::Error) {
-        *self.report.errors.entry(error_kind(e)).or_default() += 1;
+        self.report.fail(&error_kind(e), 1);
         self.finished += 1;
     }
 
     pub(super) fn fail_kind(&mut self, kind: &str) {
-        *self.report.errors.entry(kind.into()).or_default() += 1;
+        self.report.fail(kind, 1);
         self.finished += 1;
     }
 
     /// Drops connection `key` after a failure.
     pub(super) fn drop_conn(&mut self, key: usize) {
-        if let Some(conn) = self.conns.try_remove(key)
-            && matches!(conn.phase, Phase::Connecting | Phase::Greeting)
-        {
-            self.in_flight -= 1;
+        if let Some(conn) = self.conns.try_remove(key) {
+            match conn.phase {
+                Phase::Connecting => self.in_flight -= 1,
+                Phase::Greeting => {
+                    self.in_flight -= 1;
+                    self.awaiting -= 1;
+                }
+                Phase::Ready | Phase::Draining => {}
+            }
         }
     }
 
-    pub(super) fn time_out_unfinished(&mut self) {
-        let stuck: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| matches!(c.phase, Phase::Connecting | Phase::Greeting))
-            .map(|(k, _)| k)
-            .collect();
-        for key in stuck {
-            self.fail_kind("timeout");
-            self.drop_conn(key);
-        }
-        let never = self.cfg.mode.conns() - self.opened;
-        if never > 0 {
-            *self.report.errors.entry("not started (timeout)".into()).or_default() += never as u64;
-            self.opened = self.cfg.mode.conns();
-        }
+    /// Counts `e` against connection `key` and drops it, from the chat's
+    /// round robin too.
+    pub(super) fn lose(&mut self, key: usize, e: &io::Error) {
+        self.fail(e);
+        self.drop_conn(key);
+        self.ready.retain(|&k| k != key);
+    }
+
+    /// As [`Run::lose`], for a failure without an `io::Error`.
+    fn lose_kind(&mut self, key: usize, kind: &str) {
+        self.fail_kind(kind);
+        self.drop_conn(key);
+        self.ready.retain(|&k| k != key);
     }
 
     pub(super) fn dispatch(&mut self, events: &Events) {
@@ -208,6 +315,10 @@ impl Run {
                         continue;
                     }
                 }
+                if self.awaiting == 0 {
+                    self.greeting_clock = Instant::now();
+                }
+                self.awaiting += 1;
                 if self.cfg.greeting_len == 0 {
                     self.greeted(key);
                     continue;
@@ -222,41 +333,27 @@ impl Run {
         }
     }
 
-    pub(super) fn on_readable(&mut self, key: usize) {
+    fn on_readable(&mut self, key: usize) {
         let mut buf = [0u8; 4096];
         loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
             match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     match conn.phase {
-                        Phase::Draining => {
-                            // The server printed everything and closed: done.
-                            if self.conns.remove(key).churn {
-                                self.report.churned += 1;
-                            } else {
-                                self.finished += 1;
-                            }
-                        }
-                        Phase::Greeting => {
-                            self.fail_kind("closed before greeting");
-                            self.drop_conn(key);
-                        }
-                        _ => {
-                            self.fail_kind("closed by server");
-                            self.drop_conn(key);
-                            self.ready.retain(|&k| k != key);
-                        }
+                        Phase::Draining => self.acknowledged(key),
+                        Phase::Greeting => self.lose_kind(key, "closed before greeting"),
+                        _ => self.lose_kind(key, "closed by server"),
                     }
                     return;
                 }
                 Ok(n) => {
                     if conn.phase == Phase::Greeting {
                         if buf[..n].starts_with(b"ERR") {
-                            self.fail_kind("server full");
-                            self.drop_conn(key);
+                            self.lose_kind(key, "server full");
                             return;
                         }
                         conn.greeted += n;
+                        self.greeting_clock = Instant::now();
                         if conn.greeted >= self.cfg.greeting_len {
                             self.greeted(key);
                         }
@@ -265,23 +362,35 @@ impl Run {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let was_draining = conn.phase == Phase::Draining;
-                    self.fail(&e);
-                    self.drop_conn(key);
-                    if !was_draining {
-                        self.ready.retain(|&k| k != key);
-                    }
+                    self.lose(key, &e);
                     return;
                 }
             }
         }
     }
 
+    /// The server closed connection `key` after our half-close: it read
+    /// (and printed) everything we sent.
+    fn acknowledged(&mut self, key: usize) {
+        let conn = self.conns.remove(key);
+        let now = Instant::now();
+        if conn.churn {
+            self.report.churned += 1;
+            self.last_churn = Some(now);
+        } else {
+            self.finished += 1;
+            self.report.bytes_acked += conn.sent;
+            self.report.messages_acked += conn.messages;
+            self.last_close = Some(now);
+        }
+    }
+
     /// Connection `key` is connected and greeted.
-    pub(super) fn greeted(&mut self, key: usize) {
+    fn greeted(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         conn.phase = Phase::Ready;
         self.in_flight -= 1;
+        self.awaiting -= 1;
         self.report.established += 1;
         if self.cfg.greeting_len > 0 {
             self.report.greetings += 1;
@@ -291,15 +400,14 @@ impl Run {
             let message = format!("churn {key} says bye");
             match conn.stream.write(message.as_bytes()) {
                 Ok(n) => {
+                    conn.sent += n as u64;
+                    conn.messages += 1;
                     self.report.bytes_sent += n as u64;
                     self.report.messages += 1;
                     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
                     conn.phase = Phase::Draining;
                 }
-                Err(e) => {
-                    self.fail(&e);
-                    self.conns.remove(key);
-                }
+                Err(e) => self.lose(key, &e),
             }
             return;
         }
@@ -310,19 +418,47 @@ impl Run {
                 let message = format!("client {key} says hello");
                 match conn.stream.write(message.as_bytes()) {
                     Ok(n) => {
+                        conn.sent += n as u64;
+                        conn.messages += 1;
                         self.report.bytes_sent += n as u64;
                         self.report.messages += 1;
                     }
-                    Err(e) => {
-                        self.fail(&e);
-                        self.conns.remove(key);
-                        self.ready.pop();
-                    }
+                    Err(e) => self.lose(key, &e),
                 }
             }
             Mode::Flood { .. } => self.on_writable(key),
             Mode::Chat { .. } | Mode::Churn { .. } => {}
         }
+    }
+
+    /// Half-closes every held connection and waits (at most
+    /// `wait`, and never past the deadline) for the server to close each;
+    /// those it does not close are failures.
+    pub(super) fn close_and_wait(&mut self, wait: Duration, events: &mut Events) -> Result<(), LoadError> {
+        for (_, conn) in self.conns.iter_mut() {
+            if !conn.churn && conn.phase == Phase::Ready {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                conn.phase = Phase::Draining;
+            }
+        }
+        self.ready.clear();
+        let until = Instant::now() + wait;
+        let draining = |run: &Run| run.conns.iter().any(|(_, c)| !c.churn && c.phase == Phase::Draining);
+        while draining(self) && !self.stopping() && Instant::now() < until {
+            self.poll_events(events, POLL_TICK.min(until.saturating_duration_since(Instant::now())))?;
+        }
+        let left = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.churn && c.phase == Phase::Draining)
+            .count();
+        let kind = if self.stopping() {
+            self.stop_kind()
+        } else {
+            "not closed by server"
+        };
+        self.report.fail(kind, left as u64);
+        Ok(())
     }
 }
 

@@ -2,12 +2,12 @@
 //! and waits for the server to close.
 
 use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::Events;
 
 use super::conn::Phase;
-use super::{LoadError, Mode, Run, sample_process};
+use super::{LoadError, Mode, POLL_TICK, Run, sample_process};
 
 /// The text every connection sends: `NAME says: LINE`, repeated, no
 /// delimiter, as client.go writes it. Printable, like real chat.
@@ -43,8 +43,9 @@ impl Run {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.fail(&e);
-                    self.conns.remove(key);
+                    // The bytes written on this connection are not
+                    // acknowledged: they count in bytes_sent only.
+                    self.lose(key, &e);
                     return;
                 }
             }
@@ -54,26 +55,22 @@ impl Run {
         conn.phase = Phase::Draining;
     }
 
-    /// Flood: waits until the server has closed every connection.
-    pub(super) fn finish_flood(
-        &mut self,
-        conns: usize,
-        deadline: Instant,
-        events: &mut Events,
-    ) -> Result<(), LoadError> {
+    /// Flood: waits until the server has closed every connection (or the
+    /// run stops); MB/s counts the bytes of the connections it closed.
+    pub(super) fn finish_flood(&mut self, conns: usize, events: &mut Events) -> Result<(), LoadError> {
         self.progress.set_position(0);
-        while self.finished < conns {
-            if Instant::now() >= deadline {
-                let left = self.conns.len();
-                *self.report.errors.entry("timeout".into()).or_default() += left as u64;
-                break;
-            }
-            self.poll.poll(events, Some(Duration::from_millis(50)))?;
-            self.dispatch(events);
+        while self.finished < conns && !self.stopping() {
+            self.poll_events(events, POLL_TICK)?;
             self.progress.set_position(self.finished as u64);
         }
-        let secs = self.started.elapsed().as_secs_f64();
-        self.report.mb_per_sec = self.report.bytes_sent as f64 / secs / 1e6;
+        let left = self.conns.len();
+        let kind = self.stop_kind();
+        self.report.fail(kind, left as u64);
+        let end = self.last_close.unwrap_or_else(Instant::now);
+        let secs = end.duration_since(self.started).as_secs_f64();
+        if secs > 0.0 {
+            self.report.mb_per_sec = self.report.bytes_acked as f64 / secs / 1e6;
+        }
         self.report.server_after = self.cfg.server_pid.and_then(|pid| sample_process(pid).ok());
         Ok(())
     }

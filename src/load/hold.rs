@@ -1,4 +1,5 @@
-//! Hold: everyone is up; sample the server and keep the connections.
+//! Hold: everyone is up; sample the server and keep the connections for
+//! `--hold` (never past `--timeout`).
 
 use std::time::{Duration, Instant};
 
@@ -6,22 +7,16 @@ use mio::Events;
 
 use super::{LoadError, Run, sample_process};
 
+/// Time for the server to print the last connections' messages before its
+/// memory is sampled.
+const SETTLE: Duration = Duration::from_millis(300);
+
 impl Run {
-    /// Hold: everyone is up; sample the server and keep the connections.
     pub(super) fn hold(&mut self, hold: Duration, events: &mut Events) -> Result<(), LoadError> {
-        // Let the server finish printing the last messages.
-        let settle = Instant::now() + Duration::from_millis(300);
-        while Instant::now() < settle {
-            self.poll.poll(events, Some(Duration::from_millis(50)))?;
-            self.dispatch(events);
-        }
+        self.settle(Instant::now() + SETTLE, events)?;
         self.report.server_after = self.cfg.server_pid.and_then(|pid| sample_process(pid).ok());
-        let until = Instant::now() + hold;
-        while Instant::now() < until {
-            self.poll
-                .poll(events, Some(until.saturating_duration_since(Instant::now())))?;
-            self.dispatch(events);
-        }
+        self.settle(Instant::now() + hold, events)?;
+        self.report.held = self.count_held();
         Ok(())
     }
 }

@@ -24,32 +24,56 @@
 //!   ([`LoadError`]), and [`run`], which connects everyone and hands over to
 //!   the mode.
 //! - `conn`: opening connections (source addresses,
-//!   `IP_BIND_ADDRESS_NO_PORT`) and one connection's life up to its greeting.
-//! - `hold`, `flood`, `chat`, `churn`: each mode's main phase.
-//! - `report`: the [`Report`], for a person or as one JSON line.
+//!   `IP_BIND_ADDRESS_NO_PORT`) and one connection's life: connecting, the
+//!   greeting (and noticing when none comes), failures by kind.
+//! - `hold`, `flood`, `chat`, `churn`: each mode's main phase; `pace`: R
+//!   per second for T seconds.
+//! - `report`: the [`Report`] and its verdict, for a person or as one JSON
+//!   line; `json`: reading such lines back.
+//! - `procs`: `--procs N`, generator processes past one process's
+//!   descriptor cap, their reports added up.
 //! - `proc`: the server's memory, threads and CPU time, from `/proc`.
+//!
+//! # Honest numbers
+//!
+//! A run is clean only if every connection did what it was asked and the
+//! server acknowledged it: flood and chat bytes count when the server closed
+//! the connection after our half-close (so after reading every byte), a
+//! churned connection when the server closed it after printing its
+//! message. Any failure, a run cut short (`--timeout`, a signal, a server
+//! that sends no greeting), or a rate out of reach makes it not clean, and
+//! [`Report::reason`] says why.
 
 mod chat;
 mod churn;
 mod conn;
 mod flood;
 mod hold;
+mod json;
+mod pace;
 mod proc;
+pub mod procs;
 mod report;
 
-use std::io;
+use std::io::{self, BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll};
+use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-pub use conn::{bind_address_no_port, default_sources};
+pub use conn::{bind_address_no_port, default_sources, sources_from};
 pub use proc::{ProcSample, sample_process};
 pub use report::Report;
 
+use crate::duration::format_duration;
 use conn::Conn;
 use flood::payload;
+
+/// The signal source's token, outside the slab's keys.
+const SIGNALS: Token = Token(usize::MAX);
+/// How long a phase waits in one poll when nothing is due sooner.
+const POLL_TICK: Duration = Duration::from_millis(50);
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -128,10 +152,17 @@ pub struct LoadConfig {
     /// The server's process id, for memory, threads and CPU from /proc.
     pub server_pid: Option<i32>,
     /// Bound on the whole run: whatever is not done by then is reported as
-    /// timed out.
+    /// timed out, and the run is not clean.
     pub timeout: Duration,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// SIGINT and SIGTERM end the run early, with the report so far (not
+    /// clean). For binaries: a library user may not want its signals taken.
+    pub stop_on_signals: bool,
+    /// Run as one of `--procs` generator processes: after connecting, and
+    /// after the main phase, print `ready` (then `done`) on stdout and wait
+    /// for a line on stdin before going on; end of input stops the run.
+    pub coordinated: bool,
 }
 
 /// A run that could not go on.
@@ -185,8 +216,22 @@ struct Run {
     ready: Vec<usize>,
     payload: Vec<u8>,
     started: Instant,
+    /// `started` + the run's `--timeout`.
+    deadline: Instant,
     last_greeting: Instant,
+    /// Reset whenever greeting bytes arrive, or a connection starts waiting
+    /// for its greeting while none was: a stalled greeting is noticed from it.
+    greeting_clock: Instant,
+    /// Connections connected and waiting for their greeting.
+    awaiting: usize,
+    /// Flood: when the server closed the last connection it closed.
+    last_close: Option<Instant>,
+    /// Churn: when the last short-lived connection completed.
+    last_churn: Option<Instant>,
+    /// Chat: the paced phase's length (at least the --secs asked), for rates.
+    paced_secs: f64,
     progress: indicatif::ProgressBar,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
 }
 
 /// Runs the load described by `cfg`.
@@ -206,6 +251,15 @@ pub fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         Mode::Flood { write_size, .. } => payload((*write_size).max(1)),
         _ => Vec::new(),
     };
+    let poll = Poll::new()?;
+    let signals = if cfg.stop_on_signals {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Some(signals)
+    } else {
+        None
+    };
     let now = Instant::now();
     let mut run = Run {
         report: Report {
@@ -214,7 +268,7 @@ pub fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             server_before: cfg.server_pid.and_then(|pid| sample_process(pid).ok()),
             ..Report::default()
         },
-        poll: Poll::new()?,
+        poll,
         conns: Slab::with_capacity(conns),
         opened: 0,
         in_flight: 0,
@@ -222,8 +276,15 @@ pub fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         ready: Vec::with_capacity(conns),
         payload,
         started: now,
+        deadline: now + cfg.timeout,
         last_greeting: now,
+        greeting_clock: now,
+        awaiting: 0,
+        last_close: None,
+        last_churn: None,
+        paced_secs: 0.0,
         progress,
+        signals,
         cfg,
     };
     let result = run.go();
@@ -234,27 +295,128 @@ pub fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
 
 impl Run {
     fn go(&mut self) -> Result<(), LoadError> {
-        let deadline = self.started + self.cfg.timeout;
         let mut events = Events::with_capacity(1024);
-        // Phase 1: connect everyone (flood starts streaming as each is greeted).
-        while self.opened < self.cfg.mode.conns() || self.in_flight > 0 {
-            self.open_more()?;
-            if Instant::now() >= deadline {
-                self.time_out_unfinished();
-                break;
-            }
-            self.poll.poll(&mut events, Some(Duration::from_millis(50)))?;
-            self.dispatch(&events);
-            self.progress.set_position(self.report.established as u64);
-        }
+        // Connect everyone (flood starts streaming as each is greeted).
+        self.connect_all(&mut events)?;
         self.report.connect_secs = self.last_greeting.duration_since(self.started).as_secs_f64();
-        match self.cfg.mode.clone() {
-            Mode::Hold { hold, .. } => self.hold(hold, &mut events)?,
-            Mode::Flood { conns, .. } => self.finish_flood(conns, deadline, &mut events)?,
-            Mode::Chat { rate, secs, .. } => self.chat(rate, secs, &mut events)?,
-            Mode::Churn { rate, secs, .. } => self.churn(rate, secs, &mut events)?,
+        self.barrier("ready")?;
+        if !self.stopping() {
+            match self.cfg.mode.clone() {
+                Mode::Hold { hold, .. } => self.hold(hold, &mut events)?,
+                Mode::Flood { conns, .. } => self.finish_flood(conns, &mut events)?,
+                Mode::Chat { rate, secs, .. } => self.chat(rate, secs, &mut events)?,
+                Mode::Churn { rate, secs, .. } => self.churn(rate, secs, &mut events)?,
+            }
+        }
+        self.barrier("done")?;
+        if matches!(self.cfg.mode, Mode::Chat { .. }) {
+            self.chat_acknowledged(&mut events)?;
         }
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
+        self.report.judge();
         Ok(())
+    }
+
+    /// Whether the run has been stopped (interrupted, out of time, no
+    /// greeting).
+    fn stopping(&self) -> bool {
+        self.report.stopped.is_some()
+    }
+
+    /// Stops the run, for `why` (the first reason given stands).
+    fn stop(&mut self, why: String) {
+        if self.report.stopped.is_none() {
+            self.report.stopped = Some(why);
+        }
+    }
+
+    /// The error kind for connections that a stop leaves unfinished.
+    fn stop_kind(&self) -> &'static str {
+        match self.report.stopped.as_deref() {
+            Some(s) if s.starts_with("interrupted") => "interrupted",
+            Some(s) if s.starts_with("the parent") => "interrupted",
+            _ => "timeout",
+        }
+    }
+
+    /// Stops the run if `--timeout` has passed; returns whether it has.
+    fn out_of_time(&mut self) -> bool {
+        if Instant::now() >= self.deadline {
+            let timeout = format_duration(self.cfg.timeout);
+            self.stop(format!("the run did not finish within --timeout {timeout}"));
+            return true;
+        }
+        false
+    }
+
+    /// Notes SIGINT and SIGTERM.
+    fn take_signals(&mut self) {
+        let pending: Vec<i32> = match self.signals.as_mut() {
+            Some(signals) => signals.pending().collect(),
+            None => return,
+        };
+        for signal in pending {
+            let name = match signal {
+                signal_hook::consts::SIGINT => "SIGINT",
+                signal_hook::consts::SIGTERM => "SIGTERM",
+                _ => "a signal",
+            };
+            self.stop(format!("interrupted by {name}"));
+        }
+    }
+
+    /// Waits up to `wait` (never past the deadline) for events and handles
+    /// them; stops the run on a signal or at the deadline.
+    fn poll_events(&mut self, events: &mut Events, wait: Duration) -> Result<(), LoadError> {
+        if self.out_of_time() {
+            return Ok(());
+        }
+        let wait = wait.min(self.deadline.saturating_duration_since(Instant::now()));
+        match self.poll.poll(events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        if events.iter().any(|e| e.token() == SIGNALS) {
+            self.take_signals();
+        }
+        self.dispatch(events);
+        self.out_of_time();
+        Ok(())
+    }
+
+    /// Polls until `until` (or the deadline, or a stop).
+    fn settle(&mut self, until: Instant, events: &mut Events) -> Result<(), LoadError> {
+        while !self.stopping() && Instant::now() < until {
+            self.poll_events(events, until.saturating_duration_since(Instant::now()))?;
+        }
+        Ok(())
+    }
+
+    /// With `coordinated`, tells the parent process that this one reached
+    /// `name` and waits for its go; end of input stops the run.
+    fn barrier(&mut self, name: &str) -> Result<(), LoadError> {
+        if !self.cfg.coordinated {
+            return Ok(());
+        }
+        let mut out = io::stdout().lock();
+        writeln!(out, "{name}")?;
+        out.flush()?;
+        drop(out);
+        let mut line = String::new();
+        let n = io::stdin().lock().read_line(&mut line)?;
+        self.take_signals();
+        if n == 0 {
+            self.stop("the parent process stopped the run".into());
+        }
+        Ok(())
+    }
+
+    /// Held connections still open.
+    fn count_held(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.churn && c.phase == conn::Phase::Ready)
+            .count()
     }
 }
