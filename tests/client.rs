@@ -348,11 +348,11 @@ fn input_is_sent_as_bytes_not_text() {
 #[test]
 fn server_text_split_inside_a_character_is_shown_whole_and_prompts_start_their_own_line() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let target = listener.local_addr().expect("addr").to_string();
+    let port = listener.local_addr().expect("addr").port().to_string();
     // stdout and stderr into one pipe, as on a terminal.
     let (reader, writer) = std::io::pipe().expect("pipe");
     let mut child = Command::new(util::bin("tcp_client"))
-        .arg(&target)
+        .args(["127.0.0.1", &port])
         .stdin(Stdio::piped())
         .stdout(writer.try_clone().expect("clone pipe"))
         .stderr(writer)
@@ -475,7 +475,7 @@ fn get_timeout_bounds_the_whole_exchange_against_a_trickling_server() {
 fn get_ends_at_content_length_when_the_server_keeps_the_connection() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let target = listener.local_addr().expect("addr").to_string();
-    let mut get = ChildProcess::start("tcp_client", &["get", &format!("http://{target}/x")]);
+    let mut get = ChildProcess::start("tcp_client", &["get", &target, "/x"]);
     let mut conn = accept_within(&listener, PATIENCE);
     read_request(&mut conn);
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
@@ -560,7 +560,7 @@ fn q_returns_at_once_even_if_the_server_keeps_the_connection_open() {
     // A peer that reads everything and never closes; a long --timeout must
     // not make the user wait after `Q`.
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let target = listener.local_addr().expect("addr").to_string();
+    let port = listener.local_addr().expect("addr").port().to_string();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let peer = std::thread::spawn(move || {
         let mut conn = accept_within(&listener, PATIENCE);
@@ -571,7 +571,7 @@ fn q_returns_at_once_even_if_the_server_keeps_the_connection_open() {
         let _ = stop_rx.recv();
         got
     });
-    let mut client = ChildProcess::start("tcp_client", &["--timeout", "60s", "--name", "n", &target]);
+    let mut client = ChildProcess::start("tcp_client", &["--timeout", "60s", "--name", "n", "127.0.0.1", &port]);
     client.type_line("hi\n");
     client.type_line("Q\n");
     assert!(client.wait_exit(PATIENCE).success(), "{}", client.context());
