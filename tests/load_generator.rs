@@ -234,6 +234,35 @@ fn flood_counts_only_bytes_the_server_acknowledged() {
 }
 
 #[test]
+fn flood_into_a_server_that_never_reads_is_cut_off_and_counts_nothing() {
+    // 50 MB cannot fit in the socket buffers: the flood cannot finish.
+    let peer = Peer::start(Behaviour::never_reads());
+    let port = peer.addr.port().to_string();
+    let mut load = ChildProcess::start(
+        "tcp_load",
+        &[
+            "--port",
+            &port,
+            "--json",
+            "--timeout",
+            "2s",
+            "flood",
+            "--conns",
+            "1",
+            "--bytes",
+            "50MB",
+        ],
+    );
+    assert_eq!(load.wait_exit(PATIENCE).code(), Some(1), "{}", load.context());
+    let json = load.stdout.text();
+    assert!(json.contains("the run did not finish within --timeout 2s"), "{json}");
+    assert!(json.contains("\"errors\":{\"timeout\":1}"), "{json}");
+    assert_eq!(field(&json, "bytes_acked"), 0.0, "{json}");
+    assert_eq!(field(&json, "mb_per_sec"), 0.0, "{json}");
+    assert_eq!(peer.accepted(), 1);
+}
+
+#[test]
 fn timeout_bounds_the_whole_run() {
     let server = ServerProcess::start(&[]);
     let port = server.addr.port().to_string();

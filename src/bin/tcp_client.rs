@@ -173,7 +173,8 @@ fn main() -> ExitCode {
         }
         Err(Failure::Failed(message)) => {
             let _ = io::stdout().flush();
-            eprintln!("tcp_client: {message}");
+            // A closed stderr loses the message, not the exit status.
+            let _ = writeln!(io::stderr(), "tcp_client: {message}");
             ExitCode::FAILURE
         }
     }
@@ -264,7 +265,7 @@ fn dial(args: &[String], timeout: Duration) -> Result<(), Failure> {
                 } else {
                     client::go_message(&e)
                 };
-                eprintln!("error connecting to {addr}: {reason}");
+                let _ = writeln!(io::stderr(), "error connecting to {addr}: {reason}");
                 failed += 1;
             }
         }

@@ -203,7 +203,8 @@ fn main() -> ExitCode {
         }
         Err(Failure::Usage(message)) => Cli::command().error(ErrorKind::ArgumentConflict, message).exit(),
         Err(Failure::Failed(message)) => {
-            eprintln!("tcp_load: {message}");
+            // A closed stderr loses the message, not the exit status.
+            let _ = writeln!(io::stderr(), "tcp_load: {message}");
             ExitCode::FAILURE
         }
     }
