@@ -3,6 +3,7 @@
 session, server and load generator in separate processes (issue 4).
 
     scripts/load_bench.py [--runs 3] [--only flood,chat,hold] [--perf]
+                          [--server-args "--threads 2"] [--design "threads2=--threads 2"]
 
 - hold:  tcp_load hold --conns 19000 against the server: greetings, errors,
          server RSS per connection, threads.
@@ -19,6 +20,15 @@ Runs of the designs are interleaved so that the machine's noise falls on all
 of them alike. Every run is bounded in time and stops by itself; only
 processes this script started are signalled, by PID.
 
+Every run must be clean (tcp_load exits 0 and reports "ok": true: every
+connection greeted and acknowledged, chat kept up): a run that is not stops
+the script with tcp_load's reason and exit status 1, and nothing is written
+or averaged.
+
+--server-args adds arguments to every simple_tcp_server run; each --design
+NAME=ARGS adds a design, simple_tcp_server with those arguments, measured in
+the same interleaved runs (e.g. --design "threads2=--threads 2").
+
 Standard library only. Prints a markdown table and writes the raw numbers as
 JSON (--json-out, default target/load_bench.json).
 """
@@ -30,6 +40,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -67,16 +78,28 @@ def prepare_sink():
             f.write(block)
 
 
+# Extra simple_tcp_server designs: name -> arguments (--design), and the
+# arguments every simple_tcp_server run gets (--server-args).
+DESIGNS = {}
+SERVER_ARGS = []
+# The reference loops of examples/reference_server.rs.
+REFERENCE_KINDS = ("bare", "write-limit")
+
+
+class NotClean(Exception):
+    """A run that did not do all it was asked: never averaged in."""
+
+
 class Server:
     """A server process with stdout to a file on tmpfs; stopped by PID."""
 
-    def __init__(self, kind, extra=()):
+    def __init__(self, kind):
         self.out_path = os.path.join(TMPFS, f"load_bench_{os.getpid()}_{kind}.out")
         self.err_path = self.out_path + ".err"
-        if kind == "server":
-            cmd = [SERVER, "127.0.0.1", "0", *extra]
-        else:
+        if kind in REFERENCE_KINDS:
             cmd = [REFERENCE, kind, "127.0.0.1", "0"]
+        else:
+            cmd = [SERVER, "127.0.0.1", "0", *SERVER_ARGS, *DESIGNS.get(kind, [])]
         if GROWING:
             self.out = open(self.out_path, "wb")
         else:
@@ -127,14 +150,24 @@ class Server:
                 pass
 
 
-def load(port, pid, mode_args, timeout="120s"):
+def check_clean(kind, mode_args, returncode, stdout, stderr):
+    """The report of a clean run, or NotClean with tcp_load's reason."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        report = None
+    if returncode == 0 and report is not None and report.get("ok") is True:
+        return report
+    reason = (report or {}).get("reason") or (stderr or "").strip() or "no report"
+    raise NotClean(f"{kind}: tcp_load {' '.join(mode_args)}: not clean (exit {returncode}): {reason}")
+
+
+def load(kind, port, pid, mode_args, timeout="120s"):
     cmd = [LOAD, "--port", str(port), "--json", "--quiet", "--timeout", timeout]
     if pid:
         cmd += ["--server-pid", str(pid)]
     out = subprocess.run(cmd + mode_args, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"tcp_load failed: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    return check_clean(kind, mode_args, out.returncode, out.stdout, out.stderr)
 
 
 def perf_syscalls(pid, seconds):
@@ -159,6 +192,11 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+def ratio(a, b):
+    """a / b as `1.23x`, or n/a when b is zero (a run too short to measure)."""
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
 def quartiles(values):
     """(25th, 75th) percentiles, for the spread of noisy runs."""
     if len(values) < 4:
@@ -169,57 +207,62 @@ def quartiles(values):
 
 def run_flood(runs, results, clients):
     # 1 GB in all per run, whatever the client count.
+    kinds = ["server", *DESIGNS, "write-limit"]
     for conns in clients:
         per_conn = f"{1_000_000_000 // conns}B"
-        rates = {"server": [], "write-limit": []}
+        rates = {kind: [] for kind in kinds}
         for _ in range(runs):
-            for kind in ("server", "write-limit"):
+            for kind in kinds:
                 s = Server(kind)
                 try:
-                    r = load(s.port, None, ["flood", "--conns", str(conns), "--bytes", per_conn])
+                    r = load(kind, s.port, None, ["flood", "--conns", str(conns), "--bytes", per_conn])
                 finally:
                     s.stop()
-                if r["errors"]:
-                    raise RuntimeError(f"flood errors against {kind}: {r['errors']}")
                 rates[kind].append(r["mb_per_sec"])
-        results["flood"].append({"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"]})
-        print(f"flood {conns}: server {rates['server']} write-limit {rates['write-limit']}", file=sys.stderr)
+        entry = {"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"]}
+        if DESIGNS:
+            entry["designs"] = {name: rates[name] for name in DESIGNS}
+        results["flood"].append(entry)
+        print(f"flood {conns}: " + " ".join(f"{k} {v}" for k, v in rates.items()), file=sys.stderr)
 
 
 def run_chat(runs, results, conns, rate, secs, with_perf):
-    per = {"server": [], "bare": []}
+    kinds = ["server", *DESIGNS, "bare"]
+    per = {kind: [] for kind in kinds}
     sys_counts = {}
+    mode_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
     for _ in range(runs):
-        for kind in ("server", "bare"):
+        for kind in kinds:
             s = Server(kind)
             try:
                 if with_perf and kind not in sys_counts:
                     # Sample system calls in the middle of the paced phase.
                     proc = subprocess.Popen(
-                        [LOAD, "--port", str(s.port), "--json", "--quiet", "--server-pid", str(s.pid),
-                         "chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"],
-                        stdout=subprocess.PIPE, text=True)
+                        [LOAD, "--port", str(s.port), "--json", "--quiet", "--server-pid", str(s.pid), *mode_args],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                     time.sleep(min(3.0, secs / 3) + 1.0)
                     window = max(1, secs // 3)
                     counts = perf_syscalls(s.pid, window)
                     sys_counts[kind] = {k: v / (rate * window) for k, v in counts.items()}
-                    r = json.loads(proc.communicate(timeout=secs + 120)[0])
+                    stdout, stderr = proc.communicate(timeout=secs + 120)
+                    r = check_clean(kind, mode_args, proc.returncode, stdout, stderr)
                 else:
-                    r = load(s.port, s.pid, ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"])
+                    r = load(kind, s.port, s.pid, mode_args)
             finally:
                 s.stop()
-            if r["errors"] or not r["kept_up"]:
-                print(f"chat against {kind}: errors {r['errors']} kept_up {r['kept_up']}", file=sys.stderr)
             per[kind].append(r["cpu_us_per_msg"])
     results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "server": per["server"], "bare": per["bare"],
                        "syscalls_per_msg": sys_counts}
+    if DESIGNS:
+        results["chat"]["designs"] = {name: per[name] for name in DESIGNS}
 
 
 def run_hold(results, conns):
-    for kind in ("server", "bare"):
+    for kind in ("server", *DESIGNS, "bare"):
         s = Server(kind)
         try:
-            results["hold"][kind] = load(s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"], timeout="300s")
+            results["hold"][kind] = load(kind, s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"],
+                                         timeout="300s")
         finally:
             s.stop()
     results["hold_conns"] = conns
@@ -234,8 +277,10 @@ def render(results):
         print(f"\n### Hold ({conns} connections)\n")
         print("| design | established | greeted | errors | connect time | RSS per connection | threads |")
         print("|---|---:|---:|---:|---:|---:|---:|")
+        names = {"server": "simple_tcp_server", "bare": "bare mio loop"}
         for kind, r in results["hold"].items():
-            print(f"| {'simple_tcp_server' if kind == 'server' else 'bare mio loop'} | {r['established']} | "
+            name = names.get(kind, f"simple_tcp_server {' '.join(results.get('designs', {}).get(kind, [kind]))}")
+            print(f"| {name} | {r['established']} | "
                   f"{r['greetings']} | {sum(r['errors'].values())} | {r['connect_secs']:.2f} s | "
                   f"{r['rss_per_conn']:.1f} B | {r['server_threads']} |")
     if results.get("flood"):
@@ -251,6 +296,18 @@ def render(results):
             print(f"| {f['conns']} | {median(srv):.0f} ({s25:.0f}–{s75:.0f}), {max(srv):.0f} "
                   f"| {median(ref):.0f} ({w25:.0f}–{w75:.0f}), {max(ref):.0f} "
                   f"| {median(srv) / median(ref):.2f}x | {max(srv) / max(ref):.2f}x |")
+        extra = [name for f in results["flood"] for name in f.get("designs", {})]
+        for name in dict.fromkeys(extra):
+            args = " ".join(results.get("designs", {}).get(name, []))
+            print(f"\n`simple_tcp_server {args}` ({name}):\n")
+            print("| clients | median (quartiles), best | ratio of medians to write-limit |")
+            print("|---:|---:|---:|")
+            for f in results["flood"]:
+                rates, ref = f.get("designs", {}).get(name), f["write_limit"]
+                if rates:
+                    q25, q75 = quartiles(rates)
+                    print(f"| {f['conns']} | {median(rates):.0f} ({q25:.0f}–{q75:.0f}), {max(rates):.0f} "
+                          f"| {median(rates) / median(ref):.2f}x |")
     chat = results.get("chat")
     if chat:
         m_s, m_b = median(chat["server"]), median(chat["bare"])
@@ -258,7 +315,10 @@ def render(results):
               f"server CPU per message, median of {len(chat['server'])})\n")
         print("| design | CPU per message | ratio |")
         print("|---|---:|---:|")
-        print(f"| simple_tcp_server (framing, escaping, printing to tmpfs) | {m_s:.2f} us | {m_s / m_b:.2f}x |")
+        print(f"| simple_tcp_server (framing, escaping, printing to tmpfs) | {m_s:.2f} us | {ratio(m_s, m_b)} |")
+        for name, values in chat.get("designs", {}).items():
+            args = " ".join(results.get("designs", {}).get(name, []))
+            print(f"| simple_tcp_server {args} | {median(values):.2f} us | {ratio(median(values), m_b)} |")
         print(f"| bare loop (reads to WouldBlock, prints nothing) | {m_b:.2f} us | 1.00x |")
         sys_counts = chat.get("syscalls_per_msg")
         if sys_counts:
@@ -286,9 +346,22 @@ def main():
     ap.add_argument("--render-json", metavar="PATH", help="print the tables of an earlier run's JSON; measure nothing")
     ap.add_argument("--growing-file", action="store_true",
                     help="write each run's transcript to a new file on tmpfs instead of overwriting a preallocated one")
+    ap.add_argument("--server-args", default="", metavar="ARGS",
+                    help='extra arguments for every simple_tcp_server run, e.g. "--threads 2"')
+    ap.add_argument("--design", action="append", default=[], metavar="NAME=ARGS",
+                    help='also measure simple_tcp_server with ARGS as design NAME, e.g. "threads2=--threads 2"; '
+                         "repeatable")
     ap.add_argument("--readme", action="store_true",
                     help="also put the tables in README.md between <!-- load:start --> and <!-- load:end -->")
     args = ap.parse_args()
+
+    global SERVER_ARGS
+    SERVER_ARGS = shlex.split(args.server_args)
+    for design in args.design:
+        name, sep, extra = design.partition("=")
+        if not sep or not name or name in ("server", *REFERENCE_KINDS) or name in DESIGNS:
+            ap.error(f"--design {design!r}: expected a new NAME=ARGS")
+        DESIGNS[name] = shlex.split(extra)
 
     if args.render_json:
         with open(args.render_json) as f:
@@ -300,6 +373,7 @@ def main():
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
             "runs": args.runs, "flood": [], "hold": {}, "chat": None,
+            "server_args": SERVER_ARGS, "designs": DESIGNS,
         }
         global GROWING
         GROWING = args.growing_file
@@ -315,6 +389,11 @@ def main():
             if "chat" in only:
                 run_chat(args.chat_runs or args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs,
                          args.perf)
+        except NotClean as e:
+            print(f"load_bench: {e}", file=sys.stderr)
+            print("load_bench: stopped; no results written (a run that is not clean is not a measurement)",
+                  file=sys.stderr)
+            sys.exit(1)
         finally:
             if os.path.exists(SINK):
                 os.unlink(SINK)

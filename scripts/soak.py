@@ -81,6 +81,7 @@ def main():
             if t > secs + 180:
                 load.send_signal(signal.SIGTERM)
         report = load.communicate(timeout=60)[0]
+        clean = load.returncode == 0
         time.sleep(3)
         after = sample(server.pid)
         t = time.time() - started
@@ -96,7 +97,9 @@ def main():
         growth = (series[-1][1] - series[half][1]) if len(series) > 2 else 0
         print(f"descriptors back to baseline: {'yes' if fds_back else 'NO'}; "
               f"RSS growth over the second half of the load: {growth} kB")
-        return 0 if fds_back else 1
+        if not clean:
+            print("tcp_load: the run was NOT CLEAN (see its reason above)")
+        return 0 if fds_back and clean else 1
     finally:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)

@@ -1,9 +1,16 @@
 //! Durations on the command line: `250ms`, `5s`, `1.5s`, `2m`, `1h`, or a
-//! bare number of seconds.
+//! bare number of seconds; bounded, so that no `Instant + duration` can
+//! overflow; and printed back the same way in messages.
 
 use std::time::Duration;
 
-/// Parses a duration such as `250ms`, `5s`, `1.5s`, `2m`, `1h` or `30` (seconds).
+/// The longest duration any option takes: a year is longer than any
+/// timeout, wait or run anyone means, and far enough inside `Instant`'s range
+/// that adding it to now never overflows (which panics).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration such as `250ms`, `5s`, `1.5s`, `2m`, `1h` or `30`
+/// (seconds), of at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -26,8 +33,28 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(value * seconds_per_unit)
-        .map_err(|_| format!("invalid duration `{text}`: out of range"))
+    let d = Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("invalid duration `{text}`: out of range"))?;
+    if d > MAX_DURATION {
+        return Err(format!("invalid duration `{text}`: more than a year"));
+    }
+    Ok(d)
+}
+
+/// Writes `d` as the command line would take it: `10s`, `1500ms`, `250us`.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        "0s".into()
+    } else if nanos.is_multiple_of(1_000_000_000) {
+        format!("{}s", d.as_secs())
+    } else if nanos.is_multiple_of(1_000_000) {
+        format!("{}ms", d.as_millis())
+    } else if nanos.is_multiple_of(1_000) {
+        format!("{}us", d.as_micros())
+    } else {
+        format!("{nanos}ns")
+    }
 }
 
 /// Parses a duration and checks that it lies within `min..=max`: every
@@ -74,6 +101,8 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("365d").ok(), None);
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
     }
 
     #[test]
@@ -101,5 +130,22 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("ms").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn rejects_what_would_overflow_an_instant() {
+        // Issue 11: `--wait 10000000000000000000s` panicked adding it to now.
+        for huge in ["10000000000000000000s", "8761h", "1e400"] {
+            let err = parse_duration(huge).expect_err(huge);
+            assert!(err.contains("more than a year") || err.contains("out of range") || err.contains("unit"));
+        }
+        let _ = std::time::Instant::now() + parse_duration("8760h").expect("a year");
+    }
+
+    #[test]
+    fn formats_as_typed() {
+        for text in ["10s", "1500ms", "250us", "7ns", "0s", "120s"] {
+            assert_eq!(format_duration(parse_duration(text).expect(text)), text);
+        }
     }
 }

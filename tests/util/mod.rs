@@ -44,6 +44,7 @@ pub struct Captured {
 }
 
 impl Captured {
+    /// Collects what `pipe` gives, on a thread, until end of file.
     pub fn spawn(mut pipe: impl Read + Send + 'static) -> Arc<Captured> {
         let captured = Arc::new(Captured::default());
         let sink = Arc::clone(&captured);
@@ -326,9 +327,16 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts one of this crate's binaries with piped stdio.
     pub fn start(name: &str, args: &[&str]) -> ChildProcess {
+        ChildProcess::start_env(name, args, &[])
+    }
+
+    /// Starts one of this crate's binaries with piped stdio and extra
+    /// environment variables.
+    pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> ChildProcess {
         let mut child = Command::new(bin(name))
             .args(args)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
