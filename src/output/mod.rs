@@ -7,6 +7,7 @@
 //! many messages while an interactive reader sees each line at once.
 
 pub mod text;
+pub mod unicode_table;
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
