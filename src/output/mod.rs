@@ -16,6 +16,7 @@
 //! to write, so a slow reader slows the clients down and nothing is lost.
 
 pub mod text;
+pub mod unicode_table;
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
