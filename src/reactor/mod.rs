@@ -81,7 +81,6 @@ const SHUTDOWN_READ_CAP: usize = 4 * 1024 * 1024;
 /// Slab entries reserved up front (virtual memory only until used).
 const SLAB_PREALLOC_LIMIT: usize = 1 << 20;
 
-
 /// One reactor: its poll, its events, and the state its loop works on.
 struct Reactor {
     /// This reactor's poll instance.
@@ -267,7 +266,12 @@ impl Reactor {
 impl Core {
     /// One wakeup: the events `poll` returned, then the run queue, timers,
     /// and the coalescing pause.
-    fn wakeup<W: Write>(&mut self, events: &Events, registry: &Registry, out: &mut Transcript<'_, W>) -> io::Result<()> {
+    fn wakeup<W: Write>(
+        &mut self,
+        events: &Events,
+        registry: &Registry,
+        out: &mut Transcript<'_, W>,
+    ) -> io::Result<()> {
         self.tick();
         let mut woken = 0;
         for event in events.iter() {
@@ -608,10 +612,19 @@ mod tests {
         let client = std::net::TcpStream::connect(addr).expect("connect");
         let deadline = Instant::now() + Duration::from_secs(30);
         while reactor.core.connections.is_empty() {
-            assert!(Instant::now() < deadline, "the connection never reached the accept queue");
+            assert!(
+                Instant::now() < deadline,
+                "the connection never reached the accept queue"
+            );
             reactor.core.accept_ready(reactor.poll.registry(), out).expect("accept");
         }
-        let key = reactor.core.connections.iter().map(|(key, _)| key).next().expect("a connection");
+        let key = reactor
+            .core
+            .connections
+            .iter()
+            .map(|(key, _)| key)
+            .next()
+            .expect("a connection");
         (reactor, client, key)
     }
 

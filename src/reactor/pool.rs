@@ -21,7 +21,7 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use log::{error, info};
 use mio::Waker;
@@ -74,6 +74,12 @@ pub(super) struct Shared {
     pub(super) open: AtomicUsize,
     /// The cap on `open`.
     pub(super) max_connections: usize,
+    /// Clients turned away at the cap since the server last had room (for
+    /// one log line per burst).
+    pub(super) full_rejects: AtomicU64,
+    /// Reactors whose accepts are paused for a shortage of descriptors (for
+    /// one log line per shortage).
+    pub(super) short_reactors: AtomicUsize,
     /// Each reactor's waker, by reactor id.
     wakers: Vec<Waker>,
     /// Each reactor's counters, when `--stats` wants them.
@@ -185,7 +191,10 @@ impl Server {
         if listeners.is_empty() || (listeners.len() != 1 && listeners.len() != threads) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} listeners for {threads} reactors: give one, or one per reactor", listeners.len()),
+                format!(
+                    "{} listeners for {threads} reactors: give one, or one per reactor",
+                    listeners.len()
+                ),
             ));
         }
         let local_addr = listeners[0].local_addr()?;
@@ -209,6 +218,8 @@ impl Server {
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             max_connections,
+            full_rejects: AtomicU64::new(0),
+            short_reactors: AtomicUsize::new(0),
             wakers,
             published: (0..threads).map(|_| Published::default()).collect(),
             publishing: config.stats_interval.is_some(),
@@ -287,43 +298,55 @@ impl Server {
         let sink = Mutex::new(out);
         let transcript = || Transcript::new(&sink, config.max_read, config.raw, config.tag);
         let mut first = transcript();
-        first.listening(local_addr);
-        first.flush()?;
-        let results: Vec<io::Result<Ended>> = std::thread::scope(|scope| {
-            let mut reactors = reactors.into_iter();
-            let reactor0 = reactors.next();
-            let mut handles = Vec::new();
-            for reactor in reactors {
-                let id = reactor.core.id;
-                let shared = &shared;
-                let transcript = &transcript;
-                let spawned = std::thread::Builder::new()
-                    .name(format!("reactor-{id}"))
-                    .spawn_scoped(scope, move || {
-                        let result = reactor.run(&mut transcript());
-                        end_of_reactor(shared, &result);
-                        result
-                    });
-                match spawned {
-                    Ok(handle) => handles.push(handle),
-                    Err(e) => error!("cannot start reactor {id}: {e}; serving with fewer threads"),
+        // Every reactor's thread is up before `Listening to:` is printed (a
+        // client that reads it finds them all), and none prints before it.
+        let gate = Gate::default();
+        let results: Vec<io::Result<Ended>> =
+            std::thread::scope(|scope| {
+                let mut reactors = reactors.into_iter();
+                let reactor0 = reactors.next();
+                let mut handles = Vec::new();
+                for reactor in reactors {
+                    let id = reactor.core.id;
+                    let shared = &shared;
+                    let transcript = &transcript;
+                    let gate = &gate;
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name(format!("reactor-{id}"))
+                            .spawn_scoped(scope, move || {
+                                gate.wait();
+                                let result = reactor.run(&mut transcript());
+                                end_of_reactor(shared, &result);
+                                result
+                            });
+                    match spawned {
+                        Ok(handle) => handles.push(handle),
+                        // Its listener closes with it; the others serve.
+                        Err(e) => error!("cannot start reactor {id}: {e}; serving with fewer threads"),
+                    }
                 }
-            }
-            let mut results = Vec::with_capacity(handles.len() + 1);
-            if let Some(reactor) = reactor0 {
-                let result = reactor.run(&mut first);
-                end_of_reactor(&shared, &result);
-                results.push(result);
-            }
-            for handle in handles {
-                results.push(
-                    handle
-                        .join()
-                        .unwrap_or_else(|_| Ok((Summary::default(), Some(io::Error::other("a reactor thread panicked"))))),
-                );
-            }
-            results
-        });
+                first.listening(local_addr);
+                let printed = first.flush();
+                if printed.is_err() {
+                    let _ = shared.stop_all();
+                }
+                gate.open();
+                let mut results = Vec::with_capacity(handles.len() + 1);
+                if let Err(e) = printed {
+                    results.push(Err(e));
+                } else if let Some(reactor) = reactor0 {
+                    let result = reactor.run(&mut first);
+                    end_of_reactor(&shared, &result);
+                    results.push(result);
+                }
+                for handle in handles {
+                    results.push(handle.join().unwrap_or_else(|_| {
+                        Ok((Summary::default(), Some(io::Error::other("a reactor thread panicked"))))
+                    }));
+                }
+                results
+            });
         if exits_on_signals {
             shutdown::drained();
         }
@@ -341,6 +364,27 @@ impl Server {
             return Err(failures.swap_remove(0));
         }
         Ok(total)
+    }
+}
+
+/// Holds the reactor threads back until `Listening to:` is printed.
+#[derive(Debug, Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
     }
 }
 
