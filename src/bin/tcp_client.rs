@@ -14,7 +14,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use simple_tcp_server::client::{self, ChatOptions, ChatOutput, ClientError, GetRequest, RetryPolicy};
-use simple_tcp_server::duration::{format_duration, parse_duration};
+use simple_tcp_server::duration::{format as format_duration, parse_duration};
 use simple_tcp_server::net_error::{self, Op};
 
 /// The companion client of simple_tcp_server: chat with the server as

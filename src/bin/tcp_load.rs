@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use simple_tcp_server::duration::{format_duration, parse_duration};
+use simple_tcp_server::duration::{format as format_duration, parse_duration};
 use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
 
 /// Load generator for simple_tcp_server: hold many connections, flood them
