@@ -24,7 +24,6 @@ use simple_tcp_server::net_error::{self, Op};
 #[command(
     name = "tcp_client",
     version,
-    about,
     args_conflicts_with_subcommands = true,
     after_help = "Prompts go to stdout on a terminal and to stderr otherwise, so that \
         `tcp_client > FILE` keeps only what the server said; --no-prompts drops them.\n\

@@ -24,7 +24,6 @@ use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
 #[command(
     name = "tcp_load",
     version,
-    about,
     after_help = "Exit status: 0 the run was clean; 1 it was not (the report says why: a connection \
         failed, the run was cut short, a rate was out of reach) or could not run; 2 usage error.\n\n\
         Examples:\n  \
