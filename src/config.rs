@@ -40,6 +40,9 @@ pub const DEFAULT_BACKLOG: u32 = 1024;
 /// gives up on it and exits 1 (`--shutdown-timeout`).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client behind a proxy may take to send its PROXY header.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Bounds of the duration options, checked when arguments are parsed, so
 /// that no value can overflow a deadline later. Each says why.
 pub mod bounds {
@@ -62,6 +65,9 @@ pub mod bounds {
     pub const COALESCE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(1));
     /// `--shutdown-timeout`: a drain of a day is as long as anyone waits.
     pub const SHUTDOWN_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+    /// `--proxy-timeout`: a proxy sends its header at once; an hour is
+    /// already far past any proxy's connect.
+    pub const PROXY_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(3600));
 }
 
 /// Everything that shapes how the server behaves.
@@ -103,6 +109,26 @@ pub struct Config {
     /// Reactors, each on its own thread (`--threads`; 1: the caller's
     /// thread only).
     pub threads: usize,
+    /// Expect a PROXY protocol header (v1 or v2) from every client: the
+    /// client's real address comes from it (`--proxy-protocol`).
+    pub proxy_protocol: bool,
+    /// Who may send a PROXY header (`--proxy-from`); anyone else is closed
+    /// without a greeting.
+    pub proxy_from: Vec<ipnet::IpNet>,
+    /// How long a client may take to send its whole PROXY header.
+    pub proxy_timeout: Duration,
+    /// Who may connect (`--allow`); empty: everyone not denied.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Who may not connect (`--deny`); a match here wins over `allow`.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+/// The proxies trusted by default: this host only.
+pub fn loopback_nets() -> Vec<ipnet::IpNet> {
+    vec![
+        ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)),
+        ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+    ]
 }
 
 impl Default for Config {
@@ -123,6 +149,11 @@ impl Default for Config {
             coalesce: DEFAULT_COALESCE,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             threads: 1,
+            proxy_protocol: false,
+            proxy_from: loopback_nets(),
+            proxy_timeout: DEFAULT_PROXY_TIMEOUT,
+            allow: Vec::new(),
+            deny: Vec::new(),
         }
     }
 }

@@ -58,6 +58,37 @@ fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpL
     Ok(socket.into())
 }
 
+/// The listening socket passed by a service manager (systemd socket
+/// activation: `LISTEN_FDS` and `LISTEN_PID` naming this process, the
+/// socket at descriptor 3), made non-blocking; `None` when there is none.
+/// The variables are removed so that no child process takes them for its
+/// own. More than one socket, or one that is not a TCP listener, is an
+/// error.
+pub fn activated() -> io::Result<Option<std::net::TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    // SAFETY: no other thread runs yet (the binary calls this before it
+    // starts any), so nothing reads the environment while it changes.
+    unsafe {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    match fds.len() {
+        0 => Ok(None),
+        1 => {
+            let listener = fds.take_tcp_listener(0)?.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidInput, "the passed socket is not a TCP listener")
+            })?;
+            listener.set_nonblocking(true)?;
+            Ok(Some(listener))
+        }
+        n => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{n} sockets were passed; give the server exactly one (one ListenStream=)"),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

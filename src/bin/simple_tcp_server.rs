@@ -11,6 +11,7 @@ use clap::Parser;
 use clap::builder::TypedValueParser as _;
 use log::{info, warn};
 
+use ipnet::IpNet;
 use simple_tcp_server::config::bounds;
 use simple_tcp_server::duration::parse_within;
 use simple_tcp_server::listen;
@@ -116,6 +117,45 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(0..=1024).map(|n| n as usize))]
     threads: usize,
+
+    /// Expect a PROXY protocol header (v1 or v2, as HAProxy's send-proxy and
+    /// send-proxy-v2 write) before each client's bytes; the client's real
+    /// address then appears in the transcript.
+    #[arg(long, help_heading = "Behind a proxy")]
+    proxy_protocol: bool,
+
+    /// A network allowed to send PROXY headers (repeatable; default
+    /// 127.0.0.0/8 and ::1). Anyone else is closed without a greeting.
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol", value_parser = parse_net,
+          help_heading = "Behind a proxy")]
+    proxy_from: Vec<IpNet>,
+
+    /// Close a connection whose PROXY header is not complete within this
+    /// long (at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "5s", requires = "proxy_protocol",
+          value_parser = within(bounds::PROXY_TIMEOUT), help_heading = "Behind a proxy")]
+    proxy_timeout: Duration,
+
+    /// Let only clients from this network connect (repeatable); others are
+    /// closed without a greeting. Behind --proxy-protocol, the client's
+    /// address from the header is checked.
+    #[arg(long, value_name = "CIDR", value_parser = parse_net, help_heading = "Who may connect")]
+    allow: Vec<IpNet>,
+
+    /// Close clients from this network without a greeting (repeatable;
+    /// wins over --allow).
+    #[arg(long, value_name = "CIDR", value_parser = parse_net, help_heading = "Who may connect")]
+    deny: Vec<IpNet>,
+}
+
+/// A network in CIDR notation; a bare address is a network of one.
+fn parse_net(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<std::net::IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{text}` is not a network like 10.0.0.0/8, 2001:db8::/32 or 127.0.0.1"))
 }
 
 /// A clap parser for a duration within `(min, max)`.
@@ -182,27 +222,42 @@ fn run(args: Args) -> Result<(), String> {
         coalesce: args.coalesce,
         shutdown_timeout: args.shutdown_timeout,
         threads,
+        proxy_protocol: args.proxy_protocol,
+        proxy_from: if args.proxy_from.is_empty() {
+            config::loopback_nets()
+        } else {
+            args.proxy_from
+        },
+        proxy_timeout: args.proxy_timeout,
+        allow: args.allow,
+        deny: args.deny,
         ..Config::default()
     };
 
-    let addrs = listen::resolve(&args.host, args.port)
-        .map_err(|e| format!("cannot resolve host `{}`: {}", args.host, plain(&e)))?;
-    let mut last_error = None;
-    let mut bound = None;
-    for addr in addrs {
-        match listen::listen_many(addr, config.backlog, threads) {
-            Ok(listeners) => {
-                bound = Some(listeners);
-                break;
-            }
-            Err(e) => last_error = Some(format!("cannot listen on {addr}: {}", plain(&e))),
+    // Under systemd socket activation the listener is passed in, already
+    // bound (HOST and PORT are the .socket unit's business then); every
+    // reactor polls it.
+    let listeners = match listen::activated().map_err(|e| format!("socket activation: {}", plain(&e)))? {
+        Some(listener) => {
+            info!("using the listening socket passed by the service manager (LISTEN_FDS)");
+            vec![listener]
         }
-    }
-    let listeners = bound.ok_or_else(|| last_error.unwrap_or_else(|| "no address to listen on".into()))?;
+        None => bind(&args.host, args.port, config.backlog, threads)?,
+    };
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
         .stop_on_signals()
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
+    // Under systemd (Type=notify), say when serving and when stopping; a
+    // no-op elsewhere ($NOTIFY_SOCKET unset).
+    server.on_stop(|| {
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+            warn!("cannot notify systemd (STOPPING=1): {e}");
+        }
+    });
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("cannot notify systemd (READY=1): {e}");
+    }
     info!(
         "serving up to {} connections on {} (open-file limit {soft_limit})",
         server.max_connections(),
@@ -230,6 +285,20 @@ fn run(args: Args) -> Result<(), String> {
             None => Err(format!("stopped: {}", plain(&e))),
         },
     }
+}
+
+/// Resolves `host` and binds `threads` listeners (SO_REUSEPORT when more
+/// than one) on the first address that works.
+fn bind(host: &str, port: u16, backlog: u32, threads: usize) -> Result<Vec<std::net::TcpListener>, String> {
+    let addrs = listen::resolve(host, port).map_err(|e| format!("cannot resolve host `{host}`: {}", plain(&e)))?;
+    let mut last_error = None;
+    for addr in addrs {
+        match listen::listen_many(addr, backlog, threads) {
+            Ok(listeners) => return Ok(listeners),
+            Err(e) => last_error = Some(format!("cannot listen on {addr}: {}", plain(&e))),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| "no address to listen on".into()))
 }
 
 /// An io::Error's message without the "(os error N)" suffix.

@@ -12,7 +12,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::Core;
-use super::connection::{Connection, READ_INTEREST, WANTS_WRITE, write_greeting};
+use super::access;
+use super::connection::{Connection, PROXY_PENDING, QUIET, READ_INTEREST, WANTS_WRITE, write_greeting};
 use crate::net_error::{self, AcceptAction};
 use crate::output::Transcript;
 
@@ -161,7 +162,8 @@ impl Core {
         }
     }
 
-    /// Registers a new client, prints `Connection from`, sends the greeting.
+    /// Registers a new client. Unless a PROXY header must come first, it
+    /// is started at once: `Connection from`, then the greeting.
     fn add<W: Write>(
         &mut self,
         mut stream: TcpStream,
@@ -174,6 +176,18 @@ impl Core {
             if turned_away > 0 {
                 info!("room again: {turned_away} clients were turned away while full");
             }
+        }
+        // Behind a proxy, the peer must be a trusted proxy; else the peer
+        // is the client, and the access rules apply to it now.
+        let refusal = if self.config.proxy_protocol {
+            (!access::contains(&self.config.proxy_from, peer.ip())).then_some(Refusal::UntrustedProxy)
+        } else {
+            (!self.access.is_open() && !self.access.permits(peer.ip())).then_some(Refusal::Denied)
+        };
+        if let Some(refusal) = refusal {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.refuse(refusal, peer, "");
+            return;
         }
         let entry = self.connections.vacant_entry();
         let key = entry.key();
@@ -195,10 +209,34 @@ impl Core {
                 debug!("[{key}] {peer}: keepalive: {e}");
             }
         }
-        self.stats.accepted += 1;
         self.last_churn = Some(self.now);
-        out.connected(peer);
         let mut conn = Connection::new(stream, peer, self.now_ms);
+        if self.config.proxy_protocol {
+            // Nothing is printed or sent until the header names the client.
+            conn.flags |= PROXY_PENDING;
+            self.proxy_pending.insert(key);
+            entry.insert(conn);
+            self.key_end = self.key_end.max(key + 1);
+            debug!("[{key}] {peer}: connected; waiting for the PROXY header");
+            return;
+        }
+        entry.insert(conn);
+        self.key_end = self.key_end.max(key + 1);
+        self.start(key, registry, out);
+    }
+
+    /// A client is served: `Connection from` (unless it is a proxy's own
+    /// connection), then the greeting, finished on WRITABLE if the socket
+    /// does not take it at once.
+    pub(super) fn start<W: Write>(&mut self, key: usize, registry: &Registry, out: &mut Transcript<'_, W>) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        let peer = conn.peer();
+        if !conn.has(QUIET) {
+            self.stats.accepted += 1;
+            out.connected(peer);
+        }
         let mut sent = 0;
         match write_greeting(&mut conn.stream, &self.config.greeting, &mut sent) {
             Ok(true) => {}
@@ -220,8 +258,43 @@ impl Core {
             // and printed, and the read side closes the connection.
             Err(e) => debug!("[{key}] {peer}: greeting: {e}"),
         }
-        entry.insert(conn);
-        self.key_end = self.key_end.max(key + 1);
         debug!("[{key}] {peer}: connected");
     }
+
+    /// Counts and logs (once per burst) a client closed without a greeting.
+    pub(super) fn refuse(&mut self, refusal: Refusal, peer: SocketAddr, detail: &str) {
+        let (burst, what) = match refusal {
+            Refusal::Denied => {
+                self.stats.denied += 1;
+                (&self.shared.denied_burst, "denied by --allow/--deny")
+            }
+            Refusal::UntrustedProxy => {
+                self.stats.proxy_refused += 1;
+                (&self.shared.proxy_burst, "not a trusted proxy (--proxy-from)")
+            }
+            Refusal::BadHeader => {
+                self.stats.proxy_refused += 1;
+                (&self.shared.proxy_burst, "no valid PROXY header")
+            }
+        };
+        if let Some(before) = self.shared.note(burst, self.now) {
+            let earlier = if before > 0 {
+                format!(" (the burst before: {before})")
+            } else {
+                String::new()
+            };
+            warn!("{peer}: {what}{detail}; closed without a greeting{earlier}; more like it are counted, not logged");
+        }
+    }
+}
+
+/// Why a client is closed without a greeting.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refusal {
+    /// `--allow`/`--deny` say no.
+    Denied,
+    /// Behind `--proxy-protocol`, the peer is not in `--proxy-from`.
+    UntrustedProxy,
+    /// The PROXY header is missing, malformed, or late.
+    BadHeader,
 }

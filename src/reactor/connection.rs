@@ -33,6 +33,12 @@ pub(crate) const WANTS_WRITE: u8 = 4;
 /// Urgent (out-of-band) data arrived: Linux ends a read at the urgent mark,
 /// so a short read does not mean drained until a read says `WouldBlock`.
 pub(crate) const URGENT: u8 = 8;
+/// Behind `--proxy-protocol`: the PROXY header has not come yet, so nothing
+/// has been printed or sent; `last_active` is the accept time.
+pub(crate) const PROXY_PENDING: u8 = 16;
+/// The proxy's own connection (a health check): served, but no
+/// `Connection from` / `Closed connection` lines.
+pub(crate) const QUIET: u8 = 32;
 
 /// What a connection is registered for: readable, and on Linux priority
 /// too, which is how urgent data announces itself (see [`URGENT`]).
@@ -65,32 +71,29 @@ pub(crate) struct Connection {
     port: u16,
     /// Which of IPv4 and IPv6 `ip` holds.
     family: Family,
-    /// [`QUEUED`], [`PEER_CLOSED`], [`WANTS_WRITE`], [`URGENT`].
+    /// [`QUEUED`], [`PEER_CLOSED`], [`WANTS_WRITE`], [`URGENT`],
+    /// [`PROXY_PENDING`], [`QUIET`].
     pub(crate) flags: u8,
 }
 
 impl Connection {
     pub(crate) fn new(stream: TcpStream, peer: SocketAddr, now_ms: u32) -> Connection {
-        let mut ip = [0u8; 16];
-        let (family, scope_id) = match peer {
-            SocketAddr::V4(a) => {
-                ip[..4].copy_from_slice(&a.ip().octets());
-                (Family::V4, 0)
-            }
-            SocketAddr::V6(a) => {
-                ip = a.ip().octets();
-                (Family::V6, a.scope_id())
-            }
-        };
+        let (ip, scope_id, port, family) = flatten(peer);
         Connection {
             stream,
             ip,
             scope_id,
             last_active: now_ms,
-            port: peer.port(),
+            port,
             family,
             flags: 0,
         }
+    }
+
+    /// Replaces the peer's address (with the client's, from a PROXY
+    /// header).
+    pub(crate) fn set_peer(&mut self, peer: SocketAddr) {
+        (self.ip, self.scope_id, self.port, self.family) = flatten(peer);
     }
 
     /// The client's address.
@@ -108,6 +111,18 @@ impl Connection {
     #[inline]
     pub(crate) fn has(&self, flags: u8) -> bool {
         self.flags & flags != 0
+    }
+}
+
+/// An address as the connection stores it: IP bytes, scope id, port, family.
+fn flatten(peer: SocketAddr) -> ([u8; 16], u32, u16, Family) {
+    match peer {
+        SocketAddr::V4(a) => {
+            let mut ip = [0u8; 16];
+            ip[..4].copy_from_slice(&a.ip().octets());
+            (ip, 0, a.port(), Family::V4)
+        }
+        SocketAddr::V6(a) => (a.ip().octets(), a.scope_id(), a.port(), Family::V6),
     }
 }
 
@@ -157,9 +172,13 @@ mod tests {
         ] {
             let peer: SocketAddr = peer.parse().expect("address");
             let stream = TcpStream::from_std(std_stream.try_clone().expect("clone"));
-            let conn = Connection::new(stream, peer, 0);
+            let mut conn = Connection::new(stream, peer, 0);
             assert_eq!(conn.peer(), peer);
             assert_eq!(conn.peer().to_string(), peer.to_string());
+            // And after a PROXY header replaces it.
+            conn.set_peer("[2001:db8::1]:7".parse().expect("addr"));
+            conn.set_peer(peer);
+            assert_eq!(conn.peer(), peer);
         }
     }
 }

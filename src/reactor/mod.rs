@@ -19,13 +19,15 @@
 //! written ends [`Server::run`].
 
 mod accept;
+mod access;
 mod connection;
 mod pool;
+mod proxy;
 mod shutdown;
 mod stats;
 mod sweep;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,7 +43,10 @@ use crate::config::Config;
 use crate::output::Transcript;
 use accept::AcceptState;
 pub use accept::SERVER_FULL;
-use connection::{Connection, PEER_CLOSED, QUEUED, READ_INTEREST, URGENT, WANTS_WRITE, write_greeting};
+use access::Access;
+use connection::{
+    Connection, PEER_CLOSED, PROXY_PENDING, QUEUED, QUIET, READ_INTEREST, URGENT, WANTS_WRITE, write_greeting,
+};
 use pool::Shared;
 pub use pool::{MAX_GREETING, Server, Stopper};
 use stats::StatsTimer;
@@ -125,6 +130,13 @@ struct Core {
     greetings_in_progress: HashMap<usize, u32>,
     /// Connections whose read budget ran out with data left.
     run_queue: VecDeque<usize>,
+    /// `--allow` and `--deny`.
+    access: Access,
+    /// Connections whose PROXY header has not come yet (beside the slab,
+    /// and only while pending).
+    proxy_pending: HashSet<usize>,
+    /// When pending PROXY headers are next checked for `--proxy-timeout`.
+    next_proxy_check: Instant,
     /// A stop was requested.
     stopping: bool,
     /// The loop has just paused to let events gather: poll without waiting.
@@ -160,6 +172,9 @@ enum Close {
     Idle,
     /// The server is stopping.
     Shutdown,
+    /// Closed without a greeting: denied, or no valid PROXY header (the
+    /// refusal is counted and logged where it is decided).
+    Refused,
 }
 
 impl Reactor {
@@ -200,6 +215,9 @@ impl Reactor {
             frame_window: (FRAME_WINDOW / m).max(1) * m,
             greetings_in_progress: HashMap::new(),
             run_queue: VecDeque::new(),
+            access: Access::new(config.allow.clone(), config.deny.clone()),
+            proxy_pending: HashSet::new(),
+            next_proxy_check: now,
             stopping: false,
             gathered: false,
             wake_bytes: 0,
@@ -250,14 +268,14 @@ impl Reactor {
             }
         };
         match ended {
-            Ok(()) => Ok((core.shutdown(out)?, None)),
+            Ok(()) => Ok((core.shutdown(poll.registry(), out)?, None)),
             // The output is gone: nothing more can be printed.
             Err(e) if crate::output::OutputError::of(&e).is_some() => Err(e),
             Err(e) => {
                 // This reactor cannot go on; what it has received is still
                 // printed, and the other reactors keep serving.
                 log::error!("reactor {}: {e}; closing its connections", core.id);
-                Ok((core.shutdown(out)?, Some(e)))
+                Ok((core.shutdown(poll.registry(), out)?, Some(e)))
             }
         }
     }
@@ -286,6 +304,7 @@ impl Core {
                                 None => debug!("stopping"),
                             }
                         }
+                        self.shared.stopping();
                         self.stopping = true;
                     }
                 }
@@ -368,6 +387,7 @@ impl Core {
                 .filter(|_| !self.connections.is_empty())
                 .map(|s| s.next),
             self.stats_timer.as_ref().map(|s| s.next),
+            (!self.proxy_pending.is_empty()).then_some(self.next_proxy_check),
         ]
         .into_iter()
         .flatten()
@@ -400,6 +420,9 @@ impl Core {
         }
         if self.sweep.as_ref().is_some_and(|s| s.next <= self.now) {
             self.sweep_step(out)?;
+        }
+        if !self.proxy_pending.is_empty() && self.next_proxy_check <= self.now {
+            self.expire_proxy_headers(out);
         }
         if self.stats_timer.as_ref().is_some_and(|s| s.next <= self.now) {
             self.log_stats();
@@ -448,7 +471,14 @@ impl Core {
                 }
             }
         }
-        if (event.is_readable() || event.is_read_closed() || event.is_error())
+        let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+        if readable && conn.has(PROXY_PENDING) {
+            if let Some(reason) = self.proxy_ready(key, registry, out)? {
+                self.close(key, reason, out);
+            }
+            return Ok(());
+        }
+        if readable
             && !conn.has(QUEUED)
             && let Some(reason) = self.read_ready(key, self.read_budget, out)?
         {
@@ -525,9 +555,12 @@ impl Core {
         if conn.has(WANTS_WRITE) {
             self.greetings_in_progress.remove(&key);
         }
+        if conn.has(PROXY_PENDING) {
+            self.proxy_pending.remove(&key);
+        }
         let peer = conn.peer();
         match &reason {
-            Close::Eof | Close::Shutdown => debug!("[{key}] {peer}: closed ({reason:?})"),
+            Close::Eof | Close::Shutdown | Close::Refused => debug!("[{key}] {peer}: closed ({reason:?})"),
             Close::Error(e) => debug!("[{key}] {peer}: closed: {e}"),
             Close::Idle => {
                 info!(
@@ -538,8 +571,11 @@ impl Core {
                 self.stats.idle_closed += 1;
             }
         }
-        out.closed(peer);
-        self.stats.closed += 1;
+        // Only a client that was announced is announced closing.
+        if !conn.has(PROXY_PENDING | QUIET) {
+            out.closed(peer);
+            self.stats.closed += 1;
+        }
         self.last_churn = Some(self.now);
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
@@ -561,10 +597,23 @@ impl Core {
 
     /// Stops: no more accepts, every connection read one last time, printed,
     /// closed; the transcript flushed.
-    fn shutdown<W: Write>(&mut self, out: &mut Transcript<'_, W>) -> io::Result<Summary> {
+    fn shutdown<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) -> io::Result<Summary> {
         // Closing the listener refuses whoever is still in the backlog.
         self.listener = None;
-        self.stats.open_at_stop = self.connections.len() as u64;
+        // A PROXY header that has come whole names a client whose bytes
+        // follow it: serve it like the others. The rest were never clients.
+        let pending: Vec<usize> = self.proxy_pending.iter().copied().collect();
+        for key in pending {
+            let reason = match self.proxy_ready(key, registry, out)? {
+                Some(reason) => Some(reason),
+                None if self.proxy_pending.contains(&key) => Some(Close::Shutdown),
+                None => None,
+            };
+            if let Some(reason) = reason {
+                self.close(key, reason, out);
+            }
+        }
+        self.stats.open_at_stop = self.connections.iter().filter(|(_, c)| !c.has(QUIET)).count() as u64;
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(conn) = self.connections.get_mut(key) else {

@@ -22,6 +22,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use log::{error, info};
 use mio::Waker;
@@ -63,6 +64,48 @@ struct Published {
     frames: AtomicU64,
     bytes: AtomicU64,
     active: AtomicU64,
+    denied: AtomicU64,
+    proxy_refused: AtomicU64,
+}
+
+/// Events that are logged once per burst (the first of a burst), and
+/// counted: a burst ends after [`Burst::QUIET`] without one.
+#[derive(Debug, Default)]
+pub(super) struct Burst {
+    /// Events in the current burst.
+    count: AtomicU64,
+    /// When the last one came, in milliseconds since the server's start,
+    /// plus one (0: never).
+    last_ms: AtomicU64,
+}
+
+impl Burst {
+    /// Quiet time that ends a burst.
+    const QUIET: Duration = Duration::from_secs(1);
+
+    /// Notes one event at `now_ms`. When it starts a new burst, returns how
+    /// many events the previous burst had (0 for the first burst), so the
+    /// caller logs it; else `None`.
+    fn note_at(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.swap(now_ms + 1, Ordering::Relaxed);
+        if last == 0 || (now_ms + 1).saturating_sub(last) >= Burst::QUIET.as_millis() as u64 {
+            let before = self.count.swap(1, Ordering::Relaxed);
+            Some(if last == 0 { 0 } else { before })
+        } else {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// What to do once when the server begins to stop.
+#[derive(Default)]
+struct StopHook(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl std::fmt::Debug for StopHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StopHook")
+    }
 }
 
 /// What the reactors share.
@@ -80,6 +123,14 @@ pub(super) struct Shared {
     /// Reactors whose accepts are paused for a shortage of descriptors (for
     /// one log line per shortage).
     pub(super) short_reactors: AtomicUsize,
+    /// Clients denied by `--allow`/`--deny`, for logging per burst.
+    pub(super) denied_burst: Burst,
+    /// Connections without a valid PROXY header, for logging per burst.
+    pub(super) proxy_burst: Burst,
+    /// The server's start, the clock of the bursts.
+    epoch: Instant,
+    /// Called once when the server begins to stop (systemd's STOPPING=1).
+    on_stop: StopHook,
     /// Each reactor's waker, by reactor id.
     wakers: Vec<Waker>,
     /// Each reactor's counters, when `--stats` wants them.
@@ -127,6 +178,22 @@ impl Shared {
         p.frames.store(stats.frames, Ordering::Relaxed);
         p.bytes.store(stats.bytes, Ordering::Relaxed);
         p.active.store(active as u64, Ordering::Relaxed);
+        p.denied.store(stats.denied, Ordering::Relaxed);
+        p.proxy_refused.store(stats.proxy_refused, Ordering::Relaxed);
+    }
+
+    /// Runs the stop hook, if there is one and it has not run.
+    pub(super) fn stopping(&self) {
+        let hook = self.on_stop.0.lock().ok().and_then(|mut hook| hook.take());
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// Notes one event of `burst` at `now`; `Some(previous burst's count)`
+    /// when this one starts a burst and should be logged.
+    pub(super) fn note(&self, burst: &Burst, now: Instant) -> Option<u64> {
+        burst.note_at(now.saturating_duration_since(self.epoch).as_millis() as u64)
     }
 
     /// Every reactor's published counters added up, and the connections
@@ -143,6 +210,8 @@ impl Shared {
                 frames: p.frames.load(Ordering::Relaxed),
                 bytes: p.bytes.load(Ordering::Relaxed),
                 open_at_stop: 0,
+                denied: p.denied.load(Ordering::Relaxed),
+                proxy_refused: p.proxy_refused.load(Ordering::Relaxed),
             });
             active += p.active.load(Ordering::Relaxed);
         }
@@ -220,6 +289,10 @@ impl Server {
             max_connections,
             full_rejects: AtomicU64::new(0),
             short_reactors: AtomicUsize::new(0),
+            denied_burst: Burst::default(),
+            proxy_burst: Burst::default(),
+            epoch: Instant::now(),
+            on_stop: StopHook::default(),
             wakers,
             published: (0..threads).map(|_| Published::default()).collect(),
             publishing: config.stats_interval.is_some(),
@@ -278,6 +351,14 @@ impl Server {
         shutdown::install(self.config.shutdown_timeout, Stopper(Arc::clone(&self.shared)))?;
         self.exits_on_signals = true;
         Ok(())
+    }
+
+    /// Calls `hook` once, on a reactor's thread, when the server begins to
+    /// stop (for systemd's `STOPPING=1`).
+    pub fn on_stop(&mut self, hook: impl FnOnce() + Send + 'static) {
+        if let Ok(mut slot) = self.shared.on_stop.0.lock() {
+            *slot = Some(Box::new(hook));
+        }
     }
 
     /// Runs every reactor, printing the transcript to `out`, until stopped.
@@ -400,5 +481,22 @@ fn end_of_reactor(shared: &Shared, result: &io::Result<Ended>) {
     {
         info!("the transcript cannot be written: stopping every reactor");
         let _ = shared.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_are_logged_once_and_counted() {
+        let burst = Burst::default();
+        assert_eq!(burst.note_at(0), Some(0), "the first event starts a burst");
+        for ms in 1..100 {
+            assert_eq!(burst.note_at(ms * 5), None, "events within a second of each other");
+        }
+        // A second of quiet, then a new burst reports the last one's size.
+        assert_eq!(burst.note_at(495 + 1000), Some(100));
+        assert_eq!(burst.note_at(1500), None);
     }
 }

@@ -24,6 +24,11 @@ pub struct Summary {
     pub bytes: u64,
     /// Connections still open when the server was stopped.
     pub open_at_stop: u64,
+    /// Clients closed without a greeting by `--allow`/`--deny`.
+    pub denied: u64,
+    /// Connections closed without a greeting behind `--proxy-protocol`: not
+    /// from a trusted proxy, or no valid PROXY header in time.
+    pub proxy_refused: u64,
 }
 
 impl Summary {
@@ -36,6 +41,8 @@ impl Summary {
         self.frames += other.frames;
         self.bytes += other.bytes;
         self.open_at_stop += other.open_at_stop;
+        self.denied += other.denied;
+        self.proxy_refused += other.proxy_refused;
     }
 }
 
@@ -45,7 +52,14 @@ impl std::fmt::Display for Summary {
             f,
             "{} connections ({} open at stop, {} rejected, {} idle-closed), {} frames, {} bytes",
             self.accepted, self.open_at_stop, self.rejected, self.idle_closed, self.frames, self.bytes
-        )
+        )?;
+        if self.denied > 0 {
+            write!(f, ", {} denied", self.denied)?;
+        }
+        if self.proxy_refused > 0 {
+            write!(f, ", {} without a valid PROXY header", self.proxy_refused)?;
+        }
+        Ok(())
     }
 }
 
@@ -81,11 +95,13 @@ impl Core {
         let secs = self.now.duration_since(timer.last_at).as_secs_f64().max(1e-9);
         let rate = |now: u64, then: u64| (now - then) as f64 / secs;
         info!(
-            "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
+            "stats: active {} accepted {} closed {} rejected {} denied {} proxy_refused {} bytes_in {} frames {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
             active,
             s.accepted,
             s.closed,
             s.rejected,
+            s.denied,
+            s.proxy_refused,
             s.bytes,
             s.frames,
             rate(s.accepted, timer.last.accepted),

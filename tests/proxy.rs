@@ -1,0 +1,321 @@
+//! `--proxy-protocol`, `--proxy-from`, `--proxy-timeout`, `--allow` and
+//! `--deny` against the real binary, with headers written by the `ppp`
+//! crate's builder (v2) and by hand (v1), whole and split byte by byte. The
+//! real HAProxy is in `tests/haproxy.rs`.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use util::{PATIENCE, ServerProcess, streams_by_client};
+
+/// A v2 PROXY header for a TCP connection from `client` to `server` (an
+/// IPv6 client is given the IPv6 loopback as its server: a header holds
+/// one family).
+fn v2(client: &str, server: SocketAddr) -> Vec<u8> {
+    let client: SocketAddr = client.parse().expect("address");
+    let server = same_family(client, server);
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (client, server),
+    )
+    .build()
+    .expect("v2 header")
+}
+
+/// A v2 `LOCAL` header, as HAProxy's health checks send.
+fn v2_local(server: SocketAddr) -> Vec<u8> {
+    ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Local,
+        ppp::v2::Protocol::Stream,
+        (server, server),
+    )
+    .build()
+    .expect("v2 header")
+}
+
+/// A v1 PROXY header.
+fn v1(client: &str, server: SocketAddr) -> Vec<u8> {
+    let client: SocketAddr = client.parse().expect("address");
+    let server = same_family(client, server);
+    let family = if client.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        client.ip(),
+        server.ip(),
+        client.port(),
+        server.port()
+    )
+    .into_bytes()
+}
+
+/// `server`, or the IPv6 loopback on its port for an IPv6 `client`.
+fn same_family(client: SocketAddr, server: SocketAddr) -> SocketAddr {
+    if client.is_ipv6() {
+        SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), server.port())
+    } else {
+        server
+    }
+}
+
+/// Connects from `source` (any 127.x.y.z) to `server`.
+fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let source: IpAddr = source.parse().expect("source");
+    socket.bind(&SocketAddr::new(source, 0).into()).expect("bind source");
+    socket.connect(&server.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+}
+
+/// Everything the server sends until it closes: empty for a client closed
+/// without a greeting (a reset counts as a close).
+fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// Reads exactly the greeting.
+fn greeted(stream: &mut TcpStream) {
+    let mut greeting = [0u8; 10];
+    stream.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting, b"Let's GO!\n");
+}
+
+#[test]
+fn clients_behind_a_proxy_appear_under_their_own_addresses() {
+    let server = ServerProcess::start(&["--proxy-protocol", "--tag"]);
+    let addr = server.addr;
+    let cases: Vec<(String, Vec<u8>, bool)> = vec![
+        ("10.1.2.3:4444".into(), v1("10.1.2.3:4444", addr), false),
+        ("10.1.2.4:4445".into(), v1("10.1.2.4:4445", addr), true),
+        ("192.0.2.7:7000".into(), v2("192.0.2.7:7000", addr), false),
+        ("192.0.2.8:7001".into(), v2("192.0.2.8:7001", addr), true),
+        ("[2001:db8::9]:8000".into(), v2("[2001:db8::9]:8000", addr), true),
+        ("[2001:db8::a]:8001".into(), v1("[2001:db8::a]:8001", addr), false),
+    ];
+    for (client, header, split) in &cases {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let message = format!("hello from {client}, \x1b[31mexactly\n");
+        if *split {
+            // The header split byte by byte, each its own segment: the
+            // server waits without reading ahead.
+            for byte in header {
+                stream.write_all(&[*byte]).expect("send");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            greeted(&mut stream);
+            stream.write_all(message.as_bytes()).expect("send");
+        } else {
+            // Header and data in one segment: the data is the client's.
+            let mut all = header.clone();
+            all.extend_from_slice(message.as_bytes());
+            stream.write_all(&all).expect("send");
+            greeted(&mut stream);
+        }
+        drop(stream);
+        server.wait_text(&format!("Closed connection:  {client}\n"));
+    }
+    let out = server.stdout.bytes();
+    let streams = streams_by_client(&out);
+    for (client, _, _) in &cases {
+        assert!(
+            util::contains(&out, format!("Connection from:  {client}\n").as_bytes()),
+            "{client}\n{}",
+            server.context()
+        );
+        let expected = format!("hello from {client}, \x1b[31mexactly\n");
+        assert_eq!(
+            streams.get(client).map(Vec::as_slice),
+            Some(expected.as_bytes()),
+            "{client}"
+        );
+    }
+    // The proxy's own address never appears.
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains("Connection from:  127.0.0.1"), "{text}");
+}
+
+#[test]
+fn a_health_check_is_served_but_not_printed() {
+    let server = ServerProcess::start(&["--proxy-protocol"]);
+    let mut check = TcpStream::connect(server.addr).expect("connect");
+    check.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    check.write_all(&v2_local(server.addr)).expect("send");
+    greeted(&mut check);
+    drop(check);
+    // A real client after it: its lines come, the check's never did.
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut hello = v1("10.0.0.1:1", server.addr);
+    hello.extend_from_slice(b"hi");
+    client.write_all(&hello).expect("send");
+    greeted(&mut client);
+    drop(client);
+    server.wait_text("Closed connection:  10.0.0.1:1\n");
+    let out = server.stdout.text();
+    assert_eq!(
+        out.lines().skip(1).collect::<Vec<_>>(),
+        [
+            "Connection from:  10.0.0.1:1",
+            "<2:hi>",
+            "Closed connection:  10.0.0.1:1"
+        ]
+    );
+}
+
+#[test]
+fn no_header_a_bad_header_or_an_untrusted_proxy_get_no_greeting() {
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--proxy-timeout", "200ms"]);
+    // Malformed: an HTTP request where the header should be.
+    let mut bad = TcpStream::connect(server.addr).expect("connect");
+    bad.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    bad.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("send");
+    assert_eq!(read_until_closed(&mut bad), b"", "no greeting for a bad header");
+    // Missing: a client that sends nothing is closed at the timeout.
+    let mut silent = TcpStream::connect(server.addr).expect("connect");
+    silent.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    assert_eq!(read_until_closed(&mut silent), b"", "no greeting without a header");
+    // Incomplete, then silent: closed at the timeout too.
+    let mut partial = TcpStream::connect(server.addr).expect("connect");
+    partial.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    partial.write_all(b"PROXY TCP4 10.0.0.1 ").expect("send");
+    assert_eq!(read_until_closed(&mut partial), b"");
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success());
+    let out = server.stdout.text();
+    assert_eq!(out.lines().count(), 1, "nothing but the Listening line:\n{out}");
+    let stderr = server.stderr.text();
+    assert!(stderr.contains("3 without a valid PROXY header"), "{stderr}");
+    assert!(
+        stderr.contains("(--proxy-timeout)") || stderr.contains("Header must start"),
+        "{stderr}"
+    );
+
+    // A proxy that is not trusted: refused however good its header.
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--proxy-from", "10.0.0.0/8"]);
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let _ = stream.write_all(&v2("192.0.2.1:1", server.addr));
+        assert_eq!(read_until_closed(&mut stream), b"");
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    let stderr = server.stderr.text();
+    assert!(stderr.contains("5 without a valid PROXY header"), "{stderr}");
+    assert_eq!(
+        stderr.matches("not a trusted proxy").count(),
+        1,
+        "one line for the burst\n{stderr}"
+    );
+}
+
+#[test]
+fn allow_and_deny_decide_who_is_greeted() {
+    // Deny one address of the loopback network.
+    let mut server = ServerProcess::start(&["--deny", "127.0.0.2"]);
+    for _ in 0..3 {
+        let mut denied = connect_from("127.0.0.2", server.addr);
+        assert_eq!(read_until_closed(&mut denied), b"");
+    }
+    let mut allowed = connect_from("127.0.0.3", server.addr);
+    greeted(&mut allowed);
+    drop(allowed);
+    server.wait_text("Closed connection:  127.0.0.3:");
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    let out = server.stdout.text();
+    assert!(!out.contains("127.0.0.2"), "{out}");
+    let stderr = server.stderr.text();
+    assert!(
+        stderr.contains("summary: 1 connections") && stderr.contains("3 denied"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("denied by --allow/--deny").count(), 1, "{stderr}");
+
+    // An allow list: only its members, and deny still wins inside it.
+    let server = ServerProcess::start(&["--allow", "127.0.0.0/30", "--deny", "127.0.0.2/32"]);
+    for (source, served) in [
+        ("127.0.0.1", true),
+        ("127.0.0.2", false),
+        ("127.0.0.3", true),
+        ("127.0.0.9", false),
+    ] {
+        let mut stream = connect_from(source, server.addr);
+        if served {
+            greeted(&mut stream);
+        } else {
+            assert_eq!(read_until_closed(&mut stream), b"", "{source}");
+        }
+    }
+}
+
+#[test]
+fn behind_a_proxy_the_rules_apply_to_the_client_from_the_header() {
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--deny", "10.9.0.0/16", "--stats", "50ms"]);
+    let mut denied = TcpStream::connect(server.addr).expect("connect");
+    denied.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    denied.write_all(&v1("10.9.1.1:5", server.addr)).expect("send");
+    assert_eq!(read_until_closed(&mut denied), b"");
+    let mut served = TcpStream::connect(server.addr).expect("connect");
+    served.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    served.write_all(&v1("10.8.1.1:5", server.addr)).expect("send");
+    greeted(&mut served);
+    let ok = server
+        .stderr
+        .wait_for(PATIENCE, |err| String::from_utf8_lossy(err).contains("denied 1 "));
+    assert!(ok, "the stats line counts the denial\n{}", server.context());
+    drop(served);
+    server.wait_text("Closed connection:  10.8.1.1:5\n");
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    assert!(!server.stdout.text().contains("10.9.1.1"));
+    let stderr = server.stderr.text();
+    assert!(
+        stderr.contains("10.9.1.1:5: denied") && stderr.contains("1 denied"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn four_reactors_behind_a_proxy() {
+    let server = ServerProcess::start(&["--proxy-protocol", "--threads", "4", "--tag"]);
+    let clients: Vec<String> = (0..40).map(|i| format!("198.51.100.{}:{}", i + 1, 1000 + i)).collect();
+    for (i, client) in clients.iter().enumerate() {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut bytes = if i % 2 == 0 {
+            v1(client, server.addr)
+        } else {
+            v2(client, server.addr)
+        };
+        bytes.extend_from_slice(format!("message {i}").as_bytes());
+        stream.write_all(&bytes).expect("send");
+        greeted(&mut stream);
+    }
+    server.wait_lines("Closed connection:  198.51.100.", clients.len());
+    let streams = streams_by_client(&server.stdout.bytes());
+    for (i, client) in clients.iter().enumerate() {
+        assert_eq!(
+            streams.get(client),
+            Some(&format!("message {i}").into_bytes()),
+            "{client}"
+        );
+    }
+}
