@@ -41,10 +41,28 @@ pub(super) enum Parsed {
     Invalid(String),
 }
 
+/// A v1 header starts so.
+const V1_PREFIX: &[u8] = b"PROXY ";
+/// The longest v1 header, CRLF included (the spec's 107 bytes).
+const V1_MAX: usize = 107;
+
 /// Parses the start of a connection, `bytes` (everything peeked so far).
 pub(super) fn parse(bytes: &[u8]) -> Parsed {
     if bytes.is_empty() {
         return Parsed::Incomplete;
+    }
+    // A v1 header is a line: whole exactly when its CRLF has come. (The
+    // parser would judge a line cut inside a port as a bad port, and one
+    // with fields missing before its CRLF as incomplete.)
+    if V1_PREFIX.starts_with(&bytes[..bytes.len().min(V1_PREFIX.len())]) {
+        return match bytes.windows(2).position(|w| w == b"\r\n") {
+            None if bytes.len() < V1_MAX => Parsed::Incomplete,
+            None => Parsed::Invalid(format!("no CRLF in the first {V1_MAX} bytes of a v1 header")),
+            Some(end) => match v1::Header::try_from(&bytes[..end + 2]) {
+                Ok(header) => v1_parsed(&header),
+                Err(e) => Parsed::Invalid(format!("not a PROXY header: {e}")),
+            },
+        };
     }
     let result = HeaderResult::parse(bytes);
     if result.is_incomplete() {
@@ -55,20 +73,7 @@ pub(super) fn parse(bytes: &[u8]) -> Parsed {
         };
     }
     match result {
-        HeaderResult::V1(Ok(header)) => {
-            let len = header.header.len();
-            match header.addresses {
-                v1::Addresses::Tcp4(a) => Parsed::Proxy {
-                    client: SocketAddr::from((a.source_address, a.source_port)),
-                    len,
-                },
-                v1::Addresses::Tcp6(a) => Parsed::Proxy {
-                    client: SocketAddr::from((a.source_address, a.source_port)),
-                    len,
-                },
-                v1::Addresses::Unknown => Parsed::Local { len },
-            }
-        }
+        HeaderResult::V1(Ok(header)) => v1_parsed(&header),
         HeaderResult::V2(Ok(header)) => {
             let len = header.len();
             match (header.command, header.addresses) {
@@ -88,6 +93,22 @@ pub(super) fn parse(bytes: &[u8]) -> Parsed {
         }
         HeaderResult::V1(Err(e)) => Parsed::Invalid(format!("not a PROXY header: {e}")),
         HeaderResult::V2(Err(e)) => Parsed::Invalid(format!("not a PROXY header: {e}")),
+    }
+}
+
+/// What a whole v1 header says.
+fn v1_parsed(header: &v1::Header<'_>) -> Parsed {
+    let len = header.header.len();
+    match header.addresses {
+        v1::Addresses::Tcp4(a) => Parsed::Proxy {
+            client: SocketAddr::from((a.source_address, a.source_port)),
+            len,
+        },
+        v1::Addresses::Tcp6(a) => Parsed::Proxy {
+            client: SocketAddr::from((a.source_address, a.source_port)),
+            len,
+        },
+        v1::Addresses::Unknown => Parsed::Local { len },
     }
 }
 
@@ -129,6 +150,9 @@ impl Core {
                 self.refuse(Refusal::BadHeader, proxy, &format!(": {why}"));
                 return Ok(Some(Close::Refused));
             }
+            // A header naming the very connection it came on is the proxy
+            // speaking for itself: HAProxy's v1 health checks do this.
+            Parsed::Proxy { client, len } if client == proxy => (len, None),
             Parsed::Proxy { client, len } => (len, Some(client)),
             Parsed::Local { len } => (len, None),
         };
@@ -157,8 +181,9 @@ impl Core {
                 debug!("[{key}] {proxy}: PROXY header for {client}");
             }
             None => {
-                // The proxy's own connection (a health check): served under
-                // its address, not printed as a client.
+                // The proxy's own connection (a health check: v2 LOCAL, v1
+                // UNKNOWN, or a header naming the connection itself): served
+                // under its address, not printed as a client.
                 conn.flags |= QUIET;
                 debug!("[{key}] {proxy}: PROXY header for the proxy itself (LOCAL); not printed");
             }

@@ -95,15 +95,15 @@ impl Core {
         let secs = self.now.duration_since(timer.last_at).as_secs_f64().max(1e-9);
         let rate = |now: u64, then: u64| (now - then) as f64 / secs;
         info!(
-            "stats: active {} accepted {} closed {} rejected {} denied {} proxy_refused {} bytes_in {} frames {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
+            "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} denied {} proxy_refused {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
             active,
             s.accepted,
             s.closed,
             s.rejected,
-            s.denied,
-            s.proxy_refused,
             s.bytes,
             s.frames,
+            s.denied,
+            s.proxy_refused,
             rate(s.accepted, timer.last.accepted),
             rate(s.closed, timer.last.closed),
             rate(s.bytes, timer.last.bytes) / 1e6,

@@ -26,6 +26,25 @@ pub fn bin(name: &str) -> &'static str {
     }
 }
 
+/// Whether the program `command` (from the Debian package `package`) is
+/// installed. When it is not: under CI (`CI` set) the test fails, since CI
+/// installs it and must not skip silently; elsewhere the calling test is
+/// skipped, with one note on stderr saying how to install it.
+pub fn have_tool(command: &str, package: &str, test: &str) -> bool {
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| std::fs::metadata(dir.join(command)).is_ok_and(|m| m.is_file()))
+    });
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs `{command}`, which CI installs (.ci/run): apt-get install -y {package}"
+    );
+    eprintln!("note: skipped {test}: `{command}` is not installed; to run it: sudo apt-get install -y {package}");
+    false
+}
+
 /// Raises this test process's soft open-file limit to the hard limit (once):
 /// some tests hold thousands of client sockets, and a CI machine's soft limit
 /// may be the usual 1024.

@@ -1,0 +1,126 @@
+//! As a systemd service: the unit files in `contrib/` pass
+//! `systemd-analyze verify`, and the server takes its listener from
+//! `systemd-socket-activate` (socket activation, as systemd passes it), with
+//! several reactors, and says READY=1 and STOPPING=1 on `$NOTIFY_SOCKET`.
+//! Both programs are in Debian's `systemd` package.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::{Captured, PATIENCE};
+
+#[test]
+fn the_unit_files_pass_systemd_analyze_verify() {
+    if !util::have_tool(
+        "systemd-analyze",
+        "systemd",
+        "the_unit_files_pass_systemd_analyze_verify",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("simple_tcp_server-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("unit dir");
+    let contrib = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib");
+    let service = std::fs::read_to_string(format!("{contrib}/simple_tcp_server.service")).expect("service unit");
+    assert!(service.contains("ExecStart=/usr/local/bin/simple_tcp_server"));
+    // verify checks that ExecStart's program exists: point it at this build.
+    let service = service.replace("/usr/local/bin/simple_tcp_server", util::bin("simple_tcp_server"));
+    std::fs::write(dir.join("simple_tcp_server.service"), service).expect("write");
+    std::fs::copy(
+        format!("{contrib}/simple_tcp_server.socket"),
+        dir.join("simple_tcp_server.socket"),
+    )
+    .expect("copy socket unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(dir.join("simple_tcp_server.socket"))
+        .arg(dir.join("simple_tcp_server.service"))
+        .output()
+        .expect("run systemd-analyze");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze verify complained:\n{stderr}");
+}
+
+#[test]
+fn socket_activation_and_readiness() {
+    if !util::have_tool("systemd-socket-activate", "systemd", "socket_activation_and_readiness") {
+        return;
+    }
+    // A notify socket of our own, as systemd's would be.
+    let notify_path = std::env::temp_dir().join(format!("simple_tcp_server-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
+
+    let port = util::free_port();
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        // It gives the server a fresh environment, with only what -E adds.
+        .arg("-E")
+        .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
+        .args(["-E", "RUST_LOG=info"])
+        .arg(util::bin("simple_tcp_server"))
+        .args(["--threads", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start systemd-socket-activate");
+    let stdout = Captured::spawn(child.stdout.take().expect("stdout"));
+    let stderr = Captured::spawn(child.stderr.take().expect("stderr"));
+    let context = || format!("--- stdout:\n{}\n--- stderr:\n{}", stdout.text(), stderr.text());
+    // The socket is open before the server runs; the first client starts it.
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let deadline = Instant::now() + PATIENCE;
+    let mut client = loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("systemd-socket-activate never listened: {e}\n{}", context()),
+        }
+    };
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut greeting = [0u8; 10];
+    client.read_exact(&mut greeting).expect("greeting");
+    assert_eq!(&greeting, b"Let's GO!\n");
+    client.write_all(b"activated by a socket").expect("send");
+    drop(client);
+    let printed = stdout.wait_for(PATIENCE, |out| util::contains(out, b"Closed connection:  127.0.0.1:"));
+    assert!(printed, "{}", context());
+    let out = stdout.text();
+    assert!(
+        out.starts_with(&format!("Listening to:  127.0.0.1:{port}\n")),
+        "{}",
+        context()
+    );
+    assert!(out.contains("<21:activated by a socket>\n"), "{}", context());
+    assert!(stderr.text().contains("passed by the service manager"), "{}", context());
+    assert!(stderr.text().contains("on 2 threads"), "{}", context());
+
+    let mut message = [0u8; 256];
+    let n = notify.recv(&mut message).expect("READY=1 on the notify socket");
+    assert_eq!(message[..n].trim_ascii(), b"READY=1", "{}", context());
+    // systemd-socket-activate execs the server in place: this PID is it.
+    // SAFETY: kill has no memory effects; the child is ours and not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let n = notify.recv(&mut message).expect("STOPPING=1 on the notify socket");
+    assert_eq!(message[..n].trim_ascii(), b"STOPPING=1", "{}", context());
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop\n{}", context());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = std::fs::remove_file(&notify_path);
+    assert!(status.success(), "{status}\n{}", context());
+}
