@@ -4,7 +4,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
-use std::time::Duration;
 
 use simple_tcp_server::client::{LINE_PROMPT, NAME_PROMPT};
 use util::{ChildProcess, PATIENCE, ServerProcess, free_port};
@@ -104,7 +103,13 @@ fn wait_retries_until_the_server_starts() {
         &["--wait", "20s", "--name", "early", "127.0.0.1", &port_arg],
     );
     client.type_line("made it\nQ\n");
-    std::thread::sleep(Duration::from_millis(300));
+    // The client has been refused at least once: it sleeps between retries.
+    let pid = client.child.id() as i32;
+    util::wait_until("the client to back off after a refused connect", || {
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let number = call.split_whitespace().next().unwrap_or_default().to_string();
+        number == libc::SYS_clock_nanosleep.to_string() || number == libc::SYS_nanosleep.to_string()
+    });
     let server = ServerProcess::start_on_port(port, &[]);
     assert!(client.wait_exit(PATIENCE).success(), "{}", client.context());
     server.wait_text("<19:early says: made it>\n");
