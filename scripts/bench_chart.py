@@ -49,10 +49,15 @@ def git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# Files the measuring scripts write themselves: a tree that differs only in
+# them is the commit measured, not a dirty one.
+GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg"]
+
+
 def head_commit():
     """The checkout's commit, `-dirty` if the tree differs from it."""
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("-dirty" if git("status", "--porcelain") else "")
+    return commit + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
 
 
 def stamp(group, function, param=None):
