@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
 
 use simple_tcp_server::client::{LINE_PROMPT, NAME_PROMPT};
-use util::{ChildProcess, PATIENCE, ServerProcess, free_port};
+use util::{ChildProcess, PATIENCE, ServerProcess, closed_port};
 
 /// The frame lines the server prints for one message.
 fn frame_lines(message: &str) -> String {
@@ -65,7 +65,8 @@ fn newline_option_ends_messages_with_a_newline() {
 
 #[test]
 fn refused_connection_says_so_and_exits_1() {
-    let port = free_port().to_string();
+    let closed = closed_port();
+    let port = closed.port.to_string();
     let mut client = ChildProcess::start("tcp_client", &["127.0.0.1", &port]);
     let status = client.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(1), "{}", client.context());
@@ -96,7 +97,8 @@ fn unresolvable_host_says_so() {
 
 #[test]
 fn wait_retries_until_the_server_starts() {
-    let port = free_port();
+    let closed = closed_port();
+    let port = closed.port;
     let port_arg = port.to_string();
     let mut client = ChildProcess::start(
         "tcp_client",
@@ -110,6 +112,7 @@ fn wait_retries_until_the_server_starts() {
         let number = call.split_whitespace().next().unwrap_or_default().to_string();
         number == libc::SYS_clock_nanosleep.to_string() || number == libc::SYS_nanosleep.to_string()
     });
+    drop(closed);
     let server = ServerProcess::start_on_port(port, &[]);
     assert!(client.wait_exit(PATIENCE).success(), "{}", client.context());
     server.wait_text("<19:early says: made it>\n");
@@ -183,7 +186,8 @@ fn dial_reports_tcp4_tcp6_udp_and_failures() {
     let (status, out, _) = run(&["dial", &v4_addr]);
     assert!(status.success() && out.ends_with("(tcp)\n"), "{out}");
 
-    let closed = format!("127.0.0.1:{}", free_port());
+    let closed_port = closed_port();
+    let closed = format!("127.0.0.1:{}", closed_port.port);
     let (status, _, err) = run(&["dial", &closed]);
     assert_eq!(status.code(), Some(1));
     assert!(
@@ -230,7 +234,8 @@ fn get_prints_the_raw_response() {
 
 #[test]
 fn get_refused_is_an_error() {
-    let target = format!("127.0.0.1:{}", free_port());
+    let closed = closed_port();
+    let target = format!("127.0.0.1:{}", closed.port);
     let mut get = ChildProcess::start("tcp_client", &["get", &target]);
     assert_eq!(get.wait_exit(PATIENCE).code(), Some(1));
     assert!(get.stderr.text().contains("connection refused"), "{}", get.context());

@@ -161,7 +161,8 @@ fn bad_arguments_and_own_descriptor_limit_are_clear_errors() {
     );
     assert!(!stderr.contains("panicked"));
     // Nothing listening: every connection is refused, and the report says so.
-    let port = util::free_port().to_string();
+    let closed = util::closed_port();
+    let port = closed.port.to_string();
     let out = run(&["--port", &port, "--json", "hold", "--conns", "3"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"errors\":{\"refused\":3}"));

@@ -347,10 +347,25 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// bound, not listening, without `SO_REUSEADDR`, so that no other socket
+/// (another test's server, another process) can take it meanwhile.
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let port = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    ClosedPort { _socket: socket, port }
 }
 
 /// A child process with captured output, killed on drop.
