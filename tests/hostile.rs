@@ -313,6 +313,16 @@ fn every_byte_value_and_forgery_attempts_stay_inside_their_frames() {
     assert!(frames_of(&out).iter().all(|f| f.1 <= 25));
 }
 
+/// A child process killed (and reaped) when the test ends, even by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `simple_tcp_server ARGS` with stdout piped to the test itself.
 fn start_with_stdout(args: &[&str]) -> (std::process::Child, std::process::ChildStdout, SocketAddr) {
     let mut child = std::process::Command::new(util::bin("simple_tcp_server"))
@@ -337,7 +347,8 @@ fn start_with_stdout(args: &[&str]) -> (std::process::Child, std::process::Child
 #[test]
 fn a_slow_reader_of_the_transcript_slows_clients_down_and_loses_nothing() {
     const TOTAL: usize = 64 << 20;
-    let (mut child, mut stdout, addr) = start_with_stdout(&[]);
+    let (child, mut stdout, addr) = start_with_stdout(&[]);
+    let child = KillOnDrop(child);
     let done = Arc::new(AtomicBool::new(false));
     let sender = {
         let done = Arc::clone(&done);
@@ -355,7 +366,7 @@ fn a_slow_reader_of_the_transcript_slows_clients_down_and_loses_nothing() {
     };
     // Nobody reads the transcript: the server blocks on stdout, stops
     // reading, and the client's writes stall.
-    let pid = child.id() as i32;
+    let pid = child.0.id() as i32;
     util::wait_until("the server to block writing its transcript", || {
         util::blocked_writing_stdout(pid)
     });
@@ -397,20 +408,34 @@ fn a_slow_reader_of_the_transcript_slows_clients_down_and_loses_nothing() {
     sender.join().expect("sender");
     let printed: usize = frames_of(&transcript).iter().map(|f| f.1).sum();
     assert_eq!(printed, TOTAL);
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 }
 
 #[test]
 fn a_closed_stdout_ends_the_server_with_one_clear_line() {
-    let (mut child, stdout, addr) = start_with_stdout(&[]);
+    let (child, stdout, addr) = start_with_stdout(&[]);
+    let mut child = KillOnDrop(child);
     drop(stdout);
     let mut client = connect_greeted(addr);
-    // The next write to stdout fails with EPIPE.
-    let _ = client.write_all(b"anyone there?");
-    let status = child.wait().expect("wait");
+    // Each message makes the server write to stdout, which fails with EPIPE
+    // once no process holds the pipe's read end. (A process this test
+    // harness forks for another test holds a copy of it until its exec, and
+    // a write in that moment succeeds.)
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop within {PATIENCE:?} of its stdout closing"
+        );
+        let _ = client.write_all(b"anyone there?");
+        thread::sleep(Duration::from_millis(10));
+    };
     let mut stderr = String::new();
     child
+        .0
         .stderr
         .take()
         .expect("stderr")
@@ -440,14 +465,19 @@ fn sigterm_with_100_streaming_clients_prints_everything_received() {
             thread::spawn(move || {
                 // About 1 MB/s each, 100 MB/s in all: enough that every
                 // socket has data queued when the signal comes, little enough
-                // for the test to check every byte.
+                // for the test to check every byte. At most 512 KiB each
+                // (half a second), so that a slow machine, whose server falls
+                // behind, has at most 51 MB queued to drain and check; the
+                // connection stays open until the server has exited.
                 let block: Vec<u8> = format!("client {i} streams ").bytes().cycle().take(2048).collect();
                 let mut sent = Vec::new();
                 let started = Instant::now();
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(30) {
-                    match client.write(&block) {
-                        Ok(n) => sent.extend_from_slice(&block[..n]),
-                        Err(_) => break,
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < PATIENCE * 2 {
+                    if sent.len() < 512 * 1024 {
+                        match client.write(&block) {
+                            Ok(n) => sent.extend_from_slice(&block[..n]),
+                            Err(_) => break,
+                        }
                     }
                     thread::sleep(Duration::from_millis(2));
                 }

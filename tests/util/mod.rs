@@ -237,19 +237,30 @@ impl ServerProcess {
     }
 
     /// Waits until the `--tag` transcript holds a frame line from each of
-    /// the client addresses `tags` (scanning each new byte once).
+    /// the client addresses `tags` (each new line looked at once, by its tag
+    /// alone: the transcript may be growing at 100 MB/s).
     pub fn wait_frames_from(&self, tags: &[String]) {
-        let mut missing: std::collections::HashSet<String> = tags.iter().map(|t| format!("{t} <")).collect();
+        let mut missing: std::collections::HashSet<Vec<u8>> = tags.iter().map(|t| t.as_bytes().to_vec()).collect();
         let mut scanned = 0;
         let ok = self.stdout.wait_for(PATIENCE, |out| {
             let end = out.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             for line in out[scanned.min(end)..end].split(|&b| b == b'\n') {
-                let line = String::from_utf8_lossy(line);
-                missing.retain(|t| !line.starts_with(t.as_str()));
+                if missing.is_empty() {
+                    break;
+                }
+                if let Some(space) = line.iter().position(|&b| b == b' ')
+                    && line.get(space + 1) == Some(&b'<')
+                {
+                    missing.remove(&line[..space]);
+                }
             }
             scanned = end;
             missing.is_empty()
         });
+        let missing: Vec<String> = missing
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
         assert!(ok, "no frame yet from {missing:?}\n{}", self.context());
     }
 
