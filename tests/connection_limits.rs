@@ -36,7 +36,12 @@ fn at_the_cap_new_clients_get_one_line_and_are_closed() {
     server.wait_lines("<12:still here", 10);
     let out = server.stdout.bytes();
     assert_eq!(util::count_lines(&out, "Connection from:"), 10);
-    // Logged once for the burst, not once per client.
+    // Logged once for the burst, not once per client (the line is written
+    // at the first refusal; stderr is read by another thread: wait for it).
+    let logged = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"server full"));
+    assert!(logged, "{}", server.context());
     let stderr = server.stderr.text();
     assert_eq!(stderr.matches("server full").count(), 1, "{stderr}");
 
@@ -109,7 +114,10 @@ fn idle_clients_are_closed_and_busy_ones_kept() {
         util::streams_by_client(out).get(&busy_tag).map_or(0, Vec::len) == sent
     });
     assert!(ok, "the busy client sent {sent} bytes\n{}", server.context());
-    assert!(server.stderr.text().contains("--idle-timeout"), "{}", server.context());
+    let logged = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"--idle-timeout"));
+    assert!(logged, "{}", server.context());
 }
 
 /// The `tr` (timer) field of the server side of a connection in
