@@ -27,16 +27,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITERION = os.path.join(ROOT, "target", "criterion")
 
 # Every design a bench may measure (its id in benches/baselines/mod.rs), its
-# label, its colour in the chart, and the server threads it runs. Designs
+# label, its colour in the chart, and the server threads it runs ({cores}:
+# this machine's core count, tokio's default worker count). Designs
 # without results are left out, so a design can be listed before it exists.
 DESIGNS = [
     ("reactor", "reactor (this crate)", "#d62728", "1"),
     ("reactor_2_threads", "reactor, 2 threads (this crate)", "#8c564b", "2"),
     ("thread_per_conn", "thread per connection", "#1f77b4", "1 per client + acceptor"),
     ("tokio_current_thread", "tokio, current_thread", "#2ca02c", "1"),
-    ("tokio_multi_thread", "tokio, multi_thread", "#9467bd", "2 workers + accept loop"),
+    ("tokio_multi_thread", "tokio, multi_thread", "#9467bd", "{cores} workers + accept loop"),
     ("tokio_multi_thread_writer", "tokio, multi_thread + writer thread", "#17becf",
-     "2 workers + accept loop + writer"),
+     "{cores} workers + accept loop + writer"),
     ("reactor_25B_reads", "reactor, 25-byte reads", "#ff7f0e", "1"),
 ]
 CLIENTS = [1, 64, 1000]
@@ -200,7 +201,7 @@ def main():
                 cells.append(value)
             else:
                 cells.append(f"{value} ({reactor.get(c, float('nan')) / pts[c]:.2f}x)")
-        lines.append(f"| {label} | {threads} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {threads.format(cores=cores)} | " + " | ".join(cells) + " |")
     lines += ["", f"Every design shares the machine's {cores} cores with the clients, which run in the same "
               "process (the library's load generator, one thread): no design has a core to itself, and a "
               "design's threads beyond the first take CPU time from the clients as well as give it "
