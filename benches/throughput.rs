@@ -51,6 +51,8 @@ fn ingest(design: Design, clients: usize, per_client: u64) -> Duration {
         server_pid: None,
         timeout: Duration::from_secs(120),
         progress: false,
+        stop_on_signals: false,
+        coordinated: false,
     };
     let started = Instant::now();
     let report = load::run(config).expect("flood");

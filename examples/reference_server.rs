@@ -18,8 +18,9 @@
 //!   reads on to end of file); `WouldBlock` ends a drain, `Interrupted` is
 //!   retried;
 //! - a per-wakeup read budget of `config::DEFAULT_READ_BUDGET` per
-//!   connection, with a run queue for connections cut off by it, and an
-//!   accept budget of 256 per pass;
+//!   connection in whole frames (no read asks for more than it leaves), with
+//!   a run queue for connections cut off by it, and an accept budget of 256
+//!   per pass;
 //! - output (where there is any) written when it passes 64 KiB
 //!   (`output::FLUSH_AT`), checked every 256 KiB framing window, and before
 //!   the loop blocks.
@@ -36,8 +37,8 @@
 //!   with the server's rule exactly: after a wakeup that found fewer events
 //!   than the event buffer holds, read less than 16 KiB, left no work
 //!   queued, and followed another such wakeup within two windows, with no
-//!   connection accepted or closed in the last ten windows, sleep one
-//!   window, then poll without waiting.
+//!   connection accepted or closed in the last ten windows, write what is
+//!   owed, sleep one window, then poll without waiting.
 //!
 //! They stop on SIGINT/SIGTERM. Not a product: no error handling beyond
 //! closing a connection that fails.
@@ -207,7 +208,7 @@ fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
             }
         }
         state.after_events(registry)?;
-        state.coalesce(woken);
+        state.coalesce(woken)?;
     }
 }
 
@@ -270,9 +271,12 @@ impl Loop {
     /// does; closes it on end of file or error.
     fn read_ready(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let mut budget = DEFAULT_READ_BUDGET;
+        let full = self.buf.len();
+        // The budget in whole frames; never ask for more than it leaves.
+        let mut left = DEFAULT_READ_BUDGET.div_ceil(FRAME).max(1) * FRAME;
         let close = loop {
-            match conn.stream.read(&mut self.buf) {
+            let want = left.min(full);
+            match conn.stream.read(&mut self.buf[..want]) {
                 Ok(0) => break true,
                 Ok(n) => {
                     self.wake_bytes += n;
@@ -288,15 +292,15 @@ impl Loop {
                             }
                         }
                     }
-                    if n < self.buf.len() && !conn.peer_closed {
+                    if n < want && !conn.peer_closed {
                         break false;
                     }
-                    if n >= budget {
+                    left -= n;
+                    if left == 0 {
                         conn.queued = true;
                         self.run_queue.push_back(key);
                         break false;
                     }
-                    budget -= n;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -319,7 +323,7 @@ impl Loop {
     }
 
     /// The server's `Core::coalesce`, line for line.
-    fn coalesce(&mut self, woken: usize) {
+    fn coalesce(&mut self, woken: usize) -> io::Result<()> {
         let window = self.mode.coalesce;
         let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
         self.gathered = false;
@@ -330,8 +334,11 @@ impl Loop {
             .last_churn
             .is_some_and(|t| self.now.duration_since(t) <= window * CHURN_QUIET_WINDOWS);
         if small && steady && !churning {
+            // Written before the pause, as the server writes what it read.
+            self.write_pending()?;
             std::thread::sleep(window);
             self.gathered = true;
         }
+        Ok(())
     }
 }

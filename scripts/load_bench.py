@@ -3,6 +3,7 @@
 session, server and load generator in separate processes (issue 4).
 
     scripts/load_bench.py [--runs 3] [--only flood,chat,hold] [--perf]
+                          [--server-args "--threads 2"] [--design "threads2=--threads 2"]
 
 - hold:  tcp_load hold --conns 19000 against the server: greetings, errors,
          server RSS per connection, threads.
@@ -27,6 +28,15 @@ Runs of the designs are interleaved so that the machine's noise falls on all
 of them alike. Every run is bounded in time and stops by itself; only
 processes this script started are signalled, by PID.
 
+Every run must be clean (tcp_load exits 0 and reports "ok": true: every
+connection greeted and acknowledged, chat kept up): a run that is not stops
+the script with tcp_load's reason and exit status 1, and nothing is written
+or averaged.
+
+--server-args adds arguments to every simple_tcp_server run; each --design
+NAME=ARGS adds a design, simple_tcp_server with those arguments, measured in
+the same interleaved runs (e.g. --design "threads2=--threads 2").
+
 Standard library only. Prints markdown tables, stamped with the commit
 measured and the command, and writes the raw numbers as JSON (--json-out,
 default target/load_bench.json).
@@ -39,6 +49,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -88,16 +99,30 @@ def prepare_sink():
             f.write(block)
 
 
+# Extra simple_tcp_server designs: name -> arguments (--design), and the
+# arguments every simple_tcp_server run gets (--server-args).
+DESIGNS = {}
+SERVER_ARGS = []
+# The reference loops of examples/reference_server.rs.
+REFERENCE_KINDS = ("bare", "bare-coalesce", "write-limit", "write-limit-coalesce")
+# simple_tcp_server runs of this script's own, beside --design's.
+OWN_DESIGNS = {"server-coalesce-0": ["--coalesce", "0"]}
+
+
+class NotClean(Exception):
+    """A run that did not do all it was asked: never averaged in."""
+
+
 class Server:
     """A server process with stdout to a file on tmpfs; stopped by PID."""
 
-    def __init__(self, kind, extra=()):
+    def __init__(self, kind):
         self.out_path = os.path.join(TMPFS, f"load_bench_{os.getpid()}_{kind}.out")
         self.err_path = self.out_path + ".err"
-        if kind == "server":
-            cmd = [SERVER, "127.0.0.1", "0", *extra]
-        else:
+        if kind in REFERENCE_KINDS:
             cmd = [REFERENCE, kind, "127.0.0.1", "0"]
+        else:
+            cmd = [SERVER, "127.0.0.1", "0", *SERVER_ARGS, *DESIGNS.get(kind, OWN_DESIGNS.get(kind, []))]
         if GROWING:
             self.out = open(self.out_path, "wb")
         else:
@@ -148,14 +173,24 @@ class Server:
                 pass
 
 
-def load(port, pid, mode_args, timeout="120s"):
+def check_clean(kind, mode_args, returncode, stdout, stderr):
+    """The report of a clean run, or NotClean with tcp_load's reason."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        report = None
+    if returncode == 0 and report is not None and report.get("ok") is True:
+        return report
+    reason = (report or {}).get("reason") or (stderr or "").strip() or "no report"
+    raise NotClean(f"{kind}: tcp_load {' '.join(mode_args)}: not clean (exit {returncode}): {reason}")
+
+
+def load(kind, port, pid, mode_args, timeout="120s"):
     cmd = [LOAD, "--port", str(port), "--json", "--quiet", "--timeout", timeout]
     if pid:
         cmd += ["--server-pid", str(pid)]
     out = subprocess.run(cmd + mode_args, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise RuntimeError(f"tcp_load failed: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    return check_clean(kind, mode_args, out.returncode, out.stdout, out.stderr)
 
 
 def perf_syscalls(pid, seconds):
@@ -178,6 +213,11 @@ def perf_syscalls(pid, seconds):
 
 def median(values):
     return statistics.median(values) if values else float("nan")
+
+
+def ratio(a, b):
+    """a / b as `1.23x`, or n/a when b is zero (a run too short to measure)."""
+    return f"{a / b:.2f}x" if b else "n/a"
 
 
 def quartiles(values):
@@ -213,82 +253,82 @@ def perf_top(pid, path, limit=10):
 
 def run_flood(runs, results, clients, with_perf):
     # 1 GB in all per run, whatever the client count.
+    kinds = ["server", *DESIGNS, "write-limit"]
     for conns in clients:
         per_conn = f"{1_000_000_000 // conns}B"
-        rates = {"server": [], "write-limit": []}
-        cpu_per_gb = {"server": [], "write-limit": []}
+        rates = {kind: [] for kind in kinds}
+        cpu_per_gb = {kind: [] for kind in kinds}
         top = None
         for run in range(runs):
-            for kind in ("server", "write-limit"):
+            for kind in kinds:
                 s = Server(kind)
                 try:
                     profile = None
                     if with_perf and run == 0 and kind == "server":
                         profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
-                    r = load(s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
+                    r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
                     if profile:
                         top = profile()
                 finally:
                     s.stop()
-                if r["errors"]:
-                    raise RuntimeError(f"flood errors against {kind}: {r['errors']}")
                 rates[kind].append(r["mb_per_sec"])
-                cpu_per_gb[kind].append(r["server_cpu_secs"] / (r["bytes_sent"] / 1e9))
-        results["flood"].append({"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"],
-                                 "server_cpu_s_per_gb": cpu_per_gb["server"],
-                                 "write_limit_cpu_s_per_gb": cpu_per_gb["write-limit"], "perf_top": top})
-        print(f"flood {conns}: server {rates['server']} write-limit {rates['write-limit']}", file=sys.stderr)
+                cpu_per_gb[kind].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
+        entry = {"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"],
+                 "cpu_s_per_gb": cpu_per_gb, "perf_top": top}
+        if DESIGNS:
+            entry["designs"] = {name: rates[name] for name in DESIGNS}
+        results["flood"].append(entry)
+        print(f"flood {conns}: " + " ".join(f"{k} {v}" for k, v in rates.items()), file=sys.stderr)
 
 
-# The chat designs: (name, binary kind, extra server arguments), in the
-# pairs the table compares. Like for like: neither pauses between polls.
-# Coalesced: both pause as the server does by default.
-CHAT_DESIGNS = [
-    ("server --coalesce 0", "server", ["--coalesce", "0"]),
-    ("bare", "bare", []),
-    ("server", "server", []),
-    ("bare-coalesce", "bare-coalesce", []),
-]
+# The chat comparisons, each holding one thing equal: (label, server kind,
+# reference loop). Like for like: neither pauses between polls. Coalesced:
+# both pause as the server does by default (so do --design runs, unless
+# their arguments say otherwise).
 CHAT_PAIRS = [
-    ("like for like, no pause", "server --coalesce 0", "bare"),
+    ("like for like, no pause", "server-coalesce-0", "bare"),
     ("coalesced (the server's default)", "server", "bare-coalesce"),
 ]
 
 
 def run_chat(runs, results, conns, rate, secs, with_perf):
-    per = {name: [] for name, _, _ in CHAT_DESIGNS}
+    kinds = ["server-coalesce-0", "bare", "server", *DESIGNS, "bare-coalesce"]
+    per = {kind: [] for kind in kinds}
     sys_counts = {}
-    chat_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
+    mode_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
     for _ in range(runs):
-        for name, kind, extra in CHAT_DESIGNS:
-            s = Server(kind, extra)
+        for kind in kinds:
+            s = Server(kind)
             try:
-                if with_perf and name not in sys_counts:
+                if with_perf and kind not in sys_counts:
                     # Sample system calls in the middle of the paced phase.
                     proc = subprocess.Popen(
-                        [LOAD, "--port", str(s.port), "--json", "--quiet", "--server-pid", str(s.pid), *chat_args],
-                        stdout=subprocess.PIPE, text=True)
+                        [LOAD, "--port", str(s.port), "--json", "--quiet", "--server-pid", str(s.pid), *mode_args],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                     time.sleep(min(3.0, secs / 3) + 1.0)
                     window = max(1, secs // 3)
                     counts = perf_syscalls(s.pid, window)
-                    sys_counts[name] = {k: v / (rate * window) for k, v in counts.items()}
-                    r = json.loads(proc.communicate(timeout=secs + 120)[0])
+                    sys_counts[kind] = {k: v / (rate * window) for k, v in counts.items()}
+                    stdout, stderr = proc.communicate(timeout=secs + 120)
+                    r = check_clean(kind, mode_args, proc.returncode, stdout, stderr)
                 else:
-                    r = load(s.port, s.pid, chat_args)
+                    r = load(kind, s.port, s.pid, mode_args)
             finally:
                 s.stop()
-            if r["errors"] or not r["kept_up"]:
-                print(f"chat against {name}: errors {r['errors']} kept_up {r['kept_up']}", file=sys.stderr)
-            per[name].append(r["cpu_us_per_msg"])
-    results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "designs": per,
+            per[kind].append(r["cpu_us_per_msg"])
+    results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "server": per["server"], "bare": per["bare"],
+                       "server_coalesce_0": per["server-coalesce-0"], "bare_coalesce": per["bare-coalesce"],
                        "syscalls_per_msg": sys_counts}
+    if DESIGNS:
+        results["chat"]["designs"] = {name: per[name] for name in DESIGNS}
 
 
 def run_hold(results, conns):
-    for kind in ("server", "bare"):
+    for kind in ("server", *DESIGNS, "bare"):
         s = Server(kind)
         try:
-            results["hold"][kind] = load(s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"], timeout="300s")
+            results["hold"][kind] = load(kind, s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"],
+                                         timeout="300s")
         finally:
             s.stop()
     results["hold_conns"] = conns
@@ -304,8 +344,10 @@ def render(results):
         print(f"\n### Hold ({conns} connections)\n")
         print("| design | established | greeted | errors | connect time | RSS per connection | threads |")
         print("|---|---:|---:|---:|---:|---:|---:|")
+        names = {"server": "simple_tcp_server", "bare": "bare mio loop"}
         for kind, r in results["hold"].items():
-            print(f"| {'simple_tcp_server' if kind == 'server' else 'bare mio loop'} | {r['established']} | "
+            name = names.get(kind, f"simple_tcp_server {' '.join(results.get('designs', {}).get(kind, [kind]))}")
+            print(f"| {name} | {r['established']} | "
                   f"{r['greetings']} | {sum(r['errors'].values())} | {r['connect_secs']:.2f} s | "
                   f"{r['rss_per_conn']:.1f} B | {r['server_threads']} |")
     if results.get("flood"):
@@ -318,10 +360,8 @@ def render(results):
         for f in results["flood"]:
             srv, ref = f["server"], f["write_limit"]
             (s25, s75), (w25, w75) = quartiles(srv), quartiles(ref)
-            cpu = ""
-            if f.get("server_cpu_s_per_gb"):
-                cpu = (f"{median(f['server_cpu_s_per_gb']):.2f} s, "
-                       f"{median(f['write_limit_cpu_s_per_gb']):.2f} s")
+            cpu = f.get("cpu_s_per_gb")
+            cpu = f"{median(cpu['server']):.2f} s, {median(cpu['write-limit']):.2f} s" if cpu else ""
             print(f"| {f['conns']} | {median(srv):.0f} ({s25:.0f}–{s75:.0f}), {max(srv):.0f} "
                   f"| {median(ref):.0f} ({w25:.0f}–{w75:.0f}), {max(ref):.0f} "
                   f"| {median(srv) / median(ref):.2f}x | {max(srv) / max(ref):.2f}x | {cpu} |")
@@ -333,20 +373,42 @@ def render(results):
                 print("|---:|---|---|")
                 for share, sym, where in f["perf_top"]:
                     print(f"| {share:.1f}% | `{sym}` | {where} |")
+        extra = [name for f in results["flood"] for name in f.get("designs", {})]
+        for name in dict.fromkeys(extra):
+            args = " ".join(results.get("designs", {}).get(name, []))
+            print(f"\n`simple_tcp_server {args}` ({name}):\n")
+            print("| clients | median (quartiles), best | ratio of medians to write-limit |")
+            print("|---:|---:|---:|")
+            for f in results["flood"]:
+                rates, ref = f.get("designs", {}).get(name), f["write_limit"]
+                if rates:
+                    q25, q75 = quartiles(rates)
+                    print(f"| {f['conns']} | {median(rates):.0f} ({q25:.0f}–{q75:.0f}), {max(rates):.0f} "
+                          f"| {median(rates) / median(ref):.2f}x |")
     chat = results.get("chat")
     if chat:
-        designs = chat.get("designs") or {"server": chat["server"], "bare": chat["bare"]}
-        runs = len(next(iter(designs.values())))
+        runs = len(chat["server"])
         print(f"\n### Chat ({chat['conns']} connections, {chat['rate']} messages/s, {chat['secs']} s; "
               f"server CPU per message, median of {runs})\n")
         print("| comparison | simple_tcp_server | reference loop | ratio |")
         print("|---|---:|---:|---:|")
+        per = {"server": chat["server"], "bare": chat["bare"],
+               "server-coalesce-0": chat.get("server_coalesce_0"), "bare-coalesce": chat.get("bare_coalesce")}
+        names = {"server-coalesce-0": "simple_tcp_server --coalesce 0", "server": "simple_tcp_server",
+                 "bare": "bare", "bare-coalesce": "bare-coalesce"}
         # JSON from before the two comparisons holds "server" and "bare" only.
-        pairs = CHAT_PAIRS if "designs" in chat else [("server against bare (earlier loops)", "server", "bare")]
+        pairs = CHAT_PAIRS if per["bare-coalesce"] else [("server against bare (earlier loops)", "server", "bare")]
         for label, srv, ref in pairs:
-            if srv in designs and ref in designs:
-                m_s, m_r = median(designs[srv]), median(designs[ref])
-                print(f"| {label} | `{srv}`: {m_s:.2f} us | `{ref}`: {m_r:.2f} us | {m_s / m_r:.2f}x |")
+            if per.get(srv) and per.get(ref):
+                m_s, m_r = median(per[srv]), median(per[ref])
+                print(f"| {label} | `{names[srv]}`: {m_s:.2f} us | `{names[ref]}`: {m_r:.2f} us "
+                      f"| {ratio(m_s, m_r)} |")
+        ref = "bare-coalesce" if per["bare-coalesce"] else "bare"
+        for name, values in chat.get("designs", {}).items():
+            args = " ".join(results.get("designs", {}).get(name, []))
+            m_d, m_r = median(values), median(per[ref])
+            print(f"| {name} | `simple_tcp_server {args}`: {m_d:.2f} us | `{ref}`: {m_r:.2f} us "
+                  f"| {ratio(m_d, m_r)} |")
         sys_counts = chat.get("syscalls_per_msg")
         if sys_counts:
             print("\nSystem calls (and context switches) per message, from `perf stat` over a third of the run:\n")
@@ -374,9 +436,22 @@ def main():
     ap.add_argument("--render-json", metavar="PATH", help="print the tables of an earlier run's JSON; measure nothing")
     ap.add_argument("--growing-file", action="store_true",
                     help="write each run's transcript to a new file on tmpfs instead of overwriting a preallocated one")
+    ap.add_argument("--server-args", default="", metavar="ARGS",
+                    help='extra arguments for every simple_tcp_server run, e.g. "--threads 2"')
+    ap.add_argument("--design", action="append", default=[], metavar="NAME=ARGS",
+                    help='also measure simple_tcp_server with ARGS as design NAME, e.g. "threads2=--threads 2"; '
+                         "repeatable")
     ap.add_argument("--readme", action="store_true",
                     help="also put the tables in README.md between <!-- load:start --> and <!-- load:end -->")
     args = ap.parse_args()
+
+    global SERVER_ARGS
+    SERVER_ARGS = shlex.split(args.server_args)
+    for design in args.design:
+        name, sep, extra = design.partition("=")
+        if not sep or not name or name in ("server", *REFERENCE_KINDS, *OWN_DESIGNS) or name in DESIGNS:
+            ap.error(f"--design {design!r}: expected a new NAME=ARGS")
+        DESIGNS[name] = shlex.split(extra)
 
     if args.render_json:
         with open(args.render_json) as f:
@@ -390,6 +465,7 @@ def main():
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
             "runs": args.runs, "flood": [], "hold": {}, "chat": None,
+            "server_args": SERVER_ARGS, "designs": DESIGNS,
         }
         global GROWING
         GROWING = args.growing_file
@@ -405,6 +481,11 @@ def main():
             if "chat" in only:
                 run_chat(args.chat_runs or args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs,
                          args.perf)
+        except NotClean as e:
+            print(f"load_bench: {e}", file=sys.stderr)
+            print("load_bench: stopped; no results written (a run that is not clean is not a measurement)",
+                  file=sys.stderr)
+            sys.exit(1)
         finally:
             if os.path.exists(SINK):
                 os.unlink(SINK)

@@ -12,12 +12,13 @@ The server runs with --tag and writes its transcript to a file on tmpfs
 with its `Connection from` line and its `Closed connection` line, in that
 order, and each churned connection its one message (`churn N says bye`) in
 between; the held ones (opened first) send nothing. The churned connections
-whose message was printed must be as many as tcp_load churned. The run fails (exit 1) if
-any connection's message is missing, if tcp_load reports errors, if the
-descriptors do not come back to their baseline, or if the server's RSS grows
-by more than --max-rss-growth-kb over the second half of the load (the slab
-and buffers keep their high-water mark by design; what matters is that it
-stops growing).
+whose message was printed must be as many as tcp_load churned. The run
+fails (exit 1) if any connection's message is missing, if tcp_load reports
+errors or says the run was not clean, if the descriptors do not come back
+to their baseline, or if the server's RSS grows by more than
+--max-rss-growth-kb over the second half of the load (the slab and buffers
+keep their high-water mark by design; what matters is that it stops
+growing).
 
 Loopback only; bounded (the load stops after its time, the script a few
 seconds later); only the processes it starts are signalled, by PID. With
@@ -178,6 +179,8 @@ def main():
             if t > secs + 180:
                 load.send_signal(signal.SIGTERM)
         report = json.loads(load.communicate(timeout=60)[0])
+        # tcp_load exits non-zero when the run was not clean (its report says why).
+        clean = load.returncode == 0
         # The held connections close when tcp_load exits: wait for their
         # lines (bounded), then sample.
         expected = args.hold + report["churned"]
@@ -222,6 +225,8 @@ def main():
           f"(limit {args.max_rss_growth_kb})")
     print(f"descriptors: baseline {base[1]}, after {after[1]}")
     failures = []
+    if not clean:
+        failures.append(f"tcp_load: the run was not clean: {report.get('reason', 'see its report')}")
     if errors:
         failures.append(f"{errors} tcp_load errors {report['errors']}")
     if problems:

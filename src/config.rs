@@ -15,7 +15,10 @@ pub const DEFAULT_READ_BUFFER: usize = 2 * 1024 * 1024;
 
 /// Bytes one connection may be read per wakeup before the others get their
 /// turn (then it is revisited without waiting for a new event): one full
-/// read block, about a millisecond of a fast client's data.
+/// read block, that is one `recv` per busy connection per wakeup, about a
+/// millisecond of a fast client's data. The server rounds it down to a
+/// multiple of `max_read` (at least one frame) and never reads more than it
+/// in one wakeup.
 pub const DEFAULT_READ_BUDGET: usize = DEFAULT_READ_BUFFER;
 
 /// How long printed frames may wait in the output buffer before the loop
@@ -32,6 +35,34 @@ pub const DEFAULT_COALESCE: Duration = Duration::from_micros(500);
 
 /// Listen backlog: mio's own default is 128, too few for a burst of clients.
 pub const DEFAULT_BACKLOG: u32 = 1024;
+
+/// How long the drain after SIGINT/SIGTERM may take before the process
+/// gives up on it and exits 1 (`--shutdown-timeout`).
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds of the duration options, checked when arguments are parsed, so
+/// that no value can overflow a deadline later. Each says why.
+pub mod bounds {
+    use std::time::Duration;
+
+    /// `--idle-timeout`: the sweep keeps idle times in wrapping `u32`
+    /// milliseconds and compares within half their range (24.8 days).
+    pub const IDLE_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(24 * 24 * 3600));
+    /// `--keepalive`: TCP counts keepalive time in whole seconds, at most
+    /// 32767 on Linux (`MAX_TCP_KEEPIDLE`).
+    pub const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(32767));
+    /// `--stats`: a line at least every day, at most every millisecond.
+    pub const STATS: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+    /// `--flush-lag`: how long a printed line may wait; ten seconds is
+    /// already far past interactive.
+    pub const FLUSH_LAG: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+    /// `--coalesce`: a latency the loop adds between polls under chat load;
+    /// a second is far past useful (500 us already gathers dozens of
+    /// messages).
+    pub const COALESCE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(1));
+    /// `--shutdown-timeout`: a drain of a day is as long as anyone waits.
+    pub const SHUTDOWN_TIMEOUT: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(24 * 3600));
+}
 
 /// Everything that shapes how the server behaves.
 #[derive(Debug, Clone)]
@@ -65,6 +96,13 @@ pub struct Config {
     /// `epoll_wait` and one context switch serve many messages. Zero polls
     /// again at once.
     pub coalesce: Duration,
+    /// How long the drain after a signal may take before the process exits
+    /// 1 (only when the server handles signals, see
+    /// [`crate::Server::stop_on_signals`]).
+    pub shutdown_timeout: Duration,
+    /// Reactors, each on its own thread (`--threads`; 1: the caller's
+    /// thread only).
+    pub threads: usize,
 }
 
 impl Default for Config {
@@ -83,6 +121,8 @@ impl Default for Config {
             read_budget: DEFAULT_READ_BUDGET,
             flush_lag: DEFAULT_FLUSH_LAG,
             coalesce: DEFAULT_COALESCE,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            threads: 1,
         }
     }
 }

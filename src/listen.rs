@@ -29,9 +29,51 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListene
     Ok(socket.into())
 }
 
+/// `count` listening sockets on `addr`, for as many reactors: one socket
+/// when `count` is 1; else each with `SO_REUSEPORT`, so that the kernel
+/// spreads new connections over them. With port 0, the first bind picks the
+/// port and the others join it.
+pub fn listen_many(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![listen(addr, backlog)?]);
+    }
+    let first = listen_reuseport(addr, backlog)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..count {
+        listeners.push(listen_reuseport(addr, backlog)?);
+    }
+    Ok(listeners)
+}
+
+/// A listening socket with `SO_REUSEPORT` (and `SO_REUSEADDR`), non-blocking.
+fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn many_listeners_share_one_port() {
+        let listeners = listen_many("127.0.0.1:0".parse().expect("addr"), 16, 3).expect("listen");
+        assert_eq!(listeners.len(), 3);
+        let port = listeners[0].local_addr().expect("addr").port();
+        assert_ne!(port, 0);
+        for l in &listeners {
+            assert_eq!(l.local_addr().expect("addr").port(), port);
+        }
+        // A plain bind to that port is refused: the group owns it.
+        assert!(listen(format!("127.0.0.1:{port}").parse().expect("addr"), 16).is_err());
+    }
 
     #[test]
     fn resolves_ipv4_first() {

@@ -3,14 +3,35 @@
 
 mod util;
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
+/// Runs the server with `args`; one that is still running after
+/// [`util::PATIENCE`] (it accepted arguments it should have refused) is
+/// killed, and the test fails instead of hanging.
 fn run(args: &[&str]) -> Output {
-    Command::new(util::bin("simple_tcp_server"))
+    let mut child = Command::new(util::bin("simple_tcp_server"))
         .args(args)
         .env("RUST_BACKTRACE", "1")
-        .output()
-        .expect("run simple_tcp_server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run simple_tcp_server");
+    let deadline = Instant::now() + util::PATIENCE;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "{args:?} was still running after {:?} instead of failing\n{}",
+                util::PATIENCE,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.wait_with_output().expect("collect output")
 }
 
 /// Asserts a clean failure, and returns stderr.
@@ -46,6 +67,26 @@ fn bad_arguments_are_usage_errors() {
         let stderr = fails_cleanly(args);
         assert!(stderr.starts_with("error:"), "{args:?}: {stderr}");
         assert_eq!(run(args).status.code(), Some(2), "{args:?}: clap's usage exit code");
+    }
+}
+
+#[test]
+fn every_duration_is_bounded_when_parsed() {
+    // 1e19 seconds once got past the parser and panicked later, when a
+    // deadline was computed (at start, at the first line, at the first client).
+    for option in [
+        "--idle-timeout",
+        "--keepalive",
+        "--stats",
+        "--flush-lag",
+        "--coalesce",
+        "--shutdown-timeout",
+    ] {
+        let args = [option, "10000000000000000000s"];
+        let stderr = fails_cleanly(&args);
+        assert!(stderr.starts_with("error: invalid value"), "{args:?}: {stderr}");
+        assert!(stderr.contains("must be"), "{args:?} does not say the bound: {stderr}");
+        assert_eq!(run(&args).status.code(), Some(2), "{args:?}: clap's usage exit code");
     }
 }
 

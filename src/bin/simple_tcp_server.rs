@@ -2,7 +2,7 @@
 //! arguments, raises the open-file limit, binds, and hands the listener and
 //! stdout to the library's reactor.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,8 +11,10 @@ use clap::Parser;
 use clap::builder::TypedValueParser as _;
 use log::{info, warn};
 
-use simple_tcp_server::duration::parse_duration;
+use simple_tcp_server::config::bounds;
+use simple_tcp_server::duration::parse_within;
 use simple_tcp_server::listen;
+use simple_tcp_server::output::OutputError;
 use simple_tcp_server::reactor::MAX_GREETING;
 use simple_tcp_server::{Config, Server, config, limits};
 
@@ -75,45 +77,50 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
     backlog: u32,
 
-    /// Close a client that sends nothing for this long (e.g. 30s, 5m).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    /// Close a client that sends nothing for this long (e.g. 30s, 5m; at
+    /// most 24 days).
+    #[arg(long, value_name = "DURATION", value_parser = within(bounds::IDLE_TIMEOUT))]
     idle_timeout: Option<Duration>,
 
-    /// Turn on TCP keepalive on accepted sockets with this idle time (at least 1s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_keepalive)]
+    /// Turn on TCP keepalive on accepted sockets with this idle time (1s to
+    /// 32767s: TCP counts it in whole seconds).
+    #[arg(long, value_name = "DURATION", value_parser = within(bounds::KEEPALIVE))]
     keepalive: Option<Duration>,
 
-    /// Log a statistics line to stderr this often (e.g. 10s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    /// Log a statistics line to stderr this often (e.g. 10s; at most 24h).
+    #[arg(long, value_name = "DURATION", value_parser = within(bounds::STATS))]
     stats: Option<Duration>,
 
     /// Let printed lines wait up to this long in the output buffer instead
-    /// of writing them before the loop blocks (0: write before blocking).
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    /// of writing them before the loop blocks (0: write before blocking; at
+    /// most 10s).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = within(bounds::FLUSH_LAG))]
     flush_lag: Duration,
 
     /// Under a steady stream of small messages, with no connections coming
     /// or going, let readiness events gather this long between polls: one
     /// system call and context switch per batch instead of per message, for
-    /// at most this much transcript latency (0 turns it off).
-    #[arg(long, value_name = "DURATION", default_value = "500us", value_parser = parse_duration)]
+    /// at most this much transcript latency (0 turns it off; at most 1s).
+    #[arg(long, value_name = "DURATION", default_value = "500us", value_parser = within(bounds::COALESCE))]
     coalesce: Duration,
+
+    /// After SIGINT/SIGTERM, give the drain (printing what was received)
+    /// this long; then exit 1, saying how many connections were not
+    /// finished. A second signal exits at once (at most 24h).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = within(bounds::SHUTDOWN_TIMEOUT))]
+    shutdown_timeout: Duration,
+
+    /// Reactors, each on its own thread with its own poll, connections and
+    /// listener (SO_REUSEPORT); 0 for one per available core. The cap,
+    /// stats and shutdown cover them all.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(0..=1024).map(|n| n as usize))]
+    threads: usize,
 }
 
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
-}
-
-fn parse_keepalive(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d < Duration::from_secs(1) {
-        return Err("TCP keepalive counts whole seconds: use at least 1s".into());
-    }
-    Ok(d)
+/// A clap parser for a duration within `(min, max)`.
+fn within((min, max): (Duration, Duration)) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |text| parse_within(text, min, max)
 }
 
 fn main() -> ExitCode {
@@ -122,7 +129,10 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("simple_tcp_server: {message}");
+            // Never `eprintln!`: it panics when stderr is gone (a closed
+            // pipe shared with stdout), and the message is all that is left
+            // to lose.
+            let _ = writeln!(io::stderr(), "simple_tcp_server: {message}");
             ExitCode::FAILURE
         }
     }
@@ -145,6 +155,10 @@ fn run(args: Args) -> Result<(), String> {
                  past about {fitting}, new clients wait in the backlog until others leave"
         );
     }
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let mut greeting = args.greeting.into_bytes();
     if args.no_greeting {
         greeting.clear();
@@ -166,6 +180,8 @@ fn run(args: Args) -> Result<(), String> {
         stats_interval: args.stats,
         flush_lag: args.flush_lag,
         coalesce: args.coalesce,
+        shutdown_timeout: args.shutdown_timeout,
+        threads,
         ..Config::default()
     };
 
@@ -174,22 +190,26 @@ fn run(args: Args) -> Result<(), String> {
     let mut last_error = None;
     let mut bound = None;
     for addr in addrs {
-        match listen::listen(addr, config.backlog) {
-            Ok(listener) => {
-                bound = Some(listener);
+        match listen::listen_many(addr, config.backlog, threads) {
+            Ok(listeners) => {
+                bound = Some(listeners);
                 break;
             }
             Err(e) => last_error = Some(format!("cannot listen on {addr}: {}", plain(&e))),
         }
     }
-    let listener = bound.ok_or_else(|| last_error.unwrap_or_else(|| "no address to listen on".into()))?;
-    let mut server = Server::from_listener(listener, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
+    let listeners = bound.ok_or_else(|| last_error.unwrap_or_else(|| "no address to listen on".into()))?;
+    let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
         .stop_on_signals()
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
     info!(
-        "serving up to {} connections on one thread (open-file limit {soft_limit})",
-        server.max_connections()
+        "serving up to {} connections on {} (open-file limit {soft_limit})",
+        server.max_connections(),
+        match server.threads() {
+            1 => "one thread".to_string(),
+            n => format!("{n} threads"),
+        }
     );
 
     // Write the transcript straight to the stdout descriptor: the library
@@ -204,8 +224,11 @@ fn run(args: Args) -> Result<(), String> {
             info!("summary: {summary}");
             Ok(())
         }
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err("stdout was closed (broken pipe); stopping".into()),
-        Err(e) => Err(format!("stopped: {}", plain(&e))),
+        Err(e) => match OutputError::of(&e) {
+            Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Err("stdout was closed (broken pipe); stopping".into()),
+            Some(e) => Err(format!("cannot write the transcript to stdout: {}; stopping", plain(e))),
+            None => Err(format!("stopped: {}", plain(&e))),
+        },
     }
 }
 

@@ -1,22 +1,35 @@
-//! `tcp_load`: drives a server at high connection counts (hold, flood, chat)
-//! and reports what it cost the server. See `simple_tcp_server::load`.
+//! `tcp_load`: drives a server at high connection counts (hold, flood,
+//! chat, churn) and reports what it cost the server. See
+//! `simple_tcp_server::load`.
+//!
+//! Exit codes: 0 when the run was clean (every connection did what it was
+//! asked, acknowledged by the server, within `--timeout`); 1 when it was
+//! not (the report, printed all the same, says why) or could not run; 2 for
+//! a usage error.
 
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use simple_tcp_server::duration::parse_duration;
-use simple_tcp_server::load::{self, LoadConfig, Mode};
+use simple_tcp_server::duration::{format_duration, parse_duration};
+use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
 
 /// Load generator for simple_tcp_server: hold many connections, flood them
-/// with bytes, or chat at a paced message rate.
+/// with bytes, chat at a paced message rate, or churn connections.
 #[derive(Debug, Parser)]
 #[command(
+    name = "tcp_load",
     version,
     about,
-    after_help = "Examples:\n  \
+    after_help = "Exit status: 0 the run was clean; 1 it was not (the report says why: a connection \
+        failed, the run was cut short, a rate was out of reach) or could not run; 2 usage error.\n\n\
+        Examples:\n  \
         tcp_load --server-pid $(pidof simple_tcp_server) hold --conns 19000\n  \
+        tcp_load --procs 50 --server-pid $PID hold --conns 1000000 --hold 60s\n  \
         tcp_load flood --conns 100 --bytes 10MB\n  \
         tcp_load --server-pid $PID chat --conns 10000 --rate 50000 --secs 10\n  \
         tcp_load churn --hold 3000 --rate 1000 --secs 60s"
@@ -36,19 +49,30 @@ struct Common {
     /// The server's port.
     #[arg(long, global = true, default_value_t = simple_tcp_server::DEFAULT_PORT)]
     port: u16,
-    /// Loopback source addresses to spread connections over (127.0.0.1 up).
-    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..))]
-    sources: u8,
-    /// Connections connecting or awaiting their greeting at once.
+    /// Loopback source addresses to spread connections over, per process.
+    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    sources: u16,
+    /// The first loopback source address.
+    #[arg(long, global = true, value_name = "IPV4", default_value = "127.0.0.1")]
+    source_base: Ipv4Addr,
+    /// Run N generator processes, each with its share of the connections
+    /// and rates and its own block of source addresses (127.I.0.1 up), and
+    /// add up their reports: for more connections than one process may
+    /// open. Loopback targets only.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=procs::MAX_PROCS as i64))]
+    procs: u16,
+    /// Connections connecting or awaiting their greeting at once, per process.
     #[arg(long, global = true, default_value_t = 512)]
     in_flight: usize,
     /// Bytes of greeting to expect per connection (0 for --no-greeting servers).
     #[arg(long, global = true, default_value_t = simple_tcp_server::GREETING.len())]
     greeting_len: usize,
     /// The server's process id: report its memory, threads and CPU from /proc.
-    #[arg(long, global = true, value_name = "PID")]
+    #[arg(long, global = true, value_name = "PID", value_parser = existing_pid)]
     server_pid: Option<i32>,
-    /// Bound on the whole run.
+    /// Bound on the whole run: a run that has not finished by then stops
+    /// and is not clean.
     #[arg(long, global = true, value_name = "DURATION", default_value = "120s", value_parser = parse_duration)]
     timeout: Duration,
     /// Print one JSON line instead of the summary.
@@ -57,6 +81,9 @@ struct Common {
     /// No progress bar.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Run as one of the processes of `--procs` (internal).
+    #[arg(long, global = true, hide = true)]
+    coordinated: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,7 +98,7 @@ enum ModeCmd {
         hold: Duration,
     },
     /// Each connection streams B bytes of chat text, half-closes, and waits
-    /// for the server to close; reports MB/s.
+    /// for the server to close; reports MB/s of what the server acknowledged.
     Flood {
         /// Connections.
         #[arg(long, value_parser = positive)]
@@ -83,8 +110,8 @@ enum ModeCmd {
         #[arg(long, default_value = "256KiB", value_parser = parse_bytes)]
         write_size: u64,
     },
-    /// R messages per second spread over N connections for T seconds;
-    /// reports the server's CPU per message.
+    /// R messages per second spread over N connections for T seconds (R x T
+    /// in all); reports the server's CPU per message and whether it kept up.
     Chat {
         /// Connections.
         #[arg(long, value_parser = positive)]
@@ -118,6 +145,15 @@ fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A process id that names a running process.
+fn existing_pid(text: &str) -> Result<i32, String> {
+    let pid: i32 = text.parse().map_err(|_| format!("`{text}` is not a process id"))?;
+    if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(format!("no process with PID {pid} is running"));
+    }
+    Ok(pid)
+}
+
 /// `10MB`, `64KiB`, `1G`, `12345`.
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -136,22 +172,48 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     n.checked_mul(scale).ok_or_else(|| format!("`{text}` is too large"))
 }
 
+/// Why `run` did not produce a report.
+enum Failure {
+    /// Bad arguments: clap's usage error, exit 2.
+    Usage(String),
+    /// The run could not start or go on: exit 1.
+    Failed(String),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let json = cli.common.json;
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("tcp_load: {message}");
+        Ok(report) => {
+            let text = if json {
+                format!("{}\n", report.json())
+            } else {
+                report.human()
+            };
+            // A closed stdout (`tcp_load --json | true`) loses the report,
+            // not the verdict.
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(Failure::Usage(message)) => Cli::command().error(ErrorKind::ArgumentConflict, message).exit(),
+        Err(Failure::Failed(message)) => {
+            // A closed stderr loses the message, not the exit status.
+            let _ = writeln!(io::stderr(), "tcp_load: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<Report, Failure> {
     let c = cli.common;
     let target = simple_tcp_server::listen::resolve(&c.host, c.port)
-        .map_err(|e| format!("cannot resolve `{}`: {e}", c.host))?[0];
+        .map_err(|e| Failure::Failed(format!("cannot resolve `{}`: {e}", c.host)))?[0];
     let mode = match cli.mode {
         ModeCmd::Hold { conns, hold } => Mode::Hold { conns, hold },
         ModeCmd::Flood {
@@ -166,33 +228,148 @@ fn run(cli: Cli) -> Result<(), String> {
         ModeCmd::Chat { conns, rate, secs } => Mode::Chat { conns, rate, secs },
         ModeCmd::Churn { hold, rate, secs } => Mode::Churn { hold, rate, secs },
     };
-    let soft = simple_tcp_server::limits::raise_nofile_limit().map_err(|e| format!("open-file limit: {e}"))?;
-    let wanted = mode.conns();
-    // The poller, stdio and a little slack.
-    if wanted as u64 + 16 > soft {
-        return Err(format!(
-            "{wanted} connections need more file descriptors than this process may open ({soft}); \
-             lower --conns or raise `ulimit -n`"
-        ));
+    let soft = simple_tcp_server::limits::raise_nofile_limit()
+        .map_err(|e| Failure::Failed(format!("open-file limit: {e}")))?;
+    if c.procs > 1 {
+        return run_procs(&c, target, &mode, soft);
     }
+    check_descriptors(mode.conns(), soft).map_err(Failure::Failed)?;
+    let sources = if target.ip().is_loopback() && target.is_ipv4() {
+        load::sources_from(c.source_base, usize::from(c.sources))
+    } else {
+        load::default_sources(target, usize::from(c.sources))
+    };
     let config = LoadConfig {
         target,
-        sources: load::default_sources(target, usize::from(c.sources)),
+        sources,
         mode,
         in_flight: c.in_flight.max(1),
         greeting_len: c.greeting_len,
         server_pid: c.server_pid,
         timeout: c.timeout,
         progress: !c.quiet && !c.json,
+        stop_on_signals: true,
+        coordinated: c.coordinated,
     };
-    if let Some(pid) = c.server_pid {
-        load::sample_process(pid).map_err(|e| format!("cannot read /proc for --server-pid {pid}: {e}"))?;
-    }
-    let report = load::run(config).map_err(|e| e.to_string())?;
-    if c.json {
-        println!("{}", report.json());
-    } else {
-        print!("{}", report.human());
+    load::run(config).map_err(|e| Failure::Failed(e.to_string()))
+}
+
+/// One process's connections must fit its open-file limit.
+fn check_descriptors(conns: usize, soft: u64) -> Result<(), String> {
+    // The poller, stdio and a little slack.
+    if conns as u64 + 16 > soft {
+        return Err(format!(
+            "{conns} connections need more file descriptors than this process may open ({soft}); \
+             lower --conns, raise `ulimit -n`, or spread them with --procs"
+        ));
     }
     Ok(())
+}
+
+/// `--procs N`: this binary again, N times, each with a slice of the work.
+fn run_procs(c: &Common, target: SocketAddr, mode: &Mode, soft: u64) -> Result<Report, Failure> {
+    let n = usize::from(c.procs);
+    if !matches!(target.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+        return Err(Failure::Usage(format!(
+            "--procs spreads connections over loopback source addresses (127.0.0.0/8), so it needs a \
+             loopback IPv4 target; {} is not one",
+            target.ip()
+        )));
+    }
+    let slices = procs::split(mode, n).map_err(Failure::Usage)?;
+    let most = slices.iter().map(Mode::conns).max().unwrap_or(0);
+    if most as u64 + 16 > soft {
+        let per = usize::try_from(soft.saturating_sub(16).max(1)).unwrap_or(usize::MAX);
+        return Err(Failure::Failed(format!(
+            "--procs {n} gives a process {most} connections, more than its open-file limit ({soft}) allows; \
+             use --procs {} or more",
+            mode.conns().div_ceil(per)
+        )));
+    }
+    let exe = std::env::current_exe().map_err(|e| Failure::Failed(format!("cannot find this program: {e}")))?;
+    let args = slices
+        .iter()
+        .enumerate()
+        .map(|(i, slice)| {
+            let sources = usize::from(c.sources).max(procs::sources_needed(slice.conns()));
+            let mut args: Vec<String> = [
+                "--host",
+                &target.ip().to_string(),
+                "--port",
+                &target.port().to_string(),
+                "--source-base",
+                &procs::source_block(i).to_string(),
+                "--sources",
+                &sources.to_string(),
+                "--in-flight",
+                &c.in_flight.to_string(),
+                "--greeting-len",
+                &c.greeting_len.to_string(),
+                "--timeout",
+                &format_duration(c.timeout),
+                "--json",
+                "--quiet",
+                "--coordinated",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(mode_args(slice));
+            args
+        })
+        .collect();
+    procs::run(procs::ProcsConfig {
+        exe,
+        args,
+        mode: mode.clone(),
+        server_pid: c.server_pid,
+        timeout: c.timeout,
+    })
+    .map_err(|e| Failure::Failed(e.to_string()))
+}
+
+/// `mode` as this binary's arguments.
+fn mode_args(mode: &Mode) -> Vec<String> {
+    let d = |d: &Duration| format_duration(*d);
+    let args: Vec<String> = match mode {
+        Mode::Hold { conns, hold } => vec![
+            "hold".into(),
+            "--conns".into(),
+            conns.to_string(),
+            "--hold".into(),
+            d(hold),
+        ],
+        Mode::Flood {
+            conns,
+            bytes,
+            write_size,
+        } => vec![
+            "flood".into(),
+            "--conns".into(),
+            conns.to_string(),
+            "--bytes".into(),
+            bytes.to_string(),
+            "--write-size".into(),
+            write_size.to_string(),
+        ],
+        Mode::Chat { conns, rate, secs } => vec![
+            "chat".into(),
+            "--conns".into(),
+            conns.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+            "--secs".into(),
+            d(secs),
+        ],
+        Mode::Churn { hold, rate, secs } => vec![
+            "churn".into(),
+            "--hold".into(),
+            hold.to_string(),
+            "--rate".into(),
+            rate.to_string(),
+            "--secs".into(),
+            d(secs),
+        ],
+    };
+    args
 }

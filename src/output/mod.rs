@@ -1,17 +1,30 @@
-//! The transcript sink: frame lines and connection lines are appended to one
-//! reused buffer and written to the output (any `Write`) in large blocks.
+//! The transcript: what each reactor prints, and how its lines reach the
+//! one output.
 //!
-//! The buffer is written out when it passes [`FLUSH_AT`] bytes, and otherwise
-//! before the server's loop blocks (or, with `--flush-lag`, at most that long
-//! after its first unwritten byte), so that under load one `write` carries
-//! many messages while an interactive reader sees each line at once.
+//! Each reactor owns a [`Transcript`]: the line formats (the chapter's text
+//! lines, or JSON lines for log pipelines), the framer, and one reused
+//! buffer of whole lines. The buffer is written out when it passes
+//! [`FLUSH_AT`] bytes, and otherwise before the reactor's loop blocks (or,
+//! with `--flush-lag`, at most that long after its first unwritten byte), so
+//! that under load one `write` carries many messages while an interactive
+//! reader sees each line at once.
+//!
+//! All reactors write to one sink behind a mutex, and a buffer is written
+//! whole while the lock is held: lines are never split or interleaved,
+//! whatever the sink is (a terminal, a pipe taking more than `PIPE_BUF` per
+//! write, a file). A sink that blocks blocks every reactor that has lines
+//! to write, so a slow reader slows the clients down and nothing is lost.
 
 pub mod text;
+pub mod unicode_table;
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use text::Framer;
 
 /// Buffered bytes that trigger a write at once: the server checks after
 /// every read block, so a bulk client's lines go out in one large write per
@@ -23,44 +36,118 @@ pub const FLUSH_AT: usize = 64 * 1024;
 /// non-blocking pipe inherited from the parent).
 const OUTPUT_RETRY: Duration = Duration::from_millis(1);
 
-/// The buffered transcript writer.
+/// An error writing the transcript, as opposed to one of the server's own
+/// (polling, the listener): the loop passes both up as `io::Error`, and
+/// [`OutputError::of`] tells them apart, so the binary can say "stdout".
 #[derive(Debug)]
-pub struct Transcript<W: Write> {
-    /// Where the transcript goes (stdout in the binary).
-    sink: W,
+pub struct OutputError(pub io::Error);
+
+impl std::fmt::Display for OutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OutputError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+impl OutputError {
+    /// Marks `e` as the output's, keeping its kind.
+    pub fn wrap(e: io::Error) -> io::Error {
+        if OutputError::of(&e).is_some() {
+            return e;
+        }
+        io::Error::new(e.kind(), OutputError(e))
+    }
+
+    /// The output's error inside `e`, if `e` is one.
+    pub fn of(e: &io::Error) -> Option<&io::Error> {
+        e.get_ref()?.downcast_ref::<OutputError>().map(|o| &o.0)
+    }
+}
+
+/// One reactor's transcript writer.
+#[derive(Debug)]
+pub struct Transcript<'a, W: Write> {
+    /// Where the transcript goes (stdout in the binary), shared by all
+    /// reactors.
+    sink: &'a Mutex<W>,
     /// Lines not yet written to `sink`.
     buf: Vec<u8>,
     /// When `buf` received its first unwritten byte.
     pending_since: Option<Instant>,
     /// Bytes written to `sink` so far.
     written: u64,
+    /// Cuts blocks into frame lines.
+    framer: Framer,
+    /// Start each frame line with the client's address (`--tag`).
+    tag: bool,
 }
 
-impl<W: Write> Transcript<W> {
-    /// A transcript writing to `sink`.
-    pub fn new(sink: W) -> Transcript<W> {
+impl<'a, W: Write> Transcript<'a, W> {
+    /// A transcript writing to `sink`, cutting `max_read`-byte frames,
+    /// escaping unless `raw`, tagging frame lines with the client when
+    /// `tag`.
+    pub fn new(sink: &'a Mutex<W>, max_read: usize, raw: bool, tag: bool) -> Transcript<'a, W> {
         Transcript {
             sink,
-            // Room for the threshold plus one read block's lines.
+            // Room for the threshold plus one read window's lines.
             buf: Vec::with_capacity(FLUSH_AT * 3),
             pending_since: None,
             written: 0,
+            framer: Framer::new(max_read, raw),
+            tag,
         }
     }
 
-    /// The buffer to append lines to.
-    #[inline]
-    pub fn buf(&mut self) -> &mut Vec<u8> {
-        &mut self.buf
+    /// Bytes per frame.
+    pub fn max_read(&self) -> usize {
+        self.framer.max_read()
     }
 
-    /// Appends `label` and the address, then a newline: `Connection from:  ADDR`.
-    pub fn addr_line(&mut self, label: &str, addr: SocketAddr) {
+    /// `Listening to:  ADDR`.
+    pub fn listening(&mut self, addr: SocketAddr) {
+        self.addr_line("Listening to:  ", addr);
+    }
+
+    /// `Connection from:  ADDR`.
+    pub fn connected(&mut self, peer: SocketAddr) {
+        self.addr_line("Connection from:  ", peer);
+    }
+
+    /// `Closed connection:  ADDR`.
+    pub fn closed(&mut self, peer: SocketAddr) {
+        self.addr_line("Closed connection:  ", peer);
+    }
+
+    /// The frame lines of `block`, bytes that one read from `peer`
+    /// returned. Returns the number of frames.
+    #[inline]
+    pub fn frames(&mut self, peer: SocketAddr, block: &[u8]) -> u64 {
+        if self.tag {
+            let mut tag_buf = [0u8; 64];
+            let tag = format_tag(&mut tag_buf, peer);
+            self.framer.frame_block(&mut self.buf, tag, block)
+        } else {
+            self.framer.frame_block(&mut self.buf, &[], block)
+        }
+    }
+
+    /// Appends `label` and the address, then a newline.
+    fn addr_line(&mut self, label: &str, addr: SocketAddr) {
         let mut line = String::with_capacity(64);
         // Writing to a String cannot fail.
         let _ = write!(line, "{label}{addr}");
         self.buf.extend_from_slice(line.as_bytes());
         self.buf.push(b'\n');
+    }
+
+    /// The lines not yet written.
+    pub fn pending_bytes(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Bytes waiting to be written.
@@ -95,11 +182,25 @@ impl<W: Write> Transcript<W> {
         }
     }
 
-    /// Writes everything buffered to the sink and flushes the sink.
+    /// Writes everything buffered to the sink and flushes the sink. An
+    /// error is marked as the output's (see [`OutputError`]).
     pub fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.write_out().map_err(OutputError::wrap)
+    }
+
+    fn write_out(&mut self) -> io::Result<()> {
+        // Whole buffers under the lock: another reactor's lines come before
+        // or after these, never inside them.
+        let mut sink = self
+            .sink
+            .lock()
+            .map_err(|_| io::Error::other("another reactor failed while writing the transcript"))?;
         let mut done = 0;
         while done < self.buf.len() {
-            match self.sink.write(&self.buf[done..]) {
+            match sink.write(&self.buf[done..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -113,13 +214,17 @@ impl<W: Write> Transcript<W> {
         self.written += done as u64;
         self.buf.clear();
         self.pending_since = None;
-        self.sink.flush()
+        sink.flush()
     }
+}
 
-    /// The sink, for callers that need it back.
-    pub fn into_inner(self) -> W {
-        self.sink
-    }
+/// Formats `ADDR ` into `buf`, for `--tag`.
+fn format_tag(buf: &mut [u8; 64], peer: SocketAddr) -> &[u8] {
+    let mut cursor = io::Cursor::new(&mut buf[..]);
+    // The longest address with a scope id is 55 bytes, so this fits.
+    let _ = write!(cursor, "{peer} ");
+    let len = cursor.position() as usize;
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -128,8 +233,9 @@ mod tests {
 
     #[test]
     fn buffers_until_flushed() {
-        let mut t = Transcript::new(Vec::new());
-        t.addr_line("Connection from:  ", "127.0.0.1:9".parse().expect("addr"));
+        let sink = Mutex::new(Vec::new());
+        let mut t = Transcript::new(&sink, 25, false, false);
+        t.connected("127.0.0.1:9".parse().expect("addr"));
         assert_eq!(t.pending(), 30);
         let now = Instant::now();
         t.stamp(now);
@@ -140,6 +246,24 @@ mod tests {
         t.flush().expect("flush to a Vec");
         assert_eq!(t.deadline(Duration::from_millis(1)), None);
         assert_eq!(t.written(), 30);
-        assert_eq!(t.into_inner(), b"Connection from:  127.0.0.1:9\n");
+        assert_eq!(*sink.lock().expect("lock"), b"Connection from:  127.0.0.1:9\n");
+    }
+
+    #[test]
+    fn tags_fit() {
+        let mut buf = [0u8; 64];
+        let v6: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+            .parse()
+            .expect("addr");
+        let tag = format_tag(&mut buf, v6);
+        assert_eq!(tag, format!("{v6} ").as_bytes());
+    }
+
+    #[test]
+    fn tagged_frames() {
+        let sink = Mutex::new(Vec::new());
+        let mut t = Transcript::new(&sink, 3, false, true);
+        assert_eq!(t.frames("127.0.0.1:1".parse().expect("addr"), b"abcd"), 2);
+        assert_eq!(t.pending_bytes(), b"127.0.0.1:1 <3:abc>\n127.0.0.1:1 <1:d>\n");
     }
 }

@@ -9,16 +9,42 @@
 //!
 //! Escaping (the default): printable ASCII and printable UTF-8 characters are
 //! copied; `\` becomes `\\`; newline, carriage return and tab become `\n`,
-//! `\r`, `\t`; every other byte (ASCII and C1 controls, ESC, NUL, invalid or
-//! overlong UTF-8, Unicode format characters that reorder or hide text) is
-//! written as `\xNN`. LEN counts the raw bytes. In raw mode TEXT is the bytes
-//! unchanged.
+//! `\r`, `\t`; every other byte is written as `\xNN`: ASCII controls, ESC,
+//! NUL, DEL, invalid or overlong UTF-8 (byte by byte), and each byte of every
+//! character that shows nothing or can drive a terminal or reorder text. Those
+//! are the code points that the Unicode Character Database calls
+//! - a control (Cc: C0 and C1, U+009B is a one-byte CSI on some terminals),
+//!   format (Cf: bidi controls, zero-width characters, tag characters,
+//!   prepended concatenation marks such as U+0600), surrogate (Cs, which valid
+//!   UTF-8 never carries anyway), private-use (Co) or unassigned (Cn,
+//!   noncharacters included) character;
+//! - a separator (Zl U+2028, Zp U+2029, and Zs except U+0020);
+//! - a Default_Ignorable_Code_Point (variation selectors, the Hangul fillers
+//!   U+115F, U+1160, U+3164, U+FFA0, U+034F, ...).
+//!
+//! Separators, a decision: SPEC says "separator", so all of Z is escaped but
+//! the ASCII space. Zl and Zp end a line in some viewers. The space separators
+//! (U+00A0, U+1680, U+2000-U+200A, U+202F, U+205F, U+3000) look like a space
+//! but are not one: an operator reading or copying the line, or a script
+//! matching `' '`, takes them for U+0020, which is the confusion the escaping
+//! exists to prevent. The cost: text that means them (a French no-break space
+//! before `!`, an ideographic space in Japanese) shows `\xc2\xa0` or
+//! `\xe3\x80\x80`, still readable and exact.
+//!
+//! The set is [`HIDDEN`], a range table generated from the UCD by a script
+//! the repo keeps (its Unicode version is
+//! [`UNICODE_VERSION`](super::unicode_table::UNICODE_VERSION)); tests check
+//! every code point against ICU4X's `icu_properties`, an independent
+//! derivation of the same properties. Printable ASCII never reaches the table.
+//! LEN counts the raw bytes. In raw mode TEXT is the bytes unchanged.
 //!
 //! The hot path is [`Framer::frame_block`] on printable text: one vectorisable
 //! scan of the block, then each full frame is a fixed-length line copied into
 //! a reused buffer, with no per-byte branch and no allocation.
 
 use std::fmt;
+
+use super::unicode_table::HIDDEN;
 
 /// What ends every frame line.
 const LINE_END: &[u8; 2] = b">\n";
@@ -233,22 +259,142 @@ pub fn is_plain_text(bytes: &[u8]) -> bool {
     first_to_escape(bytes).is_none()
 }
 
-/// Unicode characters that are valid UTF-8 but must not reach a terminal or
-/// a log viewer as they are: C1 controls (U+009B is a one-byte CSI on some
-/// terminals), and format characters that hide text or reorder it (bidi
-/// overrides, zero-width characters, line and paragraph separators).
+/// True for a code point that valid UTF-8 may carry but that is escaped:
+/// one in [`HIDDEN`] (see the module docs). Three loads from [`HIDDEN_INDEX`].
+#[inline]
 fn is_hidden_code(c: u32) -> bool {
-    matches!(c,
-        0x80..=0x9F
-        | 0xAD
-        | 0x061C
-        | 0x180E
-        | 0x200B..=0x200F
-        | 0x2028..=0x202E
-        | 0x2060..=0x2064
-        | 0x2066..=0x206F
-        | 0xFEFF
-        | 0xFFF9..=0xFFFB)
+    let c = c as usize;
+    // Beyond U+10FFFF is no character; callers never pass one.
+    let Some(&row) = HIDDEN_INDEX.blocks.get(c >> BLOCK_BITS) else {
+        return true;
+    };
+    let leaf = HIDDEN_INDEX.rows[usize::from(row)][(c >> LEAF_BITS) & (LEAVES_PER_BLOCK - 1)];
+    HIDDEN_INDEX.leaves[usize::from(leaf)] >> (c & LEAF_MASK) & 1 != 0
+}
+
+/// Code points per leaf of [`HIDDEN_INDEX`] (log2): one `u64` bitmap.
+const LEAF_BITS: usize = 6;
+/// The bit of a code point within its leaf.
+const LEAF_MASK: usize = (1 << LEAF_BITS) - 1;
+/// Code points per block of [`HIDDEN_INDEX`] (log2): 4096, so that the
+/// block numbers of all of Unicode fit a small array and whole blocks share
+/// one row (e.g. the CJK ideographs, the private-use planes).
+const BLOCK_BITS: usize = 12;
+/// Leaves per block.
+const LEAVES_PER_BLOCK: usize = 1 << (BLOCK_BITS - LEAF_BITS);
+/// Blocks covering U+0000..=U+10FFFF.
+const BLOCKS: usize = (char::MAX as usize >> BLOCK_BITS) + 1;
+
+/// [`HIDDEN`] as a two-level bitmap trie, built at compile time: block
+/// number -> row of leaf numbers -> 64-bit leaf. Identical leaves and rows
+/// are stored once (about 300 leaves and 30 rows, 7 KB), so the lookup costs
+/// three loads where a binary search of the 750 ranges costs ten dependent
+/// steps per non-ASCII character.
+struct HiddenIndex<const ROWS: usize, const LEAVES: usize> {
+    /// Row number of each block.
+    blocks: [u8; BLOCKS],
+    /// Leaf number of each leaf of a block.
+    rows: [[u16; LEAVES_PER_BLOCK]; ROWS],
+    /// Bit `c % 64` set when code point `c` is hidden.
+    leaves: [u64; LEAVES],
+}
+
+/// The lookup index of [`HIDDEN`], exactly as large as it needs to be.
+static HIDDEN_INDEX: HiddenIndex<{ HIDDEN_INDEX_SIZE.0 }, { HIDDEN_INDEX_SIZE.1 }> =
+    build_hidden_index::<{ HIDDEN_INDEX_SIZE.0 }, { HIDDEN_INDEX_SIZE.1 }>().0;
+
+/// (rows, leaves) of [`HIDDEN_INDEX`]: a first build with room to spare
+/// counts them.
+const HIDDEN_INDEX_SIZE: (usize, usize) = {
+    let (_, rows, leaves) = build_hidden_index::<BLOCKS, 2048>();
+    (rows, leaves)
+};
+
+/// Builds the index of [`HIDDEN`] with room for `ROWS` rows and `LEAVES`
+/// leaves; returns it with the numbers of rows and leaves used. Fails the
+/// build if [`HIDDEN`] is not sorted and disjoint or the room is short.
+const fn build_hidden_index<const ROWS: usize, const LEAVES: usize>() -> (HiddenIndex<ROWS, LEAVES>, usize, usize) {
+    let mut index = HiddenIndex {
+        blocks: [0; BLOCKS],
+        rows: [[0; LEAVES_PER_BLOCK]; ROWS],
+        leaves: [0; LEAVES],
+    };
+    // Leaf 0 is all visible, leaf 1 all hidden: most leaves are one or the
+    // other, and need no search.
+    index.leaves[1] = u64::MAX;
+    let mut leaves = 2;
+    let mut rows = 0;
+    let mut next_range = 0;
+    let mut block = 0;
+    while block < BLOCKS {
+        let mut row = [0u16; LEAVES_PER_BLOCK];
+        let mut k = 0;
+        while k < LEAVES_PER_BLOCK {
+            let first = ((block << BLOCK_BITS) + (k << LEAF_BITS)) as u32;
+            let last = first + LEAF_MASK as u32;
+            // Skip the ranges that end before this leaf.
+            while next_range < HIDDEN.len() && HIDDEN[next_range].1 < first {
+                next_range += 1;
+            }
+            let mut bits = 0u64;
+            let mut r = next_range;
+            while r < HIDDEN.len() && HIDDEN[r].0 <= last {
+                let (lo, hi) = HIDDEN[r];
+                assert!(
+                    lo <= hi && (r == 0 || HIDDEN[r - 1].1 < lo),
+                    "HIDDEN must be sorted and disjoint"
+                );
+                let from = lo.saturating_sub(first);
+                let to = if hi < last { hi - first } else { LEAF_MASK as u32 };
+                // Bits from..=to.
+                bits |= (u64::MAX >> (LEAF_MASK as u32 - to)) & (u64::MAX << from);
+                r += 1;
+            }
+            row[k] = match bits {
+                0 => 0,
+                u64::MAX => 1,
+                _ => {
+                    let mut id = 2;
+                    while id < leaves && index.leaves[id] != bits {
+                        id += 1;
+                    }
+                    if id == leaves {
+                        assert!(leaves < LEAVES, "HIDDEN_INDEX needs more leaves");
+                        assert!(id <= u16::MAX as usize, "a leaf number is a u16");
+                        index.leaves[id] = bits;
+                        leaves += 1;
+                    }
+                    id as u16
+                }
+            };
+            k += 1;
+        }
+        let mut id = 0;
+        while id < rows && !same_row(&index.rows[id], &row) {
+            id += 1;
+        }
+        if id == rows {
+            assert!(rows < ROWS, "HIDDEN_INDEX needs more rows");
+            index.rows[id] = row;
+            rows += 1;
+        }
+        assert!(id <= u8::MAX as usize, "a row number is a u8");
+        index.blocks[block] = id as u8;
+        block += 1;
+    }
+    (index, rows, leaves)
+}
+
+/// `a == b` for rows, in a `const fn`.
+const fn same_row(a: &[u16; LEAVES_PER_BLOCK], b: &[u16; LEAVES_PER_BLOCK]) -> bool {
+    let mut k = 0;
+    while k < LEAVES_PER_BLOCK {
+        if a[k] != b[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
 }
 
 /// `\xNN` for every byte value, built at compile time.
@@ -516,6 +662,21 @@ mod tests {
         assert_eq!(frames(25, true, b"", b"a\nb\x1b"), "<4:a\nb\x1b>\n");
     }
 
+    /// Whether the escaping hides `c`, by the independent source: ICU4X's
+    /// compiled Unicode data (the same Unicode version as [`HIDDEN`]).
+    fn hidden_per_icu(c: char) -> bool {
+        use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory as Gc};
+        use icu_properties::{CodePointMapData, CodePointSetData};
+        let category = CodePointMapData::<Gc>::new().get(c);
+        let hidden_category = match category {
+            Gc::Control | Gc::Format | Gc::Surrogate | Gc::PrivateUse | Gc::Unassigned => true,
+            Gc::LineSeparator | Gc::ParagraphSeparator => true,
+            Gc::SpaceSeparator => c != ' ',
+            _ => false,
+        };
+        hidden_category || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
+    }
+
     /// The escaping rules written the obvious way, on `utf8_chunks`.
     fn escape_reference(text: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -527,7 +688,7 @@ mod tests {
                     '\r' => out.extend_from_slice(b"\\r"),
                     '\t' => out.extend_from_slice(b"\\t"),
                     c if (' '..='~').contains(&c) => out.push(c as u8),
-                    c if c.is_ascii() || is_hidden_code(c as u32) => {
+                    c if c.is_ascii() || hidden_per_icu(c) => {
                         let mut utf8 = [0u8; 4];
                         for &b in c.encode_utf8(&mut utf8).as_bytes() {
                             out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
@@ -552,7 +713,7 @@ mod tests {
             x ^= x << 17;
             x
         };
-        let pieces: [&[u8]; 12] = [
+        let pieces: [&[u8]; 18] = [
             b"a",
             b"\\",
             b"\n",
@@ -562,23 +723,119 @@ mod tests {
             "🦀".as_bytes(),
             "\u{9b}".as_bytes(),
             "\u{202e}".as_bytes(),
+            "\u{e0041}".as_bytes(),
+            "\u{fe0f}".as_bytes(),
+            "\u{a0}".as_bytes(),
+            "\u{3164}".as_bytes(),
+            "\u{378}".as_bytes(),
             b"\xed\xa0\x80",
             b"\xf4\x90\x80\x80",
             b"\xe4\xb8",
+            b"\xf3\xa0\x81",
         ];
         for _ in 0..20_000 {
             let mut text = Vec::new();
             for _ in 0..(next() % 12) {
-                if next() % 3 == 0 {
-                    text.push(next() as u8);
-                } else {
-                    text.extend_from_slice(pieces[(next() % 12) as usize]);
+                match next() % 4 {
+                    0 => text.push(next() as u8),
+                    // Any code point at all.
+                    1 => {
+                        let c = char::from_u32((next() % 0x11_0000) as u32).unwrap_or('\u{fffd}');
+                        text.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    }
+                    _ => text.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]),
                 }
             }
             assert_eq!(escape(&text), escape_reference(&text), "{text:?}");
         }
         let all: Vec<u8> = (0..=255u8).collect();
         assert_eq!(escape(&all), escape_reference(&all));
+    }
+
+    /// The characters of issue 9 that printed as raw bytes that show
+    /// nothing, and the ordinary ones that must stay as they are.
+    #[test]
+    fn escapes_invisible_characters_and_keeps_visible_ones() {
+        let hidden = [
+            '\u{e0001}', // LANGUAGE TAG
+            '\u{e0020}', // TAG SPACE
+            '\u{e0041}', // TAG LATIN CAPITAL LETTER A
+            '\u{e007f}', // CANCEL TAG
+            '\u{0600}',  // ARABIC NUMBER SIGN (prepended concatenation mark)
+            '\u{0605}',
+            '\u{06dd}',
+            '\u{070f}',
+            '\u{0890}',
+            '\u{0891}',
+            '\u{08e2}',
+            '\u{110bd}',
+            '\u{110cd}',
+            '\u{13430}', // EGYPTIAN HIEROGLYPH VERTICAL JOINER
+            '\u{1343f}',
+            '\u{1bca0}', // SHORTHAND FORMAT LETTER OVERLAP
+            '\u{1bca3}',
+            '\u{1d173}', // MUSICAL SYMBOL BEGIN BEAM
+            '\u{1d17a}',
+            '\u{115f}', // HANGUL CHOSEONG FILLER
+            '\u{1160}',
+            '\u{3164}', // HANGUL FILLER
+            '\u{ffa0}',
+            '\u{fe0f}',  // VARIATION SELECTOR-16
+            '\u{e0100}', // VARIATION SELECTOR-17
+            '\u{180b}',  // MONGOLIAN FREE VARIATION SELECTOR ONE
+            '\u{034f}',  // COMBINING GRAPHEME JOINER
+            '\u{200b}',  // ZERO WIDTH SPACE
+            '\u{2028}',  // LINE SEPARATOR
+            '\u{2029}',  // PARAGRAPH SEPARATOR
+            '\u{e000}',  // private use
+            '\u{f0000}', // private use, plane 15
+            '\u{0378}',  // unassigned
+            '\u{ffff}',  // noncharacter
+            '\u{00a0}',  // NO-BREAK SPACE
+            '\u{3000}',  // IDEOGRAPHIC SPACE
+            '\u{2003}',  // EM SPACE
+            '\u{0085}',  // NEXT LINE (C1)
+            '\u{feff}',  // ZERO WIDTH NO-BREAK SPACE
+        ];
+        for c in hidden {
+            let utf8 = c.encode_utf8(&mut [0; 4]).as_bytes().to_vec();
+            let want: String = utf8.iter().map(|b| format!("\\x{b:02x}")).collect();
+            assert_eq!(escape(&utf8), want.as_bytes(), "U+{:04X}", u32::from(c));
+        }
+        for visible in ["é", "世", "🦀", "Ж", "ب", "한", "\u{300}", "\u{1f1fa}", " ", "~"] {
+            assert_eq!(escape(visible.as_bytes()), visible.as_bytes(), "{visible:?}");
+        }
+    }
+
+    /// The compile-time index says exactly what the range table says.
+    #[test]
+    fn the_index_matches_the_table() {
+        let mut next = 0;
+        for c in 0..=u32::from(char::MAX) {
+            // The ranges are sorted: walk them along with `c`.
+            while HIDDEN.get(next).is_some_and(|&(_, last)| last < c) {
+                next += 1;
+            }
+            let in_table = HIDDEN.get(next).is_some_and(|&(first, _)| first <= c);
+            assert_eq!(is_hidden_code(c), in_table, "U+{c:04X}");
+        }
+        assert!(HIDDEN.windows(2).all(|w| w[0].0 <= w[0].1 && w[0].1 + 1 < w[1].0));
+    }
+
+    /// Every code point, against the independent source: a range missing
+    /// from the table (or one too many) fails here.
+    #[test]
+    fn every_code_point_is_hidden_exactly_when_icu_says_so() {
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            assert_eq!(
+                is_hidden_code(u32::from(c)),
+                hidden_per_icu(c),
+                "U+{:04X}",
+                u32::from(c)
+            );
+        }
+        // Surrogates are not chars; the table holds them as hidden too.
+        assert!((0xD800..=0xDFFF).all(is_hidden_code));
     }
 
     #[test]

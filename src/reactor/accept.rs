@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -11,7 +12,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::Core;
-use super::connection::{Connection, WANTS_WRITE, write_greeting};
+use super::connection::{Connection, READ_INTEREST, WANTS_WRITE, write_greeting};
 use crate::net_error::{self, AcceptAction};
 use crate::output::Transcript;
 
@@ -43,8 +44,6 @@ pub(super) struct AcceptState {
     pub(super) shortage_since: Option<Instant>,
     /// Failed accepts in the current shortage.
     pub(super) shortage_errors: u64,
-    /// Clients turned away at the cap since the server last had room.
-    pub(super) full_rejects: u64,
 }
 
 impl AcceptState {
@@ -55,14 +54,17 @@ impl AcceptState {
             backoff: MIN_ACCEPT_BACKOFF,
             shortage_since: None,
             shortage_errors: 0,
-            full_rejects: 0,
         }
     }
 }
 
 impl Core {
     /// Accepts waiting clients, up to [`ACCEPT_BUDGET`].
-    pub(super) fn accept_ready<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<W>) -> io::Result<()> {
+    pub(super) fn accept_ready<W: Write>(
+        &mut self,
+        registry: &Registry,
+        out: &mut Transcript<'_, W>,
+    ) -> io::Result<()> {
         self.accept.ready = false;
         if self.accept.paused_until.is_some() {
             // Paused for a shortage: the timer or a closing connection resumes.
@@ -74,10 +76,12 @@ impl Core {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if self.connections.len() >= self.max_connections {
-                        self.reject(stream, peer);
-                    } else {
+                    // The cap counts every reactor's connections: a slot is
+                    // taken before the client is served.
+                    if self.shared.try_open() {
                         self.add(stream, peer, registry, out);
+                    } else {
+                        self.reject(stream, peer);
                     }
                 }
                 // The backlog is empty.
@@ -108,10 +112,14 @@ impl Core {
     fn start_pause(&mut self, e: &io::Error) {
         let accept = &mut self.accept;
         if accept.shortage_since.is_none() {
-            warn!(
-                "accept: {e}; pausing accepts while {} connections are open (clients wait in the backlog)",
-                self.connections.len()
-            );
+            // Descriptors are the process's: one line when the first reactor
+            // runs short, not one per reactor.
+            if self.shared.short_reactors.fetch_add(1, Ordering::Relaxed) == 0 {
+                warn!(
+                    "accept: {e}; pausing accepts while {} connections are open (clients wait in the backlog)",
+                    self.shared.open.load(Ordering::Relaxed)
+                );
+            }
             accept.shortage_since = Some(self.now);
             accept.backoff = MIN_ACCEPT_BACKOFF;
         }
@@ -126,11 +134,13 @@ impl Core {
     /// still the same shortage.)
     fn end_shortage(&mut self) {
         if let Some(since) = self.accept.shortage_since.take() {
-            info!(
-                "accept: resumed after {:.0?} ({} retries)",
-                self.now.duration_since(since),
-                self.accept.shortage_errors
-            );
+            if self.shared.short_reactors.fetch_sub(1, Ordering::Relaxed) == 1 {
+                info!(
+                    "accept: resumed after {:.0?} ({} retries)",
+                    self.now.duration_since(since),
+                    self.accept.shortage_errors
+                );
+            }
             self.accept.shortage_errors = 0;
             self.accept.backoff = MIN_ACCEPT_BACKOFF;
         }
@@ -142,30 +152,42 @@ impl Core {
         // Best effort: the line fits any fresh socket's buffer.
         let _ = (&stream).write(SERVER_FULL);
         self.stats.rejected += 1;
-        if self.accept.full_rejects == 0 {
+        // One line per burst, whichever reactors turn the burst away.
+        if self.shared.full_rejects.fetch_add(1, Ordering::Relaxed) == 0 {
             warn!(
                 "server full ({} connections): turning new clients away, starting with {peer}",
                 self.max_connections
             );
         }
-        self.accept.full_rejects += 1;
     }
 
     /// Registers a new client, prints `Connection from`, sends the greeting.
-    fn add<W: Write>(&mut self, mut stream: TcpStream, peer: SocketAddr, registry: &Registry, out: &mut Transcript<W>) {
-        if self.accept.full_rejects > 0 {
-            info!(
-                "room again: {} clients were turned away while full",
-                self.accept.full_rejects
-            );
-            self.accept.full_rejects = 0;
+    fn add<W: Write>(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        registry: &Registry,
+        out: &mut Transcript<'_, W>,
+    ) {
+        if self.shared.full_rejects.load(Ordering::Relaxed) > 0 {
+            let turned_away = self.shared.full_rejects.swap(0, Ordering::Relaxed);
+            if turned_away > 0 {
+                info!("room again: {turned_away} clients were turned away while full");
+            }
         }
         let entry = self.connections.vacant_entry();
         let key = entry.key();
-        if let Err(e) = registry.register(&mut stream, Token(key), Interest::READABLE) {
+        if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
             // epoll itself is out of room (max_user_watches): drop this one.
             warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
             return;
+        }
+        // Urgent (out-of-band) data stays in the stream, where it was sent,
+        // instead of being set aside where nobody reads it: every byte a
+        // client sends is printed.
+        if let Err(e) = socket2::SockRef::from(&stream).set_out_of_band_inline(true) {
+            debug!("[{key}] {peer}: SO_OOBINLINE: {e}");
         }
         if let Some(idle) = self.config.keepalive {
             let keepalive = socket2::TcpKeepalive::new().with_time(idle).with_interval(idle);
@@ -175,7 +197,7 @@ impl Core {
         }
         self.stats.accepted += 1;
         self.last_churn = Some(self.now);
-        out.addr_line("Connection from:  ", peer);
+        out.connected(peer);
         let mut conn = Connection::new(stream, peer, self.now_ms);
         let mut sent = 0;
         match write_greeting(&mut conn.stream, &self.config.greeting, &mut sent) {
@@ -186,7 +208,7 @@ impl Core {
                     "[{key}] {peer}: greeting: {} bytes wait for WRITABLE",
                     self.config.greeting.len() - sent as usize
                 );
-                match registry.reregister(&mut conn.stream, Token(key), Interest::READABLE | Interest::WRITABLE) {
+                match registry.reregister(&mut conn.stream, Token(key), READ_INTEREST | Interest::WRITABLE) {
                     Ok(()) => {
                         conn.flags |= WANTS_WRITE;
                         self.greetings_in_progress.insert(key, sent);
@@ -199,6 +221,7 @@ impl Core {
             Err(e) => debug!("[{key}] {peer}: greeting: {e}"),
         }
         entry.insert(conn);
+        self.key_end = self.key_end.max(key + 1);
         debug!("[{key}] {peer}: connected");
     }
 }

@@ -19,6 +19,7 @@
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
+use mio::Interest;
 use mio::net::TcpStream;
 
 /// The connection sits in the server's run queue (its read budget ran out
@@ -29,6 +30,17 @@ pub(crate) const QUEUED: u8 = 1;
 pub(crate) const PEER_CLOSED: u8 = 2;
 /// Registered for WRITABLE too, because the greeting is not all out.
 pub(crate) const WANTS_WRITE: u8 = 4;
+/// Urgent (out-of-band) data arrived: Linux ends a read at the urgent mark,
+/// so a short read does not mean drained until a read says `WouldBlock`.
+pub(crate) const URGENT: u8 = 8;
+
+/// What a connection is registered for: readable, and on Linux priority
+/// too, which is how urgent data announces itself (see [`URGENT`]).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const READ_INTEREST: Interest = Interest::READABLE.add(Interest::PRIORITY);
+/// What a connection is registered for.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) const READ_INTEREST: Interest = Interest::READABLE;
 
 /// The address family of the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +65,7 @@ pub(crate) struct Connection {
     port: u16,
     /// Which of IPv4 and IPv6 `ip` holds.
     family: Family,
-    /// [`QUEUED`], [`PEER_CLOSED`], [`WANTS_WRITE`].
+    /// [`QUEUED`], [`PEER_CLOSED`], [`WANTS_WRITE`], [`URGENT`].
     pub(crate) flags: u8,
 }
 
@@ -92,10 +104,10 @@ impl Connection {
         }
     }
 
-    /// Whether `flag` is set.
+    /// Whether any of `flags` is set.
     #[inline]
-    pub(crate) fn has(&self, flag: u8) -> bool {
-        self.flags & flag != 0
+    pub(crate) fn has(&self, flags: u8) -> bool {
+        self.flags & flags != 0
     }
 }
 

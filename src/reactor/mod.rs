@@ -1,5 +1,7 @@
 //! The reactor: one thread, one `mio::Poll`, every connection's state in one
-//! `Slab` keyed by its token.
+//! `Slab` keyed by its token. [`Server`] (in `pool`) runs one reactor, on
+//! the caller's thread, or N of them sharing nothing on the per-message
+//! path (`--threads`).
 //!
 //! The rules of the loop (mio's "Draining readiness" and "Spurious events"):
 //! events are edge-triggered, so a readable socket is read until it is
@@ -12,42 +14,45 @@
 //!
 //! Failure stays local: an error on a connection closes that connection; a
 //! shortage of descriptors pauses accepting, with backoff, and never ends the
-//! server or makes it spin. Only a failing poll, a broken listener or an
-//! output that can no longer be written ends [`Server::run`].
+//! server or makes it spin. Only a failing poll or a broken listener ends a
+//! reactor (the others go on), and only an output that can no longer be
+//! written ends [`Server::run`].
 
 mod accept;
 mod connection;
+mod pool;
+mod shutdown;
 mod stats;
 mod sweep;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
 use crate::config::Config;
 use crate::output::Transcript;
-use crate::output::text::Framer;
 use accept::AcceptState;
 pub use accept::SERVER_FULL;
-use connection::{Connection, PEER_CLOSED, QUEUED, WANTS_WRITE, write_greeting};
+use connection::{Connection, PEER_CLOSED, QUEUED, READ_INTEREST, URGENT, WANTS_WRITE, write_greeting};
+use pool::Shared;
+pub use pool::{MAX_GREETING, Server, Stopper};
 use stats::StatsTimer;
 pub use stats::Summary;
 use sweep::Sweep;
 
 /// The listener's token: outside the slab's key range, like all special tokens.
 const LISTENER: Token = Token(usize::MAX);
-/// The [`Stopper`]'s waker.
+/// The reactor's waker: a [`Stopper`] or another reactor asks it to look at
+/// the shared stop flag.
 const STOP: Token = Token(usize::MAX - 1);
-/// The SIGINT/SIGTERM pipe.
-const SIGNALS: Token = Token(usize::MAX - 2);
 
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -76,49 +81,41 @@ const SHUTDOWN_READ_CAP: usize = 4 * 1024 * 1024;
 /// Slab entries reserved up front (virtual memory only until used).
 const SLAB_PREALLOC_LIMIT: usize = 1 << 20;
 
-/// Greetings longer than this are refused (the sent count is a `u32`).
-pub const MAX_GREETING: usize = 1 << 30;
-
-/// Stops a running server from another thread.
-#[derive(Debug, Clone)]
-pub struct Stopper(Arc<Waker>);
-
-impl Stopper {
-    /// Asks the server to stop: it stops accepting, prints what it has
-    /// received, and `run` returns.
-    pub fn stop(&self) -> io::Result<()> {
-        self.0.wake()
-    }
-}
-
-/// The server: the poll, its events, and the state the loop works on.
-pub struct Server {
-    /// The one poll instance of the one thread.
+/// One reactor: its poll, its events, and the state its loop works on.
+struct Reactor {
+    /// This reactor's poll instance.
     poll: Poll,
     /// Readiness events, reused for every `poll` call.
     events: Events,
     /// Everything else, apart from `poll` so the loop can borrow both.
     core: Core,
-    /// The waker behind [`Stopper`]s, created on first request.
-    waker: Option<Arc<Waker>>,
 }
 
 struct Core {
+    /// Which reactor this is (0 runs on the caller's thread and logs the
+    /// `--stats` line).
+    id: usize,
+    /// What the reactors share: the stop flag, the open-connection count
+    /// behind the global cap, the published counters.
+    shared: Arc<Shared>,
     /// The listening socket; `None` once the server is stopping.
     listener: Option<TcpListener>,
-    /// The listener's address (with the real port when bound to port 0).
-    local_addr: SocketAddr,
     /// Every connected client, keyed by its token.
     connections: Slab<Connection>,
-    /// The cap on `connections.len()`.
+    /// The cap on open connections, over all reactors.
     max_connections: usize,
     /// Greeting, flags and tunables.
     config: Config,
-    /// Cuts blocks into frame lines.
-    framer: Framer,
     /// The one read buffer, shared by all connections (a multiple of
     /// `max_read`, so blocks cut into full frames).
     read_buf: Vec<u8>,
+    /// Bytes read from one connection per wakeup (`--read-budget` rounded
+    /// down to whole frames): reads never ask for more, so one full read
+    /// block with the default budget is one `recv`.
+    read_budget: usize,
+    /// One past the highest slab key in use: the idle sweep walks keys below
+    /// it, so its cost follows the connections, not the slab's capacity.
+    key_end: usize,
     /// Bytes of a read block framed before the lines are written out (a
     /// multiple of `max_read`).
     frame_window: usize,
@@ -128,8 +125,6 @@ struct Core {
     greetings_in_progress: HashMap<usize, u32>,
     /// Connections whose read budget ran out with data left.
     run_queue: VecDeque<usize>,
-    /// SIGINT/SIGTERM, when the binary asked for them.
-    signals: Option<signal_hook_mio::v1_0::Signals>,
     /// A stop was requested.
     stopping: bool,
     /// The loop has just paused to let events gather: poll without waiting.
@@ -167,45 +162,44 @@ enum Close {
     Shutdown,
 }
 
-impl Server {
-    /// Binds `addr` and prepares a server with `config`.
-    pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
-        let listener = crate::listen::listen(addr, config.backlog)?;
-        Server::from_listener(listener, config)
-    }
-
-    /// A server on an already bound, listening socket (tests and benches
-    /// bind port 0 and pass it in). The socket is made non-blocking.
-    pub fn from_listener(listener: std::net::TcpListener, config: Config) -> io::Result<Server> {
-        if config.greeting.len() > MAX_GREETING {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "greeting too long"));
-        }
-        listener.set_nonblocking(true)?;
-        let local_addr = listener.local_addr()?;
+impl Reactor {
+    /// Reactor `id` on `poll` (where its waker is registered) and
+    /// `listener`, which must be non-blocking.
+    fn new(
+        id: usize,
+        poll: Poll,
+        listener: std::net::TcpListener,
+        config: Config,
+        shared: Arc<Shared>,
+    ) -> io::Result<Reactor> {
         let mut listener = TcpListener::from_std(listener);
-        let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let max_connections = config
-            .max_connections
-            .unwrap_or_else(crate::limits::default_max_connections)
-            .max(1);
-        let framer = Framer::new(config.max_read, config.raw);
-        let m = framer.max_read();
+        let m = config.max_read.max(1);
         let read_len = (config.read_buffer.max(m) / m) * m;
+        // Whole frames, at least one, and never more than one read block per
+        // read: a budget that does not divide into reads would cut a frame
+        // short or cost a second read for a few bytes.
+        let read_budget = (config.read_budget.max(m) / m) * m;
         let now = Instant::now();
         let sweep = config.idle_timeout.map(|timeout| Sweep::new(timeout, now));
-        let stats_timer = config.stats_interval.map(|interval| StatsTimer::new(interval, now));
+        // One stats line for all reactors, logged by the first.
+        let stats_timer = config
+            .stats_interval
+            .filter(|_| id == 0)
+            .map(|interval| StatsTimer::new(interval, now));
+        let max_connections = shared.max_connections;
         let core = Core {
+            id,
+            shared,
             listener: Some(listener),
-            local_addr,
             connections: Slab::with_capacity(max_connections.min(SLAB_PREALLOC_LIMIT)),
             max_connections,
-            framer,
             read_buf: vec![0; read_len],
+            read_budget,
+            key_end: 0,
             frame_window: (FRAME_WINDOW / m).max(1) * m,
             greetings_in_progress: HashMap::new(),
             run_queue: VecDeque::new(),
-            signals: None,
             stopping: false,
             gathered: false,
             wake_bytes: 0,
@@ -220,93 +214,93 @@ impl Server {
             now_ms: 0,
             config,
         };
-        Ok(Server {
+        Ok(Reactor {
             poll,
             events: Events::with_capacity(EVENTS_CAPACITY),
             core,
-            waker: None,
         })
     }
 
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.core.local_addr
-    }
-
-    /// The connection cap in force.
-    pub fn max_connections(&self) -> usize {
-        self.core.max_connections
-    }
-
-    /// A handle that stops the server from another thread.
-    pub fn stopper(&mut self) -> io::Result<Stopper> {
-        if self.waker.is_none() {
-            self.waker = Some(Arc::new(Waker::new(self.poll.registry(), STOP)?));
-        }
-        let waker = self
-            .waker
-            .as_ref()
-            .map(Arc::clone)
-            .ok_or_else(|| io::Error::other("no waker"))?;
-        Ok(Stopper(waker))
-    }
-
-    /// Stops the server cleanly on SIGINT and SIGTERM.
-    pub fn stop_on_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
-        self.poll
-            .registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
-        self.core.signals = Some(signals);
-        Ok(())
-    }
-
-    /// Runs the loop, printing the transcript to `out`, until stopped.
-    ///
-    /// Returns the counts when stopped; an error only when polling fails, the
-    /// listener breaks, or `out` can no longer be written.
-    pub fn run<W: Write>(self, out: W) -> io::Result<Summary> {
-        let Server {
+    /// Runs the loop until the shared stop flag is raised, then drains.
+    /// Returns the counts, with the error that ended the loop early if one
+    /// did (a failing poll, a broken listener: the connections are still
+    /// drained); `Err` only when `out` can no longer be written.
+    fn run<W: Write>(self, out: &mut Transcript<'_, W>) -> io::Result<pool::Ended> {
+        let Reactor {
             mut poll,
             mut events,
             mut core,
-            waker: _waker,
         } = self;
-        let mut out = Transcript::new(out);
-        out.addr_line("Listening to:  ", core.local_addr);
-        out.flush()?;
-        loop {
-            let timeout = core.before_poll(&mut out)?;
+        let ended = loop {
+            let timeout = match core.before_poll(out) {
+                Ok(timeout) => timeout,
+                Err(e) => break Err(e),
+            };
             if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(e);
+                break Err(e);
             }
-            core.tick();
-            let registry = poll.registry();
-            let mut woken = 0;
-            for event in events.iter() {
-                woken += 1;
-                match event.token() {
-                    LISTENER => core.accept_ready(registry, &mut out)?,
-                    STOP => core.stopping = true,
-                    SIGNALS => core.take_signals(),
-                    token => core.connection_event(token.0, event, registry, &mut out)?,
-                }
-                out.flush_if_full()?;
+            if let Err(e) = core.wakeup(&events, poll.registry(), out) {
+                break Err(e);
             }
             if core.stopping {
-                return core.shutdown(&mut out);
+                break Ok(());
             }
-            core.after_events(registry, &mut out)?;
-            core.coalesce(woken);
+        };
+        match ended {
+            Ok(()) => Ok((core.shutdown(out)?, None)),
+            // The output is gone: nothing more can be printed.
+            Err(e) if crate::output::OutputError::of(&e).is_some() => Err(e),
+            Err(e) => {
+                // This reactor cannot go on; what it has received is still
+                // printed, and the other reactors keep serving.
+                log::error!("reactor {}: {e}; closing its connections", core.id);
+                Ok((core.shutdown(out)?, Some(e)))
+            }
         }
     }
 }
 
 impl Core {
+    /// One wakeup: the events `poll` returned, then the run queue, timers,
+    /// and the coalescing pause.
+    fn wakeup<W: Write>(
+        &mut self,
+        events: &Events,
+        registry: &Registry,
+        out: &mut Transcript<'_, W>,
+    ) -> io::Result<()> {
+        self.tick();
+        let mut woken = 0;
+        for event in events.iter() {
+            woken += 1;
+            match event.token() {
+                LISTENER => self.accept_ready(registry, out)?,
+                STOP => {
+                    if self.shared.stop.load(Ordering::SeqCst) {
+                        if self.id == 0 {
+                            match shutdown::signal_received() {
+                                Some(signal) => info!("signal {signal}: stopping"),
+                                None => debug!("stopping"),
+                            }
+                        }
+                        self.stopping = true;
+                    }
+                }
+                token => self.connection_event(token.0, event, registry, out)?,
+            }
+            out.flush_if_full()?;
+        }
+        if self.stopping {
+            return Ok(());
+        }
+        self.after_events(registry, out)?;
+        self.shared.publish(self.id, &self.stats, self.connections.len());
+        self.coalesce(woken, out)
+    }
+
     /// Reads the clock once per wakeup.
     fn tick(&mut self) {
         self.now = Instant::now();
@@ -327,7 +321,7 @@ impl Core {
     /// is handled at once. A wakeup that filled the event buffer, left work
     /// queued, or moved bulk data (where a pause would only let a socket
     /// buffer fill and the sender stall) never pauses.
-    fn coalesce(&mut self, woken: usize) {
+    fn coalesce<W: Write>(&mut self, woken: usize, out: &mut Transcript<'_, W>) -> io::Result<()> {
         let window = self.config.coalesce;
         let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
         self.gathered = false;
@@ -338,9 +332,13 @@ impl Core {
             .last_churn
             .is_some_and(|t| self.now.duration_since(t) <= window * CHURN_QUIET_WINDOWS);
         if small && steady && !churning {
+            // What was read is written before the pause, in one write with
+            // what the last pause gathered: a line waits at most one window.
+            out.flush()?;
             std::thread::sleep(window);
             self.gathered = true;
         }
+        Ok(())
     }
 
     /// Work is queued that must not wait for an event.
@@ -349,7 +347,7 @@ impl Core {
     }
 
     /// Flushes what is due and computes how long `poll` may wait.
-    fn before_poll<W: Write>(&mut self, out: &mut Transcript<W>) -> io::Result<Option<Duration>> {
+    fn before_poll<W: Write>(&mut self, out: &mut Transcript<'_, W>) -> io::Result<Option<Duration>> {
         self.tick();
         out.stamp(self.now);
         // After a coalescing pause, collect what gathered without blocking.
@@ -365,7 +363,10 @@ impl Core {
         let deadline = [
             out.deadline(self.config.flush_lag),
             self.accept.paused_until,
-            self.sweep.as_ref().map(|s| s.next),
+            self.sweep
+                .as_ref()
+                .filter(|_| !self.connections.is_empty())
+                .map(|s| s.next),
             self.stats_timer.as_ref().map(|s| s.next),
         ]
         .into_iter()
@@ -375,7 +376,7 @@ impl Core {
     }
 
     /// After a round of events: the run queue, paused accepts and timers.
-    fn after_events<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<W>) -> io::Result<()> {
+    fn after_events<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) -> io::Result<()> {
         // Each connection queued before this pass gets one more budget.
         for _ in 0..self.run_queue.len() {
             let Some(key) = self.run_queue.pop_front() else { break };
@@ -384,7 +385,7 @@ impl Core {
                 // Closed, or the key now belongs to someone else.
                 _ => continue,
             }
-            if let Some(reason) = self.read_ready(key, self.config.read_budget, out)? {
+            if let Some(reason) = self.read_ready(key, self.read_budget, out)? {
                 self.close(key, reason, out);
             }
         }
@@ -412,7 +413,7 @@ impl Core {
         key: usize,
         event: &Event,
         registry: &Registry,
-        out: &mut Transcript<W>,
+        out: &mut Transcript<'_, W>,
     ) -> io::Result<()> {
         let Some(conn) = self.connections.get_mut(key) else {
             // Slab keys are reused: an event may outlive its connection.
@@ -421,6 +422,11 @@ impl Core {
         };
         if event.is_read_closed() || event.is_error() {
             conn.flags |= PEER_CLOSED;
+        }
+        if event.is_priority() {
+            // Urgent data: Linux ends a read at the urgent mark, so a short
+            // read no longer means drained. Read to `WouldBlock` this time.
+            conn.flags |= URGENT;
         }
         if event.is_writable() && conn.has(WANTS_WRITE) {
             let sent = self.greetings_in_progress.entry(key).or_default();
@@ -436,7 +442,7 @@ impl Core {
                 // Greeted: stop asking for WRITABLE events.
                 self.greetings_in_progress.remove(&key);
                 conn.flags &= !WANTS_WRITE;
-                if let Err(e) = registry.reregister(&mut conn.stream, Token(key), Interest::READABLE) {
+                if let Err(e) = registry.reregister(&mut conn.stream, Token(key), READ_INTEREST) {
                     self.close(key, Close::Error(e), out);
                     return Ok(());
                 }
@@ -444,7 +450,7 @@ impl Core {
         }
         if (event.is_readable() || event.is_read_closed() || event.is_error())
             && !conn.has(QUEUED)
-            && let Some(reason) = self.read_ready(key, self.config.read_budget, out)?
+            && let Some(reason) = self.read_ready(key, self.read_budget, out)?
         {
             self.close(key, reason, out);
         }
@@ -458,21 +464,22 @@ impl Core {
         &mut self,
         key: usize,
         budget: usize,
-        out: &mut Transcript<W>,
+        out: &mut Transcript<'_, W>,
     ) -> io::Result<Option<Close>> {
         let Some(conn) = self.connections.get_mut(key) else {
             return Ok(None);
         };
-        let mut tag_buf = [0u8; 64];
-        let tag = if self.config.tag {
-            format_tag(&mut tag_buf, conn.peer())
-        } else {
-            &[][..]
-        };
+        let peer = conn.peer();
         let full = self.read_buf.len();
-        let mut budget = budget;
+        // Whole frames, so that a read the budget cuts short still ends on a
+        // frame boundary.
+        let m = out.max_read();
+        let mut left = budget.div_ceil(m).max(1) * m;
         loop {
-            match conn.stream.read(&mut self.read_buf) {
+            // Never ask for more than the budget leaves: one read block per
+            // wakeup with the default budget.
+            let want = left.min(full);
+            match conn.stream.read(&mut self.read_buf[..want]) {
                 Ok(0) => return Ok(Some(Close::Eof)),
                 Ok(n) => {
                     conn.last_active = self.now_ms;
@@ -482,22 +489,27 @@ impl Core {
                     // block's lines go out while they are still in the cache.
                     // Windows are whole frames, so the cut is the same.
                     for part in self.read_buf[..n].chunks(self.frame_window) {
-                        self.stats.frames += self.framer.frame_block(out.buf(), tag, part);
+                        self.stats.frames += out.frames(peer, part);
                         out.flush_if_full()?;
                     }
-                    // A short read drained the socket, unless the peer has
-                    // closed: then read on to see the end of file.
-                    if cfg!(target_os = "linux") && n < full && !conn.has(PEER_CLOSED) {
+                    // A short read drained the socket (the kernel raises a
+                    // new edge for every arrival), unless the peer has closed
+                    // (read on to see the end of file) or sent urgent data
+                    // (Linux ends a read at the urgent mark).
+                    if cfg!(target_os = "linux") && n < want && !conn.has(PEER_CLOSED | URGENT) {
                         return Ok(None);
                     }
-                    if n >= budget {
+                    left -= n;
+                    if left == 0 {
                         conn.flags |= QUEUED;
                         self.run_queue.push_back(key);
                         return Ok(None);
                     }
-                    budget -= n;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.flags &= !URGENT;
+                    return Ok(None);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Ok(Some(Close::Error(e))),
             }
@@ -506,7 +518,7 @@ impl Core {
 
     /// Closes connection `key`: prints `Closed connection`, frees its slot
     /// and lets a paused accept try again.
-    fn close<W: Write>(&mut self, key: usize, reason: Close, out: &mut Transcript<W>) {
+    fn close<W: Write>(&mut self, key: usize, reason: Close, out: &mut Transcript<'_, W>) {
         let Some(conn) = self.connections.try_remove(key) else {
             return;
         };
@@ -526,31 +538,30 @@ impl Core {
                 self.stats.idle_closed += 1;
             }
         }
-        out.addr_line("Closed connection:  ", peer);
+        out.closed(peer);
         self.stats.closed += 1;
         self.last_churn = Some(self.now);
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
         drop(conn);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if key + 1 == self.key_end {
+            // The top key is free: lower the sweep's bound past every free
+            // key below it (each key is passed once per use, so this is
+            // constant time on average).
+            while self.key_end > 0 && !self.connections.contains(self.key_end - 1) {
+                self.key_end -= 1;
+            }
+        }
         if self.accept.shortage_since.is_some() {
             self.accept.paused_until = None;
             self.accept.ready = true;
         }
     }
 
-    /// Drains the signal pipe; SIGINT and SIGTERM both stop the server.
-    fn take_signals(&mut self) {
-        if let Some(signals) = self.signals.as_mut() {
-            for signal in signals.pending() {
-                info!("signal {signal}: stopping");
-                self.stopping = true;
-            }
-        }
-    }
-
     /// Stops: no more accepts, every connection read one last time, printed,
     /// closed; the transcript flushed.
-    fn shutdown<W: Write>(&mut self, out: &mut Transcript<W>) -> io::Result<Summary> {
+    fn shutdown<W: Write>(&mut self, out: &mut Transcript<'_, W>) -> io::Result<Summary> {
         // Closing the listener refuses whoever is still in the backlog.
         self.listener = None;
         self.stats.open_at_stop = self.connections.len() as u64;
@@ -584,26 +595,80 @@ fn queued_bytes(stream: &TcpStream) -> Option<usize> {
     (rc == 0).then(|| usize::try_from(queued).unwrap_or(0))
 }
 
-/// Formats `ADDR ` into `buf`, for `--tag`.
-fn format_tag(buf: &mut [u8; 64], peer: SocketAddr) -> &[u8] {
-    let mut cursor = io::Cursor::new(&mut buf[..]);
-    // The longest address with a scope id is 55 bytes, so this fits.
-    let _ = write!(cursor, "{peer} ");
-    let len = cursor.position() as usize;
-    &buf[..len]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A reactor with `config` and one client it has accepted (not through
+    /// `run`: the test drives the loop's steps itself).
+    pub(super) fn reactor_with_client(
+        config: Config,
+        out: &mut Transcript<'_, Vec<u8>>,
+    ) -> (Reactor, std::net::TcpStream, usize) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = Server::from_listener(listener, config).expect("server");
+        let mut reactor = server.into_reactors().pop().expect("a reactor");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reactor.core.connections.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the connection never reached the accept queue"
+            );
+            reactor.core.accept_ready(reactor.poll.registry(), out).expect("accept");
+        }
+        let key = reactor
+            .core
+            .connections
+            .iter()
+            .map(|(key, _)| key)
+            .next()
+            .expect("a connection");
+        (reactor, client, key)
+    }
+
+    /// A transcript into `sink`, framing as the default config does.
+    pub(super) fn transcript(sink: &std::sync::Mutex<Vec<u8>>) -> Transcript<'_, Vec<u8>> {
+        Transcript::new(sink, crate::MAX_READ, false, false)
+    }
+
+    /// Waits until connection `key`'s socket has at least `n` bytes queued.
+    pub(super) fn wait_queued(server: &Reactor, key: usize, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let queued = queued_bytes(&server.core.connections[key].stream).expect("FIONREAD");
+            if queued >= n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "only {queued} of {n} bytes arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
-    fn tags_fit() {
-        let mut buf = [0u8; 64];
-        let v6: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
-            .parse()
-            .expect("addr");
-        let tag = format_tag(&mut buf, v6);
-        assert_eq!(tag, format!("{v6} ").as_bytes());
+    fn one_wakeup_reads_one_block_when_the_budget_is_one_block() {
+        // A buffer that rounds down to whole frames (1010 -> 1000) and a
+        // budget of the same unrounded size: one read, not a second one for
+        // the 10 bytes of budget the rounding left over.
+        let config = Config {
+            read_buffer: 1010,
+            read_budget: 1010,
+            ..Config::default()
+        };
+        let sink = std::sync::Mutex::new(Vec::new());
+        let mut out = transcript(&sink);
+        let (mut server, mut client, key) = reactor_with_client(config, &mut out);
+        client.write_all(&[b'a'; 10_000]).expect("send");
+        wait_queued(&server, key, 10_000);
+        let budget = server.core.read_budget;
+        let close = server.core.read_ready(key, budget, &mut out).expect("read");
+        assert!(close.is_none());
+        assert_eq!(server.core.stats.bytes, 1000, "bytes read in one wakeup");
+        assert_eq!(server.core.stats.frames, 40);
+        assert!(
+            server.core.connections[key].has(QUEUED),
+            "the rest waits in the run queue"
+        );
     }
 }

@@ -7,7 +7,7 @@ use log::info;
 
 use super::Core;
 
-/// Counts of what the server did, returned by [`Server::run`].
+/// Counts of what the server did, returned by [`super::Server::run`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
     /// Connections accepted and served.
@@ -24,6 +24,19 @@ pub struct Summary {
     pub bytes: u64,
     /// Connections still open when the server was stopped.
     pub open_at_stop: u64,
+}
+
+impl Summary {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Summary) {
+        self.accepted += other.accepted;
+        self.closed += other.closed;
+        self.rejected += other.rejected;
+        self.idle_closed += other.idle_closed;
+        self.frames += other.frames;
+        self.bytes += other.bytes;
+        self.open_at_stop += other.open_at_stop;
+    }
 }
 
 impl std::fmt::Display for Summary {
@@ -59,15 +72,17 @@ impl StatsTimer {
 }
 
 impl Core {
-    /// Logs one `--stats` line.
+    /// Logs one `--stats` line, for all reactors together.
     pub(super) fn log_stats(&mut self) {
+        // This reactor's own counts are fresher than what it last published.
+        self.shared.publish(self.id, &self.stats, self.connections.len());
+        let (s, active) = self.shared.totals();
         let Some(timer) = self.stats_timer.as_mut() else { return };
-        let s = self.stats;
         let secs = self.now.duration_since(timer.last_at).as_secs_f64().max(1e-9);
         let rate = |now: u64, then: u64| (now - then) as f64 / secs;
         info!(
             "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
-            self.connections.len(),
+            active,
             s.accepted,
             s.closed,
             s.rejected,

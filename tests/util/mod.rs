@@ -48,7 +48,8 @@ pub struct Captured {
 }
 
 impl Captured {
-    fn spawn(mut pipe: impl Read + Send + 'static) -> Arc<Captured> {
+    /// Collects what `pipe` gives, on a thread, until end of file.
+    pub fn spawn(mut pipe: impl Read + Send + 'static) -> Arc<Captured> {
         let captured = Arc::new(Captured::default());
         let sink = Arc::clone(&captured);
         std::thread::spawn(move || {
@@ -358,6 +359,13 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago;
+/// [`closed_port`] keeps it so).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
 /// A port on 127.0.0.1 that refuses connections for as long as this lives:
 /// bound, not listening, without `SO_REUSEADDR`, so that no other socket
 /// (another test's server, another process) can take it meanwhile.
@@ -390,9 +398,16 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts one of this crate's binaries with piped stdio.
     pub fn start(name: &str, args: &[&str]) -> ChildProcess {
+        ChildProcess::start_env(name, args, &[])
+    }
+
+    /// Starts one of this crate's binaries with piped stdio and extra
+    /// environment variables.
+    pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> ChildProcess {
         let mut child = Command::new(bin(name))
             .args(args)
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,404 @@
+//! N reactors, one server: [`Server`] builds the reactors (one by default,
+//! run on the caller's thread; `--threads N` runs N, each on its own thread
+//! with its own poll, slab, read buffer and accept path), starts and stops
+//! them together, and adds their counts into one [`Summary`].
+//!
+//! What the reactors share is off the per-message path: the stop flag and
+//! their wakers, the count of open connections that the global
+//! `--max-connections` cap is checked against (touched once per accept and
+//! close), counters each publishes once per wakeup when `--stats` is on
+//! (each in its own cache line), and the output sink (a lock per write of a
+//! whole batch of lines).
+//!
+//! How clients reach the reactors: with listeners of their own
+//! ([`Server::from_listeners`], bound with `SO_REUSEPORT`, as nginx's
+//! `reuseport`), the kernel spreads new connections over them by a hash of
+//! the addresses; with one listener ([`Server::from_listener`], e.g. a
+//! socket-activated one), every reactor polls it and the first to accept a
+//! client gets it. Either way a client stays on one reactor for its life,
+//! so its frames stay in order.
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use log::{error, info};
+use mio::Waker;
+
+use super::stats::Summary;
+use super::{Reactor, STOP, shutdown};
+use crate::config::Config;
+use crate::output::{OutputError, Transcript};
+
+/// Greetings longer than this are refused (the sent count is a `u32`).
+pub const MAX_GREETING: usize = 1 << 30;
+
+/// Stops a running server from another thread (or a signal handler: it
+/// only stores a flag and writes to each reactor's eventfd).
+#[derive(Debug, Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    /// Asks the server to stop: every reactor stops accepting, prints what
+    /// it has received, and `run` returns.
+    pub fn stop(&self) -> io::Result<()> {
+        self.0.stop_all()
+    }
+
+    /// Connections open now, on all reactors.
+    pub fn open(&self) -> usize {
+        self.0.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A reactor's counters as it last published them.
+#[derive(Debug, Default)]
+#[repr(align(128))] // a cache line (two, for the adjacent-line prefetcher) each
+struct Published {
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    rejected: AtomicU64,
+    idle_closed: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    active: AtomicU64,
+}
+
+/// What the reactors share.
+#[derive(Debug)]
+pub(super) struct Shared {
+    /// Raised to stop every reactor; each looks at it when its waker fires.
+    pub(super) stop: AtomicBool,
+    /// Connections open on all reactors together.
+    pub(super) open: AtomicUsize,
+    /// The cap on `open`.
+    pub(super) max_connections: usize,
+    /// Clients turned away at the cap since the server last had room (for
+    /// one log line per burst).
+    pub(super) full_rejects: AtomicU64,
+    /// Reactors whose accepts are paused for a shortage of descriptors (for
+    /// one log line per shortage).
+    pub(super) short_reactors: AtomicUsize,
+    /// Each reactor's waker, by reactor id.
+    wakers: Vec<Waker>,
+    /// Each reactor's counters, when `--stats` wants them.
+    published: Vec<Published>,
+    /// Whether reactors publish their counters.
+    publishing: bool,
+}
+
+impl Shared {
+    /// Takes a slot under the cap, if one is free.
+    #[inline]
+    pub(super) fn try_open(&self) -> bool {
+        if self.open.fetch_add(1, Ordering::Relaxed) < self.max_connections {
+            true
+        } else {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Raises the stop flag and wakes every reactor.
+    pub(super) fn stop_all(&self) -> io::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut result = Ok(());
+        for waker in &self.wakers {
+            if let Err(e) = waker.wake() {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Reactor `id` publishes its counters (relaxed stores into its own
+    /// cache line; nothing when `--stats` is off).
+    #[inline]
+    pub(super) fn publish(&self, id: usize, stats: &Summary, active: usize) {
+        if !self.publishing {
+            return;
+        }
+        let p = &self.published[id];
+        p.accepted.store(stats.accepted, Ordering::Relaxed);
+        p.closed.store(stats.closed, Ordering::Relaxed);
+        p.rejected.store(stats.rejected, Ordering::Relaxed);
+        p.idle_closed.store(stats.idle_closed, Ordering::Relaxed);
+        p.frames.store(stats.frames, Ordering::Relaxed);
+        p.bytes.store(stats.bytes, Ordering::Relaxed);
+        p.active.store(active as u64, Ordering::Relaxed);
+    }
+
+    /// Every reactor's published counters added up, and the connections
+    /// they have open.
+    pub(super) fn totals(&self) -> (Summary, u64) {
+        let mut total = Summary::default();
+        let mut active = 0;
+        for p in &self.published {
+            total.add(&Summary {
+                accepted: p.accepted.load(Ordering::Relaxed),
+                closed: p.closed.load(Ordering::Relaxed),
+                rejected: p.rejected.load(Ordering::Relaxed),
+                idle_closed: p.idle_closed.load(Ordering::Relaxed),
+                frames: p.frames.load(Ordering::Relaxed),
+                bytes: p.bytes.load(Ordering::Relaxed),
+                open_at_stop: 0,
+            });
+            active += p.active.load(Ordering::Relaxed);
+        }
+        (total, active)
+    }
+}
+
+/// The server: its reactors and what they share.
+pub struct Server {
+    /// Reactor 0 runs on the caller's thread, the others on their own.
+    reactors: Vec<Reactor>,
+    /// Stop flag, wakers, the global cap's count, published counters.
+    shared: Arc<Shared>,
+    /// The address the server listens on.
+    local_addr: SocketAddr,
+    /// SIGINT/SIGTERM stop this server (see [`Server::stop_on_signals`]).
+    exits_on_signals: bool,
+    /// Bytes per frame, escaping and tags, for the transcripts.
+    config: Config,
+}
+
+impl Server {
+    /// Binds `addr` and prepares a server with `config`: one listener per
+    /// reactor, on `SO_REUSEPORT`, when `config.threads` is more than one.
+    pub fn bind(addr: SocketAddr, config: Config) -> io::Result<Server> {
+        let listeners = crate::listen::listen_many(addr, config.backlog, config.threads.max(1))?;
+        Server::from_listeners(listeners, config)
+    }
+
+    /// A server on an already bound, listening socket (tests and benches
+    /// bind port 0 and pass it in; systemd passes one too). With several
+    /// reactors, all of them poll this one listener.
+    pub fn from_listener(listener: std::net::TcpListener, config: Config) -> io::Result<Server> {
+        Server::from_listeners(vec![listener], config)
+    }
+
+    /// A server with `config.threads` reactors on `listeners`: one each
+    /// when there are as many listeners as reactors (bound to one address
+    /// with `SO_REUSEPORT`), else every reactor polls every listener...
+    /// which, for simplicity, is allowed only with a single listener.
+    pub fn from_listeners(listeners: Vec<std::net::TcpListener>, config: Config) -> io::Result<Server> {
+        if config.greeting.len() > MAX_GREETING {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "greeting too long"));
+        }
+        let threads = config.threads.max(1);
+        if listeners.is_empty() || (listeners.len() != 1 && listeners.len() != threads) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} listeners for {threads} reactors: give one, or one per reactor",
+                    listeners.len()
+                ),
+            ));
+        }
+        let local_addr = listeners[0].local_addr()?;
+        for listener in &listeners {
+            listener.set_nonblocking(true)?;
+        }
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(crate::limits::default_max_connections)
+            .max(1);
+        // The wakers must exist before `Shared` (which holds them) and the
+        // reactors (which hold `Shared`): make the polls first.
+        let mut polls = Vec::with_capacity(threads);
+        let mut wakers = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = mio::Poll::new()?;
+            wakers.push(Waker::new(poll.registry(), STOP)?);
+            polls.push(poll);
+        }
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            max_connections,
+            full_rejects: AtomicU64::new(0),
+            short_reactors: AtomicUsize::new(0),
+            wakers,
+            published: (0..threads).map(|_| Published::default()).collect(),
+            publishing: config.stats_interval.is_some(),
+        });
+        let mut reactors = Vec::with_capacity(threads);
+        for (id, poll) in polls.into_iter().enumerate() {
+            let listener = if listeners.len() == 1 {
+                listeners[0].try_clone()?
+            } else {
+                listeners[id].try_clone()?
+            };
+            reactors.push(Reactor::new(id, poll, listener, config.clone(), Arc::clone(&shared))?);
+        }
+        Ok(Server {
+            reactors,
+            shared,
+            local_addr,
+            exits_on_signals: false,
+            config,
+        })
+    }
+
+    /// The reactors, for tests that drive a loop's steps themselves.
+    #[cfg(test)]
+    pub(super) fn into_reactors(self) -> Vec<Reactor> {
+        self.reactors
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The connection cap in force, over all reactors.
+    pub fn max_connections(&self) -> usize {
+        self.shared.max_connections
+    }
+
+    /// How many reactors (threads) serve.
+    pub fn threads(&self) -> usize {
+        self.reactors.len()
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn stopper(&mut self) -> io::Result<Stopper> {
+        Ok(Stopper(Arc::clone(&self.shared)))
+    }
+
+    /// Stops the server cleanly on SIGINT and SIGTERM, as a process should:
+    /// the first signal drains every reactor (stop accepting, print what was
+    /// received, flush); a second one ends the process at once (exit 130 or
+    /// 143); a drain that takes longer than the config's `shutdown_timeout`
+    /// ends it with status 1. Only for the process's one server: the exits
+    /// end the whole process.
+    pub fn stop_on_signals(&mut self) -> io::Result<()> {
+        shutdown::install(self.config.shutdown_timeout, Stopper(Arc::clone(&self.shared)))?;
+        self.exits_on_signals = true;
+        Ok(())
+    }
+
+    /// Runs every reactor, printing the transcript to `out`, until stopped.
+    ///
+    /// Returns the counts of all reactors added up. An error when `out` can
+    /// no longer be written (every reactor then stops), or when every
+    /// reactor has failed (a failing poll, a broken listener); one reactor's
+    /// failure alone is logged, its connections are closed, and the others
+    /// go on serving.
+    pub fn run<W: Write + Send>(self, out: W) -> io::Result<Summary> {
+        let Server {
+            reactors,
+            shared,
+            local_addr,
+            exits_on_signals,
+            config,
+        } = self;
+        let sink = Mutex::new(out);
+        let transcript = || Transcript::new(&sink, config.max_read, config.raw, config.tag);
+        let mut first = transcript();
+        // Every reactor's thread is up before `Listening to:` is printed (a
+        // client that reads it finds them all), and none prints before it.
+        let gate = Gate::default();
+        let results: Vec<io::Result<Ended>> =
+            std::thread::scope(|scope| {
+                let mut reactors = reactors.into_iter();
+                let reactor0 = reactors.next();
+                let mut handles = Vec::new();
+                for reactor in reactors {
+                    let id = reactor.core.id;
+                    let shared = &shared;
+                    let transcript = &transcript;
+                    let gate = &gate;
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name(format!("reactor-{id}"))
+                            .spawn_scoped(scope, move || {
+                                gate.wait();
+                                let result = reactor.run(&mut transcript());
+                                end_of_reactor(shared, &result);
+                                result
+                            });
+                    match spawned {
+                        Ok(handle) => handles.push(handle),
+                        // Its listener closes with it; the others serve.
+                        Err(e) => error!("cannot start reactor {id}: {e}; serving with fewer threads"),
+                    }
+                }
+                first.listening(local_addr);
+                let printed = first.flush();
+                if printed.is_err() {
+                    let _ = shared.stop_all();
+                }
+                gate.open();
+                let mut results = Vec::with_capacity(handles.len() + 1);
+                if let Err(e) = printed {
+                    results.push(Err(e));
+                } else if let Some(reactor) = reactor0 {
+                    let result = reactor.run(&mut first);
+                    end_of_reactor(&shared, &result);
+                    results.push(result);
+                }
+                for handle in handles {
+                    results.push(handle.join().unwrap_or_else(|_| {
+                        Ok((Summary::default(), Some(io::Error::other("a reactor thread panicked"))))
+                    }));
+                }
+                results
+            });
+        if exits_on_signals {
+            shutdown::drained();
+        }
+        let reactors = results.len();
+        let mut total = Summary::default();
+        let mut failures = Vec::new();
+        for result in results {
+            let (summary, failure) = result?;
+            total.add(&summary);
+            failures.extend(failure);
+        }
+        // One reactor's failure was logged and the others served on; only
+        // when every reactor failed did the server fail.
+        if !failures.is_empty() && failures.len() == reactors {
+            return Err(failures.swap_remove(0));
+        }
+        Ok(total)
+    }
+}
+
+/// Holds the reactor threads back until `Listening to:` is printed.
+#[derive(Debug, Default)]
+struct Gate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+}
+
+/// How a reactor ended: its counts, and the error that ended it early, if
+/// one did (a failing poll, a broken listener). `Err` is the output's.
+pub(super) type Ended = (Summary, Option<io::Error>);
+
+/// A reactor has ended: if it was the output that failed, stop the others
+/// too (they cannot print either).
+fn end_of_reactor(shared: &Shared, result: &io::Result<Ended>) {
+    if let Err(e) = result
+        && OutputError::of(e).is_some()
+    {
+        info!("the transcript cannot be written: stopping every reactor");
+        let _ = shared.stop_all();
+    }
+}

@@ -1,0 +1,216 @@
+//! How the server stops when its process is told to: SIGINT and SIGTERM
+//! start a drain (the loop's `shutdown`); a second one ends the process at
+//! once (exit 130 or 143); and a drain still running `--shutdown-timeout`
+//! after the first signal ends the process with status 1, saying how many
+//! connections it did not finish.
+//!
+//! Both exits must work while the loop's thread is blocked in a write (a
+//! stdout nobody reads), and the loop may not even have seen the first
+//! signal yet. So neither depends on it: the signal handler itself counts
+//! the signals and, on the first, arms an interval timer; on the second
+//! signal, or when the timer's SIGALRM comes, a handler writes one line to
+//! stderr (only if stderr can take it without blocking: it may be the pipe
+//! that blocked the drain) and calls `_exit`. No thread is added.
+
+use std::io;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::Stopper;
+
+use signal_hook::consts::{SIGALRM, SIGINT, SIGTERM};
+
+/// Exit status after a second SIGINT: 128 + the signal, as shells report it.
+const EXIT_SECOND_SIGINT: i32 = 128 + SIGINT;
+/// Exit status after a second SIGTERM.
+const EXIT_SECOND_SIGTERM: i32 = 128 + SIGTERM;
+/// Exit status when the drain runs out of time.
+const EXIT_DRAIN_TIMEOUT: i32 = 1;
+
+/// Set by the first SIGINT or SIGTERM.
+static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// The first SIGINT or SIGTERM's number (0 before it).
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// `--shutdown-timeout` in microseconds (0 until [`install`]).
+static DRAIN_TIMEOUT_US: AtomicU64 = AtomicU64::new(0);
+/// Whether the drain has finished (the timer then does nothing).
+static DRAINED: AtomicBool = AtomicBool::new(false);
+/// What the first signal stops (and whose open connections the timeout's
+/// note counts).
+static STOPPER: OnceLock<Stopper> = OnceLock::new();
+/// The start of the timeout's note, formatted when installed (a handler
+/// may not allocate).
+static TIMEOUT_NOTE: OnceLock<String> = OnceLock::new();
+
+/// Installs the handlers: on the first SIGINT or SIGTERM, stop the server
+/// (a flag and a write to each reactor's eventfd) and arm the drain timer;
+/// on the second, exit; on SIGALRM, exit if the drain is not done.
+pub(super) fn install(drain_timeout: Duration, stopper: Stopper) -> io::Result<()> {
+    DRAIN_TIMEOUT_US.store(
+        u64::try_from(drain_timeout.as_micros()).unwrap_or(u64::MAX).max(1),
+        Ordering::SeqCst,
+    );
+    if STOPPER.set(stopper).is_err() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the process's signals already stop another server",
+        ));
+    }
+    let _ = TIMEOUT_NOTE.set(format!(
+        "simple_tcp_server: the drain took longer than --shutdown-timeout {}; exiting with ",
+        crate::duration::format(drain_timeout)
+    ));
+    for (signal, status, note) in [
+        (
+            SIGINT,
+            EXIT_SECOND_SIGINT,
+            &b"simple_tcp_server: second SIGINT: exiting at once, without finishing the drain\n"[..],
+        ),
+        (
+            SIGTERM,
+            EXIT_SECOND_SIGTERM,
+            &b"simple_tcp_server: second SIGTERM: exiting at once, without finishing the drain\n"[..],
+        ),
+    ] {
+        let action = move || {
+            if SIGNALLED.swap(true, Ordering::SeqCst) {
+                try_note(note);
+                signal_hook::low_level::exit(status);
+            }
+            FIRST_SIGNAL.store(signal, Ordering::SeqCst);
+            arm_timer(DRAIN_TIMEOUT_US.load(Ordering::SeqCst));
+            if let Some(stopper) = STOPPER.get() {
+                let _ = stopper.stop();
+            }
+        };
+        // SAFETY: the action only touches atomics, calls `setitimer` (a
+        // plain system call), `poll` and `write` on descriptor 2 (through
+        // `try_note`), `_exit`, and `Stopper::stop`, which stores a flag and
+        // `write`s to each reactor's eventfd (mio's `Waker` on Linux; its
+        // errors are OS codes, which do not allocate): all async-signal-safe;
+        // nothing allocates or takes a lock.
+        unsafe { signal_hook::low_level::register(signal, action) }?;
+    }
+    let on_alarm = || {
+        if SIGNALLED.load(Ordering::SeqCst) && !DRAINED.load(Ordering::SeqCst) {
+            let open = STOPPER.get().map_or(0, |stopper| stopper.open());
+            let mut line = Line::new();
+            line.push(
+                TIMEOUT_NOTE
+                    .get()
+                    .map_or(&b"simple_tcp_server: drain timed out; "[..], |s| s.as_bytes()),
+            );
+            line.push_decimal(open as u64);
+            line.push(if open == 1 {
+                &b" connection not finished\n"[..]
+            } else {
+                &b" connections not finished\n"[..]
+            });
+            try_note(line.as_bytes());
+            signal_hook::low_level::exit(EXIT_DRAIN_TIMEOUT);
+        }
+    };
+    // SAFETY: as above: atomics, a fixed buffer on the stack, a string
+    // formatted before the handler was installed, `poll`, `write`, `_exit`.
+    unsafe { signal_hook::low_level::register(SIGALRM, on_alarm) }?;
+    Ok(())
+}
+
+/// The signal that started the drain, if one did.
+pub(super) fn signal_received() -> Option<i32> {
+    Some(FIRST_SIGNAL.load(Ordering::SeqCst)).filter(|&s| s != 0)
+}
+
+/// The drain has finished: the timer, if armed, is disarmed and ignored.
+pub(super) fn drained() {
+    DRAINED.store(true, Ordering::SeqCst);
+    arm_timer(0);
+}
+
+/// Arms the real-time interval timer to fire SIGALRM once after `micros`,
+/// or disarms it when `micros` is 0. Async-signal-safe.
+fn arm_timer(micros: u64) {
+    let timer = libc::itimerval {
+        it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
+        it_value: libc::timeval {
+            tv_sec: libc::time_t::try_from(micros / 1_000_000).unwrap_or(libc::time_t::MAX),
+            tv_usec: (micros % 1_000_000) as libc::suseconds_t,
+        },
+    };
+    // SAFETY: setitimer reads one itimerval through a pointer to a live
+    // local; passing no old value is allowed.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+}
+
+/// Writes `line` to stderr if it can take it now without blocking; never
+/// blocks, never panics, never fails. Async-signal-safe. Keep `line` under
+/// `PIPE_BUF` (4096) bytes, so that a pipe that polls writable takes it
+/// whole.
+fn try_note(line: &[u8]) {
+    let mut stderr = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `poll` reads and writes one pollfd through a pointer to a live
+    // local, and waits not at all.
+    let ready = unsafe { libc::poll(&mut stderr, 1, 0) };
+    if ready == 1 && stderr.revents & libc::POLLOUT != 0 {
+        // SAFETY: `write` reads `line.len()` bytes from a live slice.
+        let _ = unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
+    }
+}
+
+/// A line built on the stack, without allocating (for signal handlers).
+struct Line {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line { buf: [0; 256], len: 0 }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
+    }
+
+    fn push_decimal(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_built_without_allocating() {
+        let mut line = Line::new();
+        line.push(b"open: ");
+        line.push_decimal(0);
+        line.push(b" ");
+        line.push_decimal(18_446_744_073_709_551_615);
+        assert_eq!(line.as_bytes(), b"open: 0 18446744073709551615");
+        line.push(&[b'x'; 300]);
+        assert_eq!(line.as_bytes().len(), 256, "a long line is cut, not overflowed");
+    }
+}
