@@ -12,6 +12,15 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Parses a duration such as `250ms`, `5s`, `1.5s`, `2m`, `1h` or `30`
 /// (seconds), of at most [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_any(text)?;
+    if d > MAX_DURATION {
+        return Err(format!("invalid duration `{}`: more than a year", text.trim()));
+    }
+    Ok(d)
+}
+
+/// Parses a duration of any length `Duration` holds.
+fn parse_any(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -33,35 +42,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    let d = Duration::try_from_secs_f64(value * seconds_per_unit)
-        .map_err(|_| format!("invalid duration `{text}`: out of range"))?;
-    if d > MAX_DURATION {
-        return Err(format!("invalid duration `{text}`: more than a year"));
-    }
-    Ok(d)
-}
-
-/// Writes `d` as the command line would take it: `10s`, `1500ms`, `250us`.
-pub fn format_duration(d: Duration) -> String {
-    let nanos = d.as_nanos();
-    if nanos == 0 {
-        "0s".into()
-    } else if nanos.is_multiple_of(1_000_000_000) {
-        format!("{}s", d.as_secs())
-    } else if nanos.is_multiple_of(1_000_000) {
-        format!("{}ms", d.as_millis())
-    } else if nanos.is_multiple_of(1_000) {
-        format!("{}us", d.as_micros())
-    } else {
-        format!("{nanos}ns")
-    }
+    Duration::try_from_secs_f64(value * seconds_per_unit)
+        .map_err(|_| format!("invalid duration `{text}`: out of range"))
 }
 
 /// Parses a duration and checks that it lies within `min..=max`: every
 /// duration option has a bound that makes sense for it, so that no value
 /// can overflow a deadline later.
 pub fn parse_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
+    let d = parse_any(text)?;
     if d < min || d > max {
         return Err(if min.is_zero() {
             format!("must be at most {}", format(max))
@@ -72,9 +61,13 @@ pub fn parse_within(text: &str, min: Duration, max: Duration) -> Result<Duration
     Ok(d)
 }
 
-/// A duration in the largest unit that shows it whole: `30s`, `500us`, `24h`.
+/// Writes `d` as the command line would take it, in the largest unit that
+/// shows it whole: `30s`, `1500ms`, `500us`, `24h`.
 pub fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".into();
+    }
     for (unit, size) in [
         ("h", 3_600_000_000_000u128),
         ("m", 60_000_000_000),
@@ -144,8 +137,8 @@ mod tests {
 
     #[test]
     fn formats_as_typed() {
-        for text in ["10s", "1500ms", "250us", "7ns", "0s", "120s"] {
-            assert_eq!(format_duration(parse_duration(text).expect(text)), text);
+        for text in ["10s", "1500ms", "250us", "7ns", "0s", "2m", "24h"] {
+            assert_eq!(format(parse_duration(text).expect(text)), text);
         }
     }
 }

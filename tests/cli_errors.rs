@@ -143,3 +143,17 @@ fn help_and_version_succeed() {
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("simple_tcp_server "));
 }
+
+#[test]
+fn each_program_describes_itself() {
+    for (name, opening) in [
+        ("simple_tcp_server", "The TCP server of \"The Way to Go\""),
+        ("tcp_client", "The companion client of simple_tcp_server"),
+        ("tcp_load", "Load generator for simple_tcp_server"),
+    ] {
+        let out = Command::new(util::bin(name)).arg("--help").output().expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name} --help");
+        assert!(help.starts_with(opening), "{name} --help opens with:\n{help}");
+    }
+}

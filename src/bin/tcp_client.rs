@@ -14,7 +14,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use simple_tcp_server::client::{self, ChatOptions, ChatOutput, ClientError, GetRequest, RetryPolicy};
-use simple_tcp_server::duration::{format_duration, parse_duration};
+use simple_tcp_server::duration::{format as format_duration, parse_duration};
 use simple_tcp_server::net_error::{self, Op};
 
 /// The companion client of simple_tcp_server: chat with the server as
@@ -24,7 +24,6 @@ use simple_tcp_server::net_error::{self, Op};
 #[command(
     name = "tcp_client",
     version,
-    about,
     args_conflicts_with_subcommands = true,
     after_help = "Prompts go to stdout on a terminal and to stderr otherwise, so that \
         `tcp_client > FILE` keeps only what the server said; --no-prompts drops them.\n\

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use simple_tcp_server::duration::{format_duration, parse_duration};
+use simple_tcp_server::duration::{format as format_duration, parse_duration};
 use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
 
 /// Load generator for simple_tcp_server: hold many connections, flood them
@@ -24,7 +24,6 @@ use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
 #[command(
     name = "tcp_load",
     version,
-    about,
     after_help = "Exit status: 0 the run was clean; 1 it was not (the report says why: a connection \
         failed, the run was cut short, a rate was out of reach) or could not run; 2 usage error.\n\n\
         Examples:\n  \

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
-use crate::duration::format_duration;
+use crate::duration::format as format_duration;
 use crate::net_error::{self, Class, Op};
 
 pub use chat::{ChatOptions, ChatOutput, LINE_PROMPT, NAME_PROMPT, chat};

@@ -66,7 +66,7 @@ pub use conn::{bind_address_no_port, default_sources, sources_from};
 pub use proc::{ProcSample, sample_process};
 pub use report::Report;
 
-use crate::duration::format_duration;
+use crate::duration::format as format_duration;
 use conn::Conn;
 use flood::payload;
 
