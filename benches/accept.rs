@@ -1,10 +1,13 @@
 //! Connections per second: each client connects, receives the greeting,
 //! sends one message, closes its side and waits for the server to close.
-//! The reactor, a thread per connection and a tokio task per connection
-//! (one-thread and multi-thread runtimes).
+//! Every design in [`Design::ALL`] but the 25-byte-read reactor (one
+//! message is one read either way). Each design is set up and warmed up
+//! before the clock (`Design::start`); stopping it is inside.
 
 mod baselines;
+mod stamp;
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +24,9 @@ const PER_THREAD: usize = 64;
 /// Loopback source addresses to rotate through, so that the clients'
 /// TIME_WAIT sockets never exhaust the ephemeral ports.
 const SOURCES: usize = 250;
+
+/// How long each design sits idle, once, before it is measured.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
 
 /// Next source address, shared by all client threads.
 static NEXT_SOURCE: AtomicUsize = AtomicUsize::new(0);
@@ -46,7 +52,7 @@ fn one_connection(server: SocketAddr) {
 }
 
 fn connections(design: Design) -> Duration {
-    let server = design.start();
+    let server = design.start(CLIENT_THREADS);
     let addr = server.addr;
     let started = Instant::now();
     thread::scope(|s| {
@@ -59,21 +65,24 @@ fn connections(design: Design) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
+    let designs: Vec<Design> = Design::ALL.into_iter().filter(|d| *d != Design::Reactor25).collect();
+    for &design in &designs {
+        design.assert_idle_is_quiet(IDLE_CHECK);
+    }
     let mut group = c.benchmark_group("accept");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
-    group.throughput(Throughput::Elements((CLIENT_THREADS * PER_THREAD) as u64));
-    for design in [
-        Design::Reactor,
-        Design::Threads,
-        Design::TokioCurrent,
-        Design::TokioMulti,
-    ] {
-        group.bench_function(BenchmarkId::new(design.name(), CLIENT_THREADS * PER_THREAD), |b| {
+    let per_iteration = CLIENT_THREADS * PER_THREAD;
+    group.throughput(Throughput::Elements(per_iteration as u64));
+    for design in designs {
+        let ran = Cell::new(false);
+        group.bench_function(BenchmarkId::new(design.name(), per_iteration), |b| {
+            ran.set(true);
             b.iter_custom(|iters| (0..iters).map(|_| connections(design)).sum())
         });
+        stamp::record("accept", &format!("{}/{per_iteration}", design.name()), ran.get());
     }
     group.finish();
 }

@@ -1,15 +1,22 @@
 //! Ingest throughput: clients stream `NAME says: LINE` text and close; the
 //! time ends when the server has framed and written every byte (it has
-//! closed every connection, then stops and flushes). The reactor, a thread
-//! per connection and a tokio task per connection (one-thread and
-//! multi-thread runtimes) in one group, at 1, 64 and 1,000 clients; and the
-//! reactor reading literally 25 bytes per system call.
+//! closed every connection, then stops and flushes). Every design in
+//! [`Design::ALL`] (the reactor, a thread per connection, a tokio task per
+//! connection on the one-thread and multi-thread runtimes, the reactor
+//! reading literally 25 bytes per system call) at 1, 64 and 1,000 clients.
+//!
+//! Each design is started, set up and warmed up before the clock starts
+//! (`Design::start`, see benches/baselines/mod.rs); stopping it, with its
+//! final write, is inside the clock for all.
 //!
 //! The clients are the library's load generator (`tcp_load flood`) on a
-//! thread of this process: one thread, non-blocking, 256 KiB writes.
+//! thread of this process: one thread, non-blocking, 256 KiB writes. It
+//! shares the machine's cores with the server, whatever the design.
 
 mod baselines;
+mod stamp;
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use baselines::Design;
@@ -24,9 +31,13 @@ const TOTAL: u64 = 32 << 20;
 /// per byte either way).
 const SLOW_SHARE: u64 = 16;
 
+/// How long each design sits idle, once, before it is measured: long enough
+/// for a spinning loop to show in the process's CPU time.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+
 /// Streams `per_client` bytes from each of `clients` connections to `design`.
 fn ingest(design: Design, clients: usize, per_client: u64) -> Duration {
-    let server = design.start();
+    let server = design.start(clients);
     let config = LoadConfig {
         target: server.addr,
         sources: load::default_sources(server.addr, 8),
@@ -58,19 +69,16 @@ fn ingest(design: Design, clients: usize, per_client: u64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
+    for design in Design::ALL {
+        design.assert_idle_is_quiet(IDLE_CHECK);
+    }
     let mut group = c.benchmark_group("ingest");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
     for clients in [1usize, 64, 1000] {
-        for design in [
-            Design::Reactor,
-            Design::Threads,
-            Design::TokioCurrent,
-            Design::TokioMulti,
-            Design::Reactor25,
-        ] {
+        for design in Design::ALL {
             let total = if design == Design::Reactor25 {
                 TOTAL / SLOW_SHARE
             } else {
@@ -78,9 +86,12 @@ fn bench(c: &mut Criterion) {
             };
             let per_client = total / clients as u64;
             group.throughput(Throughput::Bytes(per_client * clients as u64));
+            let ran = Cell::new(false);
             group.bench_with_input(BenchmarkId::new(design.name(), clients), &clients, |b, &clients| {
+                ran.set(true);
                 b.iter_custom(|iters| (0..iters).map(|_| ingest(design, clients, per_client)).sum())
             });
+            stamp::record("ingest", &format!("{}/{clients}", design.name()), ran.get());
         }
     }
     group.finish();

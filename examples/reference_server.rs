@@ -1,56 +1,111 @@
-//! Reference loops for the load measurements (issue 4): what the kernel
-//! alone costs, measured in the same session as `simple_tcp_server`.
+//! Reference loops for the load measurements (issue 4, issue 10): what the
+//! kernel alone costs, measured in the same session as `simple_tcp_server`,
+//! with the server's own I/O method, so that "server against loop" compares
+//! like with like.
 //!
 //! ```text
 //! cargo run --release --example reference_server -- MODE [HOST] [PORT]
 //! ```
 //!
-//! Both modes are a bare mio loop over a slab holding only the socket and
-//! whether its greeting is out; both greet with `Let's GO!\n` so `tcp_load`
-//! drives them exactly as it drives the server, and both print
-//! `Listening to:  ADDR` to stderr.
+//! Every mode is a bare mio loop over a slab holding only the socket and two
+//! flags; every mode greets with `Let's GO!\n` so `tcp_load` drives it
+//! exactly as it drives the server, and prints `Listening to:  ADDR` to
+//! stderr. Every mode does I/O as the server does (src/reactor/mod.rs):
 //!
-//! - `bare`: reads each readable socket to `WouldBlock` into one 64 KiB
-//!   buffer and prints nothing: the kernel's TCP work and nothing else.
-//! - `write-limit`: reads 64 KiB blocks and, for each read of n bytes,
-//!   writes as many filler bytes to stdout as the server's frames would take
-//!   (n + 6 per 25-byte frame), through a 64 KiB buffer: the kernel's read
-//!   and write work with no formatting at all.
+//! - reads of `config::DEFAULT_READ_BUFFER` bytes rounded down to whole
+//!   25-byte frames, into one buffer;
+//! - a short read counts as drained unless the peer has closed (then it
+//!   reads on to end of file); `WouldBlock` ends a drain, `Interrupted` is
+//!   retried;
+//! - a per-wakeup read budget of `config::DEFAULT_READ_BUDGET` per
+//!   connection in whole frames (no read asks for more than it leaves), with
+//!   a run queue for connections cut off by it, and an accept budget of 256
+//!   per pass;
+//! - output (where there is any) written when it passes 64 KiB
+//!   (`output::FLUSH_AT`), checked every 256 KiB framing window, and before
+//!   the loop blocks.
+//!
+//! The modes:
+//!
+//! - `bare`: prints nothing: the kernel's TCP work and the loop, nothing
+//!   else.
+//! - `write-limit`: for each read, writes as many filler bytes to stdout as
+//!   the server's frames would take (n + 6 per 25-byte frame): the kernel's
+//!   read and write work with no formatting at all.
+//! - `bare-coalesce`, `write-limit-coalesce`: the same, plus the server's
+//!   `--coalesce` pause (its default window, `config::DEFAULT_COALESCE`),
+//!   with the server's rule exactly: after a wakeup that found fewer events
+//!   than the event buffer holds, read less than 16 KiB, left no work
+//!   queued, and followed another such wakeup within two windows, with no
+//!   connection accepted or closed in the last ten windows, write what is
+//!   owed, sleep one window, then poll without waiting.
 //!
 //! They stop on SIGINT/SIGTERM. Not a product: no error handling beyond
 //! closing a connection that fails.
 
-use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
+use simple_tcp_server::config::{DEFAULT_COALESCE, DEFAULT_READ_BUDGET, DEFAULT_READ_BUFFER};
+use simple_tcp_server::output::FLUSH_AT;
 use slab::Slab;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
-/// Read block, as in the issue's reference loop.
-const BLOCK: usize = 64 * 1024;
 /// Frame bytes and per-frame overhead of `<25:...>\n`.
 const FRAME: usize = 25;
 const OVERHEAD: usize = 6;
+/// The server's read block: its default read size in whole frames.
+const READ_LEN: usize = DEFAULT_READ_BUFFER / FRAME * FRAME;
+/// The server's framing window (`FRAME_WINDOW` in src/reactor/mod.rs, in
+/// whole frames): output is checked against the threshold after each.
+const FRAME_WINDOW: usize = 256 * 1024 / FRAME * FRAME;
+/// The server's event buffer (`EVENTS_CAPACITY`).
+const EVENTS_CAPACITY: usize = 1024;
+/// The server's accept budget per pass (`ACCEPT_BUDGET`).
+const ACCEPT_BUDGET: usize = 256;
+/// The server's coalescing rule (`COALESCE_MAX_BYTES`,
+/// `CHURN_QUIET_WINDOWS`): a wakeup that read this much is bulk, and the
+/// loop does not pause for this many windows after a connection came or went.
+const COALESCE_MAX_BYTES: usize = 16 * 1024;
+const CHURN_QUIET_WINDOWS: u32 = 10;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Bare,
-    WriteLimit,
+#[derive(Clone, Copy)]
+struct Mode {
+    /// Write filler bytes for the frames (`write-limit`).
+    output: bool,
+    /// The coalescing window; zero for none.
+    coalesce: Duration,
+}
+
+impl Mode {
+    fn parse(name: &str) -> Option<Mode> {
+        let (output, coalesce) = match name {
+            "bare" => (false, false),
+            "bare-coalesce" => (false, true),
+            "write-limit" => (true, false),
+            "write-limit-coalesce" => (true, true),
+            _ => return None,
+        };
+        Some(Mode {
+            output,
+            coalesce: if coalesce { DEFAULT_COALESCE } else { Duration::ZERO },
+        })
+    }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = match args.first().map(String::as_str) {
-        Some("bare") => Mode::Bare,
-        Some("write-limit") => Mode::WriteLimit,
-        _ => {
-            eprintln!("usage: reference_server bare|write-limit [HOST] [PORT]");
-            return ExitCode::from(2);
-        }
+    let Some(mode) = args.first().and_then(|m| Mode::parse(m)) else {
+        eprintln!("usage: reference_server bare|bare-coalesce|write-limit|write-limit-coalesce [HOST] [PORT]");
+        return ExitCode::from(2);
     };
     let host = args.get(1).map(String::as_str).unwrap_or("127.0.0.1");
     let port: u16 = match args.get(2).map(|p| p.parse()) {
@@ -70,6 +125,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// A connection: the socket and the server's two read flags.
+struct Conn {
+    stream: TcpStream,
+    /// The peer has closed (a short read no longer means drained).
+    peer_closed: bool,
+    /// In the run queue.
+    queued: bool,
+}
+
+struct Loop {
+    mode: Mode,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    run_queue: VecDeque<usize>,
+    /// The last accept pass stopped at its budget.
+    accept_ready: bool,
+    buf: Vec<u8>,
+    /// Filler bytes owed to stdout.
+    pending: usize,
+    filler: Vec<u8>,
+    out: File,
+    /// Coalescing state, as the server keeps it.
+    gathered: bool,
+    wake_bytes: usize,
+    last_small_wake: Option<Instant>,
+    last_churn: Option<Instant>,
+    now: Instant,
+}
+
 fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
     simple_tcp_server::limits::raise_nofile_limit()?;
     let addr: SocketAddr = simple_tcp_server::listen::resolve(host, port)?[0];
@@ -81,74 +165,180 @@ fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
     eprintln!("Listening to:  {}", listener.local_addr()?);
 
     // Straight to the descriptor, as the server writes: std's stdout is
-    // line-buffered and would scan every block for newlines (that scan was
-    // 16% of this loop's CPU before).
-    let stdout = std::fs::File::from(std::os::fd::AsFd::as_fd(&io::stdout()).try_clone_to_owned()?);
-    let mut out = BufWriter::with_capacity(BLOCK, stdout);
-    let filler = vec![b'.'; BLOCK * 2];
-    let mut buf = vec![0u8; BLOCK];
-    let mut events = Events::with_capacity(1024);
-    // The socket and whether its greeting is out: nothing else.
-    let mut conns: Slab<(TcpStream, bool)> = Slab::new();
+    // line-buffered and would scan every block for newlines.
+    let out = File::from(std::os::fd::AsFd::as_fd(&io::stdout()).try_clone_to_owned()?);
+    let mut state = Loop {
+        mode,
+        listener,
+        conns: Slab::new(),
+        run_queue: VecDeque::new(),
+        accept_ready: false,
+        buf: vec![0u8; READ_LEN],
+        pending: 0,
+        // The most owed at once: just under the threshold plus one window's
+        // frames.
+        filler: vec![b'.'; FLUSH_AT + FRAME_WINDOW + FRAME_WINDOW.div_ceil(FRAME) * OVERHEAD],
+        out,
+        gathered: false,
+        wake_bytes: 0,
+        last_small_wake: None,
+        last_churn: None,
+        now: Instant::now(),
+    };
+    let mut events = Events::with_capacity(EVENTS_CAPACITY);
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        // Before blocking: write what is owed (the server's flush lag is 0).
+        state.write_pending()?;
+        let timeout = (state.busy() || state.gathered).then_some(Duration::ZERO);
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == ErrorKind::Interrupted {
                 continue;
             }
             return Err(e);
         }
+        state.now = Instant::now();
+        let registry = poll.registry();
+        let mut woken = 0;
         for event in events.iter() {
+            woken += 1;
             match event.token() {
-                LISTENER => loop {
-                    match listener.accept() {
-                        Ok((mut stream, _)) => {
-                            let entry = conns.vacant_entry();
-                            poll.registry()
-                                .register(&mut stream, Token(entry.key()), Interest::READABLE)?;
-                            let greeted = stream.write(simple_tcp_server::GREETING).is_ok();
-                            entry.insert((stream, greeted));
-                        }
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(_) => break,
-                    }
-                },
-                SIGNALS => {
-                    out.flush()?;
-                    return Ok(());
-                }
-                Token(key) => {
-                    let Some((stream, _)) = conns.get_mut(key) else {
-                        continue;
-                    };
-                    let mut close = false;
-                    loop {
-                        match stream.read(&mut buf) {
-                            Ok(0) => {
-                                close = true;
-                                break;
-                            }
-                            Ok(n) => {
-                                if mode == Mode::WriteLimit {
-                                    let bytes = n + n.div_ceil(FRAME) * OVERHEAD;
-                                    out.write_all(&filler[..bytes])?;
-                                }
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                            Err(_) => {
-                                close = true;
-                                break;
-                            }
-                        }
-                    }
-                    if close {
-                        conns.remove(key);
-                    }
-                }
+                LISTENER => state.accept(registry)?,
+                SIGNALS => return state.write_pending(),
+                Token(key) => state.connection_event(key, event),
             }
         }
-        if mode == Mode::WriteLimit {
-            out.flush()?;
+        state.after_events(registry)?;
+        state.coalesce(woken)?;
+    }
+}
+
+impl Loop {
+    /// Work is queued that must not wait for an event.
+    fn busy(&self) -> bool {
+        !self.run_queue.is_empty() || self.accept_ready
+    }
+
+    fn accept(&mut self, registry: &Registry) -> io::Result<()> {
+        self.accept_ready = false;
+        for _ in 0..ACCEPT_BUDGET {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    let entry = self.conns.vacant_entry();
+                    registry.register(&mut stream, Token(entry.key()), Interest::READABLE)?;
+                    let _ = stream.write(simple_tcp_server::GREETING);
+                    entry.insert(Conn {
+                        stream,
+                        peer_closed: false,
+                        queued: false,
+                    });
+                    self.last_churn = Some(self.now);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Ok(()),
+            }
         }
+        self.accept_ready = true;
+        Ok(())
+    }
+
+    fn connection_event(&mut self, key: usize, event: &Event) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        if event.is_read_closed() || event.is_error() {
+            conn.peer_closed = true;
+        }
+        if (event.is_readable() || event.is_read_closed() || event.is_error()) && !conn.queued {
+            self.read_ready(key);
+        }
+    }
+
+    /// The run queue (one more budget each), then a paused accept pass.
+    fn after_events(&mut self, registry: &Registry) -> io::Result<()> {
+        for _ in 0..self.run_queue.len() {
+            let Some(key) = self.run_queue.pop_front() else { break };
+            match self.conns.get_mut(key) {
+                Some(conn) if conn.queued => conn.queued = false,
+                _ => continue,
+            }
+            self.read_ready(key);
+        }
+        if self.accept_ready {
+            self.accept(registry)?;
+        }
+        Ok(())
+    }
+
+    /// Reads connection `key` until drained or out of budget, as the server
+    /// does; closes it on end of file or error.
+    fn read_ready(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let full = self.buf.len();
+        // The budget in whole frames; never ask for more than it leaves.
+        let mut left = DEFAULT_READ_BUDGET.div_ceil(FRAME).max(1) * FRAME;
+        let close = loop {
+            let want = left.min(full);
+            match conn.stream.read(&mut self.buf[..want]) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    self.wake_bytes += n;
+                    if self.mode.output {
+                        for start in (0..n).step_by(FRAME_WINDOW) {
+                            let part = (n - start).min(FRAME_WINDOW);
+                            self.pending += part + part.div_ceil(FRAME) * OVERHEAD;
+                            if self.pending >= FLUSH_AT {
+                                // The transcript is stdout; a failure to
+                                // write it shows in the measurement.
+                                let _ = self.out.write_all(&self.filler[..self.pending]);
+                                self.pending = 0;
+                            }
+                        }
+                    }
+                    if n < want && !conn.peer_closed {
+                        break false;
+                    }
+                    left -= n;
+                    if left == 0 {
+                        conn.queued = true;
+                        self.run_queue.push_back(key);
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        if close {
+            self.conns.remove(key);
+            self.last_churn = Some(self.now);
+        }
+    }
+
+    /// Writes the filler bytes owed.
+    fn write_pending(&mut self) -> io::Result<()> {
+        if self.pending > 0 {
+            self.out.write_all(&self.filler[..self.pending])?;
+            self.pending = 0;
+        }
+        Ok(())
+    }
+
+    /// The server's `Core::coalesce`, line for line.
+    fn coalesce(&mut self, woken: usize) -> io::Result<()> {
+        let window = self.mode.coalesce;
+        let bulk = std::mem::take(&mut self.wake_bytes) >= COALESCE_MAX_BYTES;
+        self.gathered = false;
+        let small = woken > 0 && woken < EVENTS_CAPACITY && !bulk && !window.is_zero() && !self.busy();
+        let previous = std::mem::replace(&mut self.last_small_wake, small.then_some(self.now));
+        let steady = previous.is_some_and(|t| self.now.duration_since(t) <= window * 2);
+        let churning = self
+            .last_churn
+            .is_some_and(|t| self.now.duration_since(t) <= window * CHURN_QUIET_WINDOWS);
+        if small && steady && !churning {
+            // Written before the pause, as the server writes what it read.
+            self.write_pending()?;
+            std::thread::sleep(window);
+            self.gathered = true;
+        }
+        Ok(())
     }
 }

@@ -8,27 +8,67 @@ design).
 
 Reads target/criterion/{ingest,accept,frame}/**/new/{estimates,benchmark}.json
 (criterion's median estimate and the throughput it was told), so the numbers
-are exactly criterion's. The README's table sits between the markers
-<!-- bench:start --> and <!-- bench:end -->. Standard library only.
+are exactly criterion's, and the `measured.json` the benches write beside
+each id (benches/stamp/mod.rs: the commit measured, `-dirty` if the tree
+differed, and the command), so the table names the commit it measured. The
+README's table sits between the markers <!-- bench:start --> and
+<!-- bench:end -->. Standard library only.
 """
 
 import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CRITERION = os.path.join(ROOT, "target", "criterion")
 
+# Every design a bench may measure (its id in benches/baselines/mod.rs), its
+# label, its colour in the chart, and the server threads it runs ({cores}:
+# this machine's core count, tokio's default worker count). Designs
+# without results are left out, so a design can be listed before it exists.
 DESIGNS = [
-    ("reactor", "reactor (this crate)", "#d62728"),
-    ("thread_per_conn", "thread per connection", "#1f77b4"),
-    ("tokio_current_thread", "tokio, current_thread", "#2ca02c"),
-    ("tokio_multi_thread", "tokio, multi_thread (all cores)", "#9467bd"),
-    ("reactor_25B_reads", "reactor, 25-byte reads", "#ff7f0e"),
+    ("reactor", "reactor (this crate)", "#d62728", "1"),
+    ("reactor_2_threads", "reactor, 2 threads (this crate)", "#8c564b", "2"),
+    ("thread_per_conn", "thread per connection", "#1f77b4", "1 per client + acceptor"),
+    ("tokio_current_thread", "tokio, current_thread", "#2ca02c", "1"),
+    ("tokio_multi_thread", "tokio, multi_thread", "#9467bd", "{cores} workers + accept loop"),
+    ("tokio_multi_thread_writer", "tokio, multi_thread + writer thread", "#17becf",
+     "{cores} workers + accept loop + writer"),
+    ("reactor_25B_reads", "reactor, 25-byte reads", "#ff7f0e", "1"),
 ]
 CLIENTS = [1, 64, 1000]
+ACCEPT_CONNS = 512
+FRAME_CASES = ["printable", "printable_tagged", "printable_512", "utf8_text", "hostile", "hostile_raw"]
+
+
+def git(*args):
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+# Files the measuring scripts write themselves: a tree that differs only in
+# them is the commit measured, not a dirty one.
+GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg"]
+
+
+def head_commit():
+    """The checkout's commit, `-dirty` if the tree differs from it."""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
+
+
+def stamp(group, function, param=None):
+    """The bench's measured.json for one id: commit, command, date; or None."""
+    parts = [CRITERION, group, function] + ([str(param)] if param is not None else []) + ["measured.json"]
+    try:
+        with open(os.path.join(*parts)) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def load(group, function, param=None):
@@ -55,7 +95,7 @@ def svg_chart(series, path, subtitle):
     """A line chart: x = client count (1, 64, 1000), y = GiB/s."""
     w, h, left, right, top, bottom = 760, 430, 70, 250, 50, 60
     pw, ph = w - left - right, h - top - bottom
-    ymax = max(v for _, _, _, pts in series for v in pts.values()) * 1.1
+    ymax = max(v for *_, pts in series for v in pts.values()) * 1.1
     xs = {c: left + i * pw / (len(CLIENTS) - 1) for i, c in enumerate(CLIENTS)}
 
     def y(v):
@@ -74,7 +114,7 @@ def svg_chart(series, path, subtitle):
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#eee"/>')
         out.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{c}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{h - 15}" text-anchor="middle">clients</text>')
-    for i, (_, label, color, pts) in enumerate(series):
+    for i, (_, label, color, _, pts) in enumerate(series):
         coords = [(xs[c], y(pts[c])) for c in CLIENTS if c in pts]
         path_d = " ".join(f"{'M' if j == 0 else 'L'}{px:.1f},{py:.1f}" for j, (px, py) in enumerate(coords))
         out.append(f'<path d="{path_d}" fill="none" stroke="{color}" stroke-width="2.5"/>')
@@ -88,6 +128,25 @@ def svg_chart(series, path, subtitle):
         f.write("\n".join(out) + "\n")
 
 
+def describe_stamps(stamps):
+    """One sentence naming the commits and commands behind the results."""
+    by_commit = {}
+    missing = []
+    for (group, name), st in stamps.items():
+        if st is None:
+            missing.append(f"{group}/{name}")
+        else:
+            key = (st.get("commit", "unknown"), st.get("command", "cargo bench"))
+            by_commit.setdefault(key, set()).add(group)
+    parts = [f"commit `{commit}` with `{command}` ({', '.join(sorted(groups))})"
+             for (commit, command), groups in sorted(by_commit.items())]
+    text = "Measured at " + "; ".join(parts) if parts else "Measured at an unknown commit"
+    if missing:
+        text += (f"; {len(missing)} result(s) carry no stamp (measured before the benches stamped them), "
+                 f"charted at `{head_commit()}`")
+    return text
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
@@ -95,27 +154,43 @@ def main():
 
     gib = 1024 ** 3
     series = []
-    rows = []
-    for key, label, color in DESIGNS:
+    stamps = {}
+    for key, label, color, threads in DESIGNS:
         pts = {}
         for c in CLIENTS:
             r = load("ingest", key, c)
             if r:
                 pts[c] = per_second(r) / gib
+                stamps[("ingest", f"{key}/{c}")] = stamp("ingest", key, c)
         if pts:
-            series.append((key, label, color, pts))
+            series.append((key, label, color, threads, pts))
     if not series:
         raise SystemExit("no criterion results under target/criterion/ingest: run `cargo bench` first")
-    reactor = dict((k, p) for k, _, _, p in series).get("reactor", {})
+    reactor = dict((k, p) for k, *_, p in series).get("reactor", {})
 
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores "
-             f"(Linux {platform.release()}), criterion medians from one `cargo bench` run.", ""]
+    accept = []
+    for key, label, *_ in DESIGNS:
+        r = load("accept", key, ACCEPT_CONNS)
+        if r:
+            accept.append((label, per_second(r)))
+            stamps[("accept", f"{key}/{ACCEPT_CONNS}")] = stamp("accept", key, ACCEPT_CONNS)
+    frames = []
+    for n in FRAME_CASES:
+        r = load("frame", n)
+        if r:
+            frames.append((n, per_second(r) / 1e9))
+            stamps[("frame", n)] = stamp("frame", n)
+
+    cores = os.cpu_count()
+    dates = sorted({st["date"] for st in stamps.values() if st and st.get("date")})
+    when = f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else (dates[0] if dates else time.strftime("%Y-%m-%d"))
+    command = "scripts/bench_chart.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "scripts/bench_chart.py"
+    lines = [f"{describe_stamps(stamps)}, {when}, on {platform.machine()}, {cores} cores "
+             f"(Linux {platform.release()}): criterion medians; table and chart by `{command.strip()}`.", ""]
     lines += ["**Ingest** (GiB/s of client payload; ratio = reactor / design):", "",
-              "| design | cores used | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in CLIENTS) + " |",
+              "| design | server threads | " + " | ".join(f"{c} client{'s' if c > 1 else ''}" for c in CLIENTS) + " |",
               "|---|---|" + "---:|" * len(CLIENTS)]
-    cores = {"reactor": "1", "reactor_25B_reads": "1", "tokio_current_thread": "1",
-             "thread_per_conn": "all (a thread each)", "tokio_multi_thread": "all (2 workers)"}
-    for key, label, _, pts in series:
+    for key, label, _, threads, pts in series:
         cells = []
         for c in CLIENTS:
             if c not in pts:
@@ -126,28 +201,30 @@ def main():
                 cells.append(value)
             else:
                 cells.append(f"{value} ({reactor.get(c, float('nan')) / pts[c]:.2f}x)")
-        lines.append(f"| {label} | {cores.get(key, '?')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {threads.format(cores=cores)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Every design shares the machine's {cores} cores with the clients, which run in the same "
+              "process (the library's load generator, one thread): no design has a core to itself, and a "
+              "design's threads beyond the first take CPU time from the clients as well as give it "
+              "to the server."]
 
-    accept = [(label, load("accept", key, 512)) for key, label, _ in DESIGNS]
-    accept = [(label, per_second(r)) for label, r in accept if r]
     if accept:
         base = accept[0][1]
-        lines += ["", "**Accept** (connect, greeting, one message, close; connections per second):", "",
+        lines += ["", "**Accept** (connect, greeting, one message, close; connections per second; "
+                  "8 client threads in the same process):", "",
                   "| design | connections/s | ratio |", "|---|---:|---:|"]
         lines += [f"| {label} | {v:,.0f} | {base / v:.2f}x |" for label, v in accept]
 
-    frame_cases = ["printable", "printable_tagged", "printable_512", "utf8_text", "hostile", "hostile_raw"]
-    frames = [(n, load("frame", n)) for n in frame_cases]
-    frames = [(n, per_second(r) / 1e9) for n, r in frames if r]
     if frames:
-        lines += ["", "**Framing + escaping alone** (one core, into a reused buffer, GB/s):", "",
+        lines += ["", "**Framing + escaping alone** (one core, one 256 KiB framing window at a time into a "
+                  "reused buffer, GB/s):", "",
                   "| input | GB/s |", "|---|---:|"]
         lines += [f"| {n} | {v:.2f} |" for n, v in frames]
 
     table = "\n".join(lines)
     os.makedirs(os.path.join(ROOT, "docs"), exist_ok=True)
-    subtitle = (f"criterion medians, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-                f"{os.cpu_count()} cores, Linux {platform.release()}")
+    commits = sorted({st["commit"] for st in stamps.values() if st and st.get("commit")}) or [head_commit()]
+    subtitle = (f"criterion medians at {', '.join(commits)}, {when}, {platform.machine()}, "
+                f"{cores} cores shared with the clients, Linux {platform.release()}")
     svg_chart(series, os.path.join(ROOT, "docs", "throughput.svg"), subtitle)
     print(table)
     if not args.no_readme:
@@ -160,7 +237,7 @@ def main():
             _, tail = rest.split(end, 1)
             with open(readme, "w") as f:
                 f.write(f"{head}{start}\n{table}\n{end}{tail}")
-            print("\nREADME.md updated; chart in docs/throughput.svg", file=os.sys.stderr)
+            print("\nREADME.md updated; chart in docs/throughput.svg", file=sys.stderr)
 
 
 if __name__ == "__main__":

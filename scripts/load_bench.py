@@ -9,12 +9,20 @@ session, server and load generator in separate processes (issue 4).
          server RSS per connection, threads.
 - flood: tcp_load flood at 1, 100 and 1,000 clients (1 GB in all per run),
          transcript written to a file on tmpfs (/dev/shm), against the
-         `write-limit` reference loop (64 KiB reads, n + 6 bytes of filler per
-         25-byte frame written through a 64 KiB buffer). Median MB/s, ratio.
-- chat:  tcp_load chat --conns 10000 --rate 50000 against the server and the
-         `bare` reference loop (reads to WouldBlock, prints nothing). Median
-         server CPU per message, ratio; with --perf, system calls per message
-         from `perf stat -e syscalls:sys_enter_*`.
+         `write-limit` reference loop (the server's reads, n + 6 bytes of
+         filler per 25-byte frame written at 64 KiB). Median MB/s, ratio, and
+         server CPU seconds per GB of payload; with --perf, the top symbols
+         of the server's CPU (`perf record`) in one run per client count.
+- chat:  tcp_load chat --conns 10000 --rate 50000, server CPU per message,
+         two comparisons that each hold one thing equal: like for like, the
+         server with `--coalesce 0` against the `bare` loop (the server's
+         reads, prints nothing); coalesced, the server as it runs by default
+         against `bare-coalesce` (the same loop with the server's coalescing
+         pause). Medians, ratios; with --perf, system calls per message from
+         `perf stat -e syscalls:sys_enter_*`.
+
+The reference loops (examples/reference_server.rs) do I/O as the server does:
+its read size, its short-read rule, its read budget, its write threshold.
 
 Runs of the designs are interleaved so that the machine's noise falls on all
 of them alike. Every run is bounded in time and stops by itself; only
@@ -29,8 +37,9 @@ or averaged.
 NAME=ARGS adds a design, simple_tcp_server with those arguments, measured in
 the same interleaved runs (e.g. --design "threads2=--threads 2").
 
-Standard library only. Prints a markdown table and writes the raw numbers as
-JSON (--json-out, default target/load_bench.json).
+Standard library only. Prints markdown tables, stamped with the commit
+measured and the command, and writes the raw numbers as JSON (--json-out,
+default target/load_bench.json).
 """
 
 import argparse
@@ -53,6 +62,18 @@ SERVER = os.path.join(REL, "simple_tcp_server")
 REFERENCE = os.path.join(REL, "examples", "reference_server")
 LOAD = os.path.join(REL, "tcp_load")
 TMPFS = "/dev/shm"
+
+
+# Files the measuring scripts write themselves: a tree that differs only in
+# them is the commit measured, not a dirty one.
+GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg"]
+
+
+def head_commit():
+    """The commit measured: short hash, `-dirty` if the tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
 
 
 def build():
@@ -83,7 +104,9 @@ def prepare_sink():
 DESIGNS = {}
 SERVER_ARGS = []
 # The reference loops of examples/reference_server.rs.
-REFERENCE_KINDS = ("bare", "write-limit")
+REFERENCE_KINDS = ("bare", "bare-coalesce", "write-limit", "write-limit-coalesce")
+# simple_tcp_server runs of this script's own, beside --design's.
+OWN_DESIGNS = {"server-coalesce-0": ["--coalesce", "0"]}
 
 
 class NotClean(Exception):
@@ -99,7 +122,7 @@ class Server:
         if kind in REFERENCE_KINDS:
             cmd = [REFERENCE, kind, "127.0.0.1", "0"]
         else:
-            cmd = [SERVER, "127.0.0.1", "0", *SERVER_ARGS, *DESIGNS.get(kind, [])]
+            cmd = [SERVER, "127.0.0.1", "0", *SERVER_ARGS, *DESIGNS.get(kind, OWN_DESIGNS.get(kind, []))]
         if GROWING:
             self.out = open(self.out_path, "wb")
         else:
@@ -205,29 +228,71 @@ def quartiles(values):
     return q[0], q[2]
 
 
-def run_flood(runs, results, clients):
+def perf_top(pid, path, limit=10):
+    """Starts `perf record` on `pid`; returns a function that stops it and
+    gives the top `limit` symbols as (share %, symbol, where) rows."""
+    rec = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", path],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish():
+        rec.send_signal(signal.SIGINT)
+        rec.wait(timeout=60)
+        rep = subprocess.run(["perf", "report", "-i", path, "--stdio", "--sort", "dso,sym", "--percent-limit", "1"],
+                             capture_output=True, text=True, timeout=300)
+        os.unlink(path)
+        rows = []
+        for line in rep.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[([.k])\]\s+(.*)", line)
+            if m:
+                where = "kernel" if m.group(3) == "k" else m.group(2)
+                rows.append((float(m.group(1)), m.group(4).strip(), where))
+        return rows[:limit]
+
+    return finish
+
+
+def run_flood(runs, results, clients, with_perf):
     # 1 GB in all per run, whatever the client count.
     kinds = ["server", *DESIGNS, "write-limit"]
     for conns in clients:
         per_conn = f"{1_000_000_000 // conns}B"
         rates = {kind: [] for kind in kinds}
-        for _ in range(runs):
+        cpu_per_gb = {kind: [] for kind in kinds}
+        top = None
+        for run in range(runs):
             for kind in kinds:
                 s = Server(kind)
                 try:
-                    r = load(kind, s.port, None, ["flood", "--conns", str(conns), "--bytes", per_conn])
+                    profile = None
+                    if with_perf and run == 0 and kind == "server":
+                        profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
+                    r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
+                    if profile:
+                        top = profile()
                 finally:
                     s.stop()
                 rates[kind].append(r["mb_per_sec"])
-        entry = {"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"]}
+                cpu_per_gb[kind].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
+        entry = {"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"],
+                 "cpu_s_per_gb": cpu_per_gb, "perf_top": top}
         if DESIGNS:
             entry["designs"] = {name: rates[name] for name in DESIGNS}
         results["flood"].append(entry)
         print(f"flood {conns}: " + " ".join(f"{k} {v}" for k, v in rates.items()), file=sys.stderr)
 
 
+# The chat comparisons, each holding one thing equal: (label, server kind,
+# reference loop). Like for like: neither pauses between polls. Coalesced:
+# both pause as the server does by default (so do --design runs, unless
+# their arguments say otherwise).
+CHAT_PAIRS = [
+    ("like for like, no pause", "server-coalesce-0", "bare"),
+    ("coalesced (the server's default)", "server", "bare-coalesce"),
+]
+
+
 def run_chat(runs, results, conns, rate, secs, with_perf):
-    kinds = ["server", *DESIGNS, "bare"]
+    kinds = ["server-coalesce-0", "bare", "server", *DESIGNS, "bare-coalesce"]
     per = {kind: [] for kind in kinds}
     sys_counts = {}
     mode_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
@@ -252,6 +317,7 @@ def run_chat(runs, results, conns, rate, secs, with_perf):
                 s.stop()
             per[kind].append(r["cpu_us_per_msg"])
     results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "server": per["server"], "bare": per["bare"],
+                       "server_coalesce_0": per["server-coalesce-0"], "bare_coalesce": per["bare-coalesce"],
                        "syscalls_per_msg": sys_counts}
     if DESIGNS:
         results["chat"]["designs"] = {name: per[name] for name in DESIGNS}
@@ -270,8 +336,9 @@ def run_hold(results, conns):
 
 def render(results):
     """Prints the tables for `results` (fresh, or read back with --render-json)."""
-    print(f"Measured {results['date']} on {results['machine']}, with `scripts/load_bench.py "
-          f"--runs {results['runs']}`.")
+    command = results.get("command") or f"scripts/load_bench.py --runs {results['runs']}"
+    print(f"Measured at commit `{results.get('commit', 'unknown')}`, {results['date']}, on {results['machine']}, "
+          f"with `{command}`.")
     if results.get("hold"):
         conns = results.get("hold_conns") or next(iter(results["hold"].values()))["conns"]
         print(f"\n### Hold ({conns} connections)\n")
@@ -288,14 +355,24 @@ def render(results):
         sink = results.get("sink", "new file per run")
         print(f"\n### Flood (MB/s of client payload; transcript to tmpfs, {sink}; {runs} interleaved runs each)\n")
         print("| clients | simple_tcp_server: median (quartiles), best | write-limit loop: median (quartiles), best "
-              "| ratio of medians | ratio of bests |")
-        print("|---:|---:|---:|---:|---:|")
+              "| ratio of medians | ratio of bests | server CPU per GB: simple_tcp_server, write-limit loop |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for f in results["flood"]:
             srv, ref = f["server"], f["write_limit"]
             (s25, s75), (w25, w75) = quartiles(srv), quartiles(ref)
+            cpu = f.get("cpu_s_per_gb")
+            cpu = f"{median(cpu['server']):.2f} s, {median(cpu['write-limit']):.2f} s" if cpu else ""
             print(f"| {f['conns']} | {median(srv):.0f} ({s25:.0f}–{s75:.0f}), {max(srv):.0f} "
                   f"| {median(ref):.0f} ({w25:.0f}–{w75:.0f}), {max(ref):.0f} "
-                  f"| {median(srv) / median(ref):.2f}x | {max(srv) / max(ref):.2f}x |")
+                  f"| {median(srv) / median(ref):.2f}x | {max(srv) / max(ref):.2f}x | {cpu} |")
+        for f in results["flood"]:
+            if f.get("perf_top"):
+                print(f"\nWhere simple_tcp_server's CPU goes at {f['conns']} clients (`perf record`, one run; "
+                      "symbols with 1% or more):\n")
+                print("| share | symbol | in |")
+                print("|---:|---|---|")
+                for share, sym, where in f["perf_top"]:
+                    print(f"| {share:.1f}% | `{sym}` | {where} |")
         extra = [name for f in results["flood"] for name in f.get("designs", {})]
         for name in dict.fromkeys(extra):
             args = " ".join(results.get("designs", {}).get(name, []))
@@ -310,16 +387,28 @@ def render(results):
                           f"| {median(rates) / median(ref):.2f}x |")
     chat = results.get("chat")
     if chat:
-        m_s, m_b = median(chat["server"]), median(chat["bare"])
+        runs = len(chat["server"])
         print(f"\n### Chat ({chat['conns']} connections, {chat['rate']} messages/s, {chat['secs']} s; "
-              f"server CPU per message, median of {len(chat['server'])})\n")
-        print("| design | CPU per message | ratio |")
-        print("|---|---:|---:|")
-        print(f"| simple_tcp_server (framing, escaping, printing to tmpfs) | {m_s:.2f} us | {ratio(m_s, m_b)} |")
+              f"server CPU per message, median of {runs})\n")
+        print("| comparison | simple_tcp_server | reference loop | ratio |")
+        print("|---|---:|---:|---:|")
+        per = {"server": chat["server"], "bare": chat["bare"],
+               "server-coalesce-0": chat.get("server_coalesce_0"), "bare-coalesce": chat.get("bare_coalesce")}
+        names = {"server-coalesce-0": "simple_tcp_server --coalesce 0", "server": "simple_tcp_server",
+                 "bare": "bare", "bare-coalesce": "bare-coalesce"}
+        # JSON from before the two comparisons holds "server" and "bare" only.
+        pairs = CHAT_PAIRS if per["bare-coalesce"] else [("server against bare (earlier loops)", "server", "bare")]
+        for label, srv, ref in pairs:
+            if per.get(srv) and per.get(ref):
+                m_s, m_r = median(per[srv]), median(per[ref])
+                print(f"| {label} | `{names[srv]}`: {m_s:.2f} us | `{names[ref]}`: {m_r:.2f} us "
+                      f"| {ratio(m_s, m_r)} |")
+        ref = "bare-coalesce" if per["bare-coalesce"] else "bare"
         for name, values in chat.get("designs", {}).items():
             args = " ".join(results.get("designs", {}).get(name, []))
-            print(f"| simple_tcp_server {args} | {median(values):.2f} us | {ratio(median(values), m_b)} |")
-        print(f"| bare loop (reads to WouldBlock, prints nothing) | {m_b:.2f} us | 1.00x |")
+            m_d, m_r = median(values), median(per[ref])
+            print(f"| {name} | `simple_tcp_server {args}`: {m_d:.2f} us | `{ref}`: {m_r:.2f} us "
+                  f"| {ratio(m_d, m_r)} |")
         sys_counts = chat.get("syscalls_per_msg")
         if sys_counts:
             print("\nSystem calls (and context switches) per message, from `perf stat` over a third of the run:\n")
@@ -340,7 +429,8 @@ def main():
     ap.add_argument("--chat-rate", type=int, default=50000)
     ap.add_argument("--chat-secs", type=int, default=10)
     ap.add_argument("--chat-runs", type=int, help="runs of chat (default: --runs)")
-    ap.add_argument("--perf", action="store_true", help="count system calls per message with perf")
+    ap.add_argument("--perf", action="store_true",
+                    help="chat: count system calls per message; flood: the server's top symbols (perf record)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--json-out", default=os.path.join(ROOT, "target", "load_bench.json"))
     ap.add_argument("--render-json", metavar="PATH", help="print the tables of an earlier run's JSON; measure nothing")
@@ -359,7 +449,7 @@ def main():
     SERVER_ARGS = shlex.split(args.server_args)
     for design in args.design:
         name, sep, extra = design.partition("=")
-        if not sep or not name or name in ("server", *REFERENCE_KINDS) or name in DESIGNS:
+        if not sep or not name or name in ("server", *REFERENCE_KINDS, *OWN_DESIGNS) or name in DESIGNS:
             ap.error(f"--design {design!r}: expected a new NAME=ARGS")
         DESIGNS[name] = shlex.split(extra)
 
@@ -370,6 +460,8 @@ def main():
         if not args.no_build:
             build()
         results = {
+            "commit": head_commit(),
+            "command": " ".join(["scripts/load_bench.py", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
             "runs": args.runs, "flood": [], "hold": {}, "chat": None,
@@ -385,7 +477,7 @@ def main():
             if "hold" in only:
                 run_hold(results, args.hold_conns)
             if "flood" in only:
-                run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")])
+                run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")], args.perf)
             if "chat" in only:
                 run_chat(args.chat_runs or args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs,
                          args.perf)

@@ -71,9 +71,16 @@ mod tests {
     }
 
     #[test]
-    fn reads_the_limit() {
-        let (soft, hard) = nofile_limit().expect("getrlimit");
-        assert!(soft <= hard);
-        assert!(soft > 0);
+    fn sets_and_raises_the_soft_limit() {
+        let (_, hard) = nofile_limit().expect("getrlimit");
+        // What is set is what is read back; the hard limit stays.
+        let lower = (hard / 2).clamp(1, 4096);
+        set_soft_nofile_limit(lower).expect("setrlimit");
+        assert_eq!(nofile_limit().expect("getrlimit"), (lower, hard));
+        // Raising goes all the way to the hard limit, and says so.
+        assert_eq!(raise_nofile_limit().expect("raise"), hard);
+        assert_eq!(nofile_limit().expect("getrlimit"), (hard, hard));
+        // The default cap follows the soft limit.
+        assert_eq!(default_max_connections(), max_connections_for(hard));
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use peers::accept_within;
 use simple_tcp_server::client::{LINE_PROMPT, NAME_PROMPT};
-use util::{Captured, ChildProcess, PATIENCE, ServerProcess, free_port};
+use util::{Captured, ChildProcess, PATIENCE, ServerProcess, closed_port};
 
 /// The frame lines the server prints for one message.
 fn frame_lines(message: &str) -> String {
@@ -84,7 +84,8 @@ fn newline_option_ends_messages_with_a_newline() {
 
 #[test]
 fn refused_connection_says_so_and_exits_1() {
-    let port = free_port().to_string();
+    let closed = closed_port();
+    let port = closed.port.to_string();
     let mut client = ChildProcess::start("tcp_client", &["127.0.0.1", &port]);
     let status = client.wait_exit(PATIENCE);
     assert_eq!(status.code(), Some(1), "{}", client.context());
@@ -116,14 +117,22 @@ fn unresolvable_host_says_so() {
 
 #[test]
 fn wait_retries_until_the_server_starts() {
-    let port = free_port();
+    let closed = closed_port();
+    let port = closed.port;
     let port_arg = port.to_string();
     let mut client = ChildProcess::start(
         "tcp_client",
         &["--wait", "20s", "--name", "early", "127.0.0.1", &port_arg],
     );
     client.type_line("made it\nQ\n");
-    std::thread::sleep(Duration::from_millis(300));
+    // The client has been refused at least once: it sleeps between retries.
+    let pid = client.child.id() as i32;
+    util::wait_until("the client to back off after a refused connect", || {
+        let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        let number = call.split_whitespace().next().unwrap_or_default().to_string();
+        number == libc::SYS_clock_nanosleep.to_string() || number == libc::SYS_nanosleep.to_string()
+    });
+    drop(closed);
     let server = ServerProcess::start_on_port(port, &[]);
     assert!(client.wait_exit(PATIENCE).success(), "{}", client.context());
     server.wait_text("<19:early says: made it>\n");
@@ -198,7 +207,8 @@ fn dial_reports_tcp4_tcp6_udp_and_failures() {
     let (status, out, _) = run(&["dial", &v4_addr]);
     assert!(status.success() && out.ends_with("(tcp)\n"), "{out}");
 
-    let closed = format!("127.0.0.1:{}", free_port());
+    let closed_port = closed_port();
+    let closed = format!("127.0.0.1:{}", closed_port.port);
     let (status, _, err) = run(&["dial", &closed]);
     assert_eq!(status.code(), Some(1));
     assert!(
@@ -245,7 +255,8 @@ fn get_prints_the_raw_response() {
 
 #[test]
 fn get_refused_is_an_error() {
-    let target = format!("127.0.0.1:{}", free_port());
+    let closed = closed_port();
+    let target = format!("127.0.0.1:{}", closed.port);
     let mut get = ChildProcess::start("tcp_client", &["get", &target]);
     assert_eq!(get.wait_exit(PATIENCE).code(), Some(1));
     assert!(get.stderr.text().contains("connection refused"), "{}", get.context());

@@ -37,17 +37,23 @@ fn a_hard_limit_of_64_files_pauses_accepts_without_spinning() {
         })
         .collect();
 
-    // Phase 1: the server takes what its descriptors allow, then waits.
+    // Phase 1: the server takes what its descriptors allow, then says it
+    // pauses; until a client leaves, no descriptor frees up, so the clients
+    // greeted by then are all it takes, and the transcript shows each.
+    let ok = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"pausing accepts"));
+    assert!(ok, "the server never ran out of descriptors\n{}", server.context());
     let mut served = [false; CLIENTS];
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
+    util::wait_until("every accepted client to be greeted and printed", || {
         for (i, c) in clients.iter_mut().enumerate() {
             if !served[i] {
                 served[i] = greeted(c.as_mut().expect("open"));
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        let printed = util::count_lines(&server.stdout.bytes(), "Connection from:");
+        printed > 0 && served.iter().filter(|&&s| s).count() == printed
+    });
     let first_batch = served.iter().filter(|&&s| s).count();
     assert!(
         first_batch > 10 && first_batch < 64,
@@ -104,11 +110,8 @@ fn a_hard_limit_of_64_files_pauses_accepts_without_spinning() {
         );
     }
     assert!(server.is_running());
-    // The shortage was logged once per burst, not once per retry.
+    // One shortage (it lasts until the backlog is empty, however many
+    // clients come and go meanwhile), logged once, not once per retry.
     let warnings = server.stderr.text().matches("pausing accepts").count();
-    assert!(
-        (1..=20).contains(&warnings),
-        "{warnings} pause warnings\n{}",
-        server.context()
-    );
+    assert_eq!(warnings, 1, "pause warnings\n{}", server.context());
 }

@@ -1,5 +1,6 @@
 //! SIGTERM while clients are sending: exit 0, everything received printed,
-//! a summary on stderr that matches the transcript.
+//! a summary on stderr that matches the transcript; and everything the
+//! kernel had queued when the signal came is printed (the shutdown drain).
 
 mod util;
 
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use util::{ServerProcess, connect_greeted, frames_of, streams_by_client};
+use util::{PATIENCE, ServerProcess, connect_greeted, frames_of, streams_by_client, unacked, wait_until};
 
 /// The number before `word` in `text`: `12 frames` gives 12 for "frames".
 fn number_before(text: &str, word: &str) -> u64 {
@@ -28,15 +29,19 @@ fn number_before(text: &str, word: &str) -> u64 {
 fn sigterm_while_clients_send_prints_everything_and_exits_zero() {
     let mut server = ServerProcess::start(&["--tag"]);
     let stop = Arc::new(AtomicBool::new(false));
+    let mut tags = Vec::new();
     let senders: Vec<_> = (0..10)
         .map(|i| {
             let stop = Arc::clone(&stop);
             let mut client: TcpStream = connect_greeted(server.addr);
+            let me = client.local_addr().expect("addr").to_string();
+            tags.push(me.clone());
             thread::spawn(move || {
-                let me = client.local_addr().expect("addr").to_string();
                 let mut sent = Vec::new();
                 let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                // Bounded: stops when told, or after twice the patience.
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < PATIENCE * 2 {
                     let msg = format!("client {i} message {n}\n");
                     if client.write_all(msg.as_bytes()).is_err() {
                         break;
@@ -51,9 +56,10 @@ fn sigterm_while_clients_send_prints_everything_and_exits_zero() {
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    // Every client has been read from before the signal.
+    server.wait_frames_from(&tags);
     server.signal(libc::SIGTERM);
-    let status = server.wait_exit(Duration::from_secs(10));
+    let status = server.wait_exit(PATIENCE);
     stop.store(true, Ordering::Relaxed);
     assert!(status.success(), "exit status {status}\n{}", server.context());
 
@@ -96,5 +102,102 @@ fn sigint_stops_an_idle_server_cleanly() {
         server.stderr.text().contains("summary: 0 connections"),
         "{}",
         server.context()
+    );
+}
+
+/// Readiness events the server takes per `epoll_wait` (`EVENTS_CAPACITY`
+/// in src/reactor/mod.rs).
+const EVENTS_PER_POLL: usize = 1024;
+
+/// The drain at shutdown (`FIONREAD` on every connection): bytes that
+/// reached the server's kernel before it acted on SIGTERM are printed even
+/// when no readiness event for them was handled. The loop is held by a full
+/// stdout pipe rather than SIGSTOP: a stopped process runs its signal
+/// handler only when continued, after every arrival while it was stopped,
+/// so those arrivals' events come first and the drain is never needed;
+/// blocked in `write`, it runs the handler at once, and what arrives after
+/// queues behind the signal.
+#[test]
+fn bytes_queued_when_the_server_acts_on_sigterm_are_all_printed() {
+    // More clients than one poll returns events for: the server acts on the
+    // signal after the poll that returns it, and what the clients after
+    // that poll's events have queued only the drain at shutdown reads.
+    const CLIENTS: usize = EVENTS_PER_POLL + 100;
+    let mut server = ServerProcess::start(&["--tag"]);
+    let pid = server.pid();
+    let mut clients: Vec<(TcpStream, String)> = (0..CLIENTS)
+        .map(|_| {
+            let c = connect_greeted(server.addr);
+            let me = c.local_addr().expect("addr").to_string();
+            (c, me)
+        })
+        .collect();
+    server.wait_lines("Connection from:", CLIENTS);
+
+    // Hold the loop: nobody reads the transcript, and one client sends
+    // enough that the server blocks writing it.
+    server.stdout.pause();
+    let mut filler = connect_greeted(server.addr);
+    let text: Vec<u8> = b"filler says: fill the pipe "
+        .iter()
+        .copied()
+        .cycle()
+        .take(1 << 20)
+        .collect();
+    util::send(&mut filler, &text);
+    wait_until("the server to block writing its transcript", || {
+        util::blocked_writing_stdout(pid)
+    });
+
+    // Bytes queued before the signal, from every other client.
+    let mut rng = util::Rng::new(10);
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for (i, (client, _)) in clients.iter_mut().enumerate() {
+        let data = if i % 2 == 0 {
+            let len = rng.range(1, 2000);
+            rng.bytes(len)
+        } else {
+            Vec::new()
+        };
+        util::send(client, &data);
+        sent.push(data);
+    }
+    // SIGTERM: its handler runs at once (the write is restarted after it),
+    // so the signal is queued for the loop behind those bytes' events.
+    server.signal(libc::SIGTERM);
+    wait_until("the SIGTERM handler to run", || {
+        !util::signal_pending(pid, libc::SIGTERM) && util::blocked_writing_stdout(pid)
+    });
+    // Bytes queued after the signal, before the server acts on it: their
+    // events queue behind the signal's, and the last ones behind the first
+    // poll's worth of events.
+    for ((client, _), data) in clients.iter_mut().zip(&mut sent) {
+        let len = rng.range(1, 2000);
+        let more = rng.bytes(len);
+        util::send(client, &more);
+        data.extend_from_slice(&more);
+    }
+    for (client, me) in &clients {
+        wait_until(&format!("{me}'s bytes to reach the server's kernel"), || {
+            unacked(client) == 0
+        });
+    }
+
+    server.stdout.resume();
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "exit status {status}\n{}", server.context());
+    let streams = streams_by_client(&server.stdout.bytes());
+    let mut short = Vec::new();
+    for ((_, me), data) in clients.iter().zip(&sent) {
+        let got = streams.get(me).map(Vec::as_slice).unwrap_or_default();
+        if got != &data[..] {
+            short.push(format!("{me}: {} of {} bytes", got.len(), data.len()));
+        }
+    }
+    assert!(
+        short.is_empty(),
+        "{} of {CLIENTS} clients' bytes queued before the server stopped are not all printed: {:?}",
+        short.len(),
+        &short[..short.len().min(5)]
     );
 }

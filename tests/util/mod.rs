@@ -60,6 +60,10 @@ pub fn raise_fd_limit() {
 pub struct Captured {
     state: Mutex<(Vec<u8>, bool)>,
     changed: Condvar,
+    /// While true, the reader thread stops reading (the pipe fills up and
+    /// the child blocks writing to it).
+    paused: Mutex<bool>,
+    resumed: Condvar,
 }
 
 impl Captured {
@@ -70,6 +74,12 @@ impl Captured {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 16];
             loop {
+                {
+                    let mut paused = sink.paused.lock().expect("pause lock");
+                    while *paused {
+                        paused = sink.resumed.wait(paused).expect("pause lock");
+                    }
+                }
                 let n = pipe.read(&mut buf).unwrap_or(0);
                 let mut state = sink.state.lock().expect("capture lock");
                 if n == 0 {
@@ -84,6 +94,17 @@ impl Captured {
             }
         });
         captured
+    }
+
+    /// Stops reading the pipe (after the read in progress, if any).
+    pub fn pause(&self) {
+        *self.paused.lock().expect("pause lock") = true;
+    }
+
+    /// Reads the pipe again.
+    pub fn resume(&self) {
+        *self.paused.lock().expect("pause lock") = false;
+        self.resumed.notify_all();
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -235,6 +256,34 @@ impl ServerProcess {
         assert!(ok, "waited for {n} lines starting {prefix:?}\n{}", self.context());
     }
 
+    /// Waits until the `--tag` transcript holds a frame line from each of
+    /// the client addresses `tags` (each new line looked at once, by its tag
+    /// alone: the transcript may be growing at 100 MB/s).
+    pub fn wait_frames_from(&self, tags: &[String]) {
+        let mut missing: std::collections::HashSet<Vec<u8>> = tags.iter().map(|t| t.as_bytes().to_vec()).collect();
+        let mut scanned = 0;
+        let ok = self.stdout.wait_for(PATIENCE, |out| {
+            let end = out.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            for line in out[scanned.min(end)..end].split(|&b| b == b'\n') {
+                if missing.is_empty() {
+                    break;
+                }
+                if let Some(space) = line.iter().position(|&b| b == b' ')
+                    && line.get(space + 1) == Some(&b'<')
+                {
+                    missing.remove(&line[..space]);
+                }
+            }
+            scanned = end;
+            missing.is_empty()
+        });
+        let missing: Vec<String> = missing
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .collect();
+        assert!(ok, "no frame yet from {missing:?}\n{}", self.context());
+    }
+
     /// Waits until the transcript holds `needle`.
     pub fn wait_text(&self, needle: &str) {
         let ok = self.stdout.wait_for(PATIENCE, |out| contains(out, needle.as_bytes()));
@@ -329,10 +378,32 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago).
+/// A port on 127.0.0.1 that nothing listens on (it was free a moment ago;
+/// [`closed_port`] keeps it so).
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// bound, not listening, without `SO_REUSEADDR`, so that no other socket
+/// (another test's server, another process) can take it meanwhile.
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let port = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    ClosedPort { _socket: socket, port }
 }
 
 /// A child process with captured output, killed on drop.
@@ -555,4 +626,66 @@ impl Drop for InProcess {
             let _ = thread.join();
         }
     }
+}
+
+/// Bytes in `stream`'s send queue that the peer's kernel has not yet
+/// acknowledged (`SIOCOUTQ`, alias `TIOCOUTQ`): 0 means everything written
+/// is in the peer's receive queue (or already read), whether or not the
+/// peer process runs.
+pub fn unacked(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one c_int through a pointer to a live local, on
+    // a descriptor that `stream` owns for the whole call.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    usize::try_from(queued).unwrap_or(0)
+}
+
+/// The state letter of process `pid` in /proc (`T` when stopped).
+pub fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    stat[stat.rfind(')').expect("stat format") + 2..]
+        .chars()
+        .next()
+        .expect("state")
+}
+
+/// Waits until `cond` holds, checking every few milliseconds; panics with
+/// `what` if it does not within [`PATIENCE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether process `pid` is blocked in `write` on its stdout (from
+/// /proc/PID/syscall: the system call number and its descriptor, which may
+/// be a duplicate of descriptor 1).
+pub fn blocked_writing_stdout(pid: i32) -> bool {
+    let call = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let mut fields = call.split_whitespace();
+    if fields.next() != Some(libc::SYS_write.to_string().as_str()) {
+        return false;
+    }
+    let Some(fd) = fields
+        .next()
+        .and_then(|f| u64::from_str_radix(f.trim_start_matches("0x"), 16).ok())
+    else {
+        return false;
+    };
+    let target = |fd: u64| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok();
+    target(fd).is_some() && target(fd) == target(1)
+}
+
+/// Whether `signal` is pending for process `pid` (not yet delivered).
+pub fn signal_pending(pid: i32, signal: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:")))
+        .filter_map(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .any(|mask| mask & (1 << (signal - 1)) != 0)
 }
