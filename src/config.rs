@@ -121,6 +121,23 @@ pub struct Config {
     pub allow: Vec<ipnet::IpNet>,
     /// Who may not connect (`--deny`); a match here wins over `allow`.
     pub deny: Vec<ipnet::IpNet>,
+    /// Counts shared with the other worker processes of one supervisor
+    /// (`--workers`), so that `max_connections` holds across them; `None`
+    /// for a server on its own.
+    pub shared_count: Option<SharedCount>,
+    /// Print `Listening to:` first (a worker leaves it to its supervisor).
+    pub announce: bool,
+}
+
+/// Open-connection counts in memory shared between processes (see
+/// `crate::workers`): the cap is checked against `all`.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedCount {
+    /// Connections open in every worker together.
+    pub all: &'static std::sync::atomic::AtomicUsize,
+    /// This worker's share of `all`, which the supervisor takes back off
+    /// `all` if the worker dies without closing them.
+    pub mine: &'static std::sync::atomic::AtomicUsize,
 }
 
 /// The proxies trusted by default: this host only.
@@ -154,6 +171,8 @@ impl Default for Config {
             proxy_timeout: DEFAULT_PROXY_TIMEOUT,
             allow: Vec::new(),
             deny: Vec::new(),
+            shared_count: None,
+            announce: true,
         }
     }
 }

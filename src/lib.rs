@@ -17,6 +17,9 @@
 //! - [`output`]: the buffered transcript sink and its flush policy;
 //!   [`output::text`] cuts bytes into frames, escapes them, and has the
 //!   inverse (parsing and unescaping transcript lines) for tests and tools.
+//! - [`workers`]: `--workers N`, a supervisor process and N worker
+//!   processes (each a whole server) past one process's descriptor cap: the
+//!   shared port, the merged transcript, the shared cap, restarts.
 //! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
@@ -39,6 +42,7 @@ pub mod load;
 pub mod net_error;
 pub mod output;
 pub mod reactor;
+pub mod workers;
 
 pub use config::Config;
 pub use reactor::{Server, Stopper, Summary};

@@ -59,6 +59,28 @@ pub fn default_max_connections() -> usize {
     }
 }
 
+/// How many more files the machine lets all processes open together:
+/// `fs.file-max` less those open now (`fs.file-nr`), if `/proc` says.
+pub fn machine_files_free() -> Option<u64> {
+    let max: u64 = std::fs::read_to_string("/proc/sys/fs/file-max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let nr = std::fs::read_to_string("/proc/sys/fs/file-nr").ok()?;
+    let open: u64 = nr.split_whitespace().next()?.parse().ok()?;
+    Some(max.saturating_sub(open))
+}
+
+/// How many connections `processes` processes can hold, each under the
+/// hard open-file limit `hard`, on a machine with `machine_free` files to
+/// spare (each connection is one descriptor in the server).
+pub fn reachable_connections(processes: u64, hard: u64, machine_free: Option<u64>) -> u64 {
+    let per_process = hard.saturating_sub(RESERVED_FDS);
+    let by_processes = per_process.saturating_mul(processes);
+    machine_free.map_or(by_processes, |free| by_processes.min(free))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

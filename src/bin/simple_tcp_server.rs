@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::TypedValueParser as _;
-use log::{info, warn};
+use log::{debug, info, warn};
 
 use ipnet::IpNet;
 use simple_tcp_server::config::bounds;
@@ -17,6 +17,7 @@ use simple_tcp_server::duration::parse_within;
 use simple_tcp_server::listen;
 use simple_tcp_server::output::OutputError;
 use simple_tcp_server::reactor::MAX_GREETING;
+use simple_tcp_server::workers::{self, WorkerSide};
 use simple_tcp_server::{Config, Server, config, limits};
 
 /// A single-threaded TCP server that greets every client and prints what it
@@ -146,6 +147,27 @@ struct Args {
     /// wins over --allow).
     #[arg(long, value_name = "CIDR", value_parser = parse_net, help_heading = "Who may connect")]
     deny: Vec<IpNet>,
+
+    /// Worker processes, each a whole server (with --threads reactors) under
+    /// its own open-file limit, behind one supervisor that shares the port,
+    /// merges their transcripts line by line and restarts a worker that
+    /// dies; 1 (default) runs no supervisor; 0 starts one per core.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(0..=workers::MAX_WORKERS as i64).map(|n| n as usize))]
+    workers: usize,
+
+    /// (Set by the supervisor.) Run as worker N of --worker-count, on the
+    /// descriptors it passed.
+    #[arg(long, hide = true, requires = "worker_count")]
+    worker_id: Option<usize>,
+
+    /// (Set by the supervisor.) How many workers there are.
+    #[arg(long, hide = true)]
+    worker_count: Option<usize>,
+
+    /// (Set by the supervisor.) The cap over all workers.
+    #[arg(long, hide = true)]
+    worker_cap: Option<usize>,
 }
 
 /// A network in CIDR notation; a bare address is a network of one.
@@ -165,7 +187,21 @@ fn within((min, max): (Duration, Duration)) -> impl Fn(&str) -> Result<Duration,
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(id) = args.worker_id {
+        // A worker's lines say whose they are (they share the terminal).
+        logger.format(move |buf, record| {
+            writeln!(
+                buf,
+                "[{} {} worker {id} {}] {}",
+                buf.timestamp(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    logger.init();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -179,6 +215,19 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    // A worker takes the descriptors its supervisor passed before it opens
+    // anything else.
+    let worker = match (args.worker_id, args.worker_count) {
+        (Some(id), Some(count)) => {
+            Some(WorkerSide::take(id, count).map_err(|e| format!("worker {id}: {}", plain(&e)))?)
+        }
+        _ => None,
+    };
+    let workers = match (args.workers, &worker) {
+        (_, Some(_)) => 1,
+        (0, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        (n, None) => n,
+    };
     let soft_limit = match limits::raise_nofile_limit() {
         Ok(soft) => soft,
         Err(e) => {
@@ -187,13 +236,27 @@ fn run(args: Args) -> Result<(), String> {
         }
     };
     let fitting = limits::max_connections_for(soft_limit);
-    if let Some(cap) = args.max_connections
-        && cap > fitting
-    {
-        warn!(
-            "--max-connections {cap} is more than the open-file limit ({soft_limit}) allows; \
-                 past about {fitting}, new clients wait in the backlog until others leave"
-        );
+    // The cap counts every worker's connections; by default each worker may
+    // fill its own open-file limit.
+    let cap = match (args.worker_cap, args.max_connections) {
+        (Some(cap), _) => cap,
+        (None, Some(cap)) => cap,
+        (None, None) => fitting.saturating_mul(workers),
+    };
+    if worker.is_none() {
+        let hard = limits::nofile_limit().map_or(soft_limit, |(_, hard)| hard);
+        let free = limits::machine_files_free();
+        let reachable = limits::reachable_connections(workers as u64, hard, free);
+        if cap as u64 > reachable {
+            warn!(
+                "--max-connections {cap} is more than this machine lets {workers} process{} hold: about {reachable} \
+                 (open-file limit {hard} per process{}); past that, new clients wait in the backlog",
+                if workers == 1 { "" } else { "es" },
+                free.map_or(String::new(), |free| format!(
+                    ", {free} files free on the machine (fs.file-max)"
+                ))
+            );
+        }
     }
     let threads = match args.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -213,7 +276,7 @@ fn run(args: Args) -> Result<(), String> {
         greeting,
         raw: args.raw,
         tag: args.tag,
-        max_connections: Some(args.max_connections.unwrap_or(fitting)),
+        max_connections: Some(cap),
         backlog: args.backlog,
         idle_timeout: args.idle_timeout,
         keepalive: args.keepalive,
@@ -234,16 +297,23 @@ fn run(args: Args) -> Result<(), String> {
         ..Config::default()
     };
 
+    if let Some(side) = worker {
+        return run_worker(side, config, soft_limit);
+    }
     // Under systemd socket activation the listener is passed in, already
     // bound (HOST and PORT are the .socket unit's business then); every
-    // reactor polls it.
+    // reactor (and every worker) polls it.
+    let per_process = if workers > 1 { workers } else { threads };
     let listeners = match listen::activated().map_err(|e| format!("socket activation: {}", plain(&e)))? {
         Some(listener) => {
             info!("using the listening socket passed by the service manager (LISTEN_FDS)");
             vec![listener]
         }
-        None => bind(&args.host, args.port, config.backlog, threads)?,
+        None => bind(&args.host, args.port, config.backlog, per_process)?,
     };
+    if workers > 1 {
+        return run_supervisor(listeners, workers, cap, &config);
+    }
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
         .stop_on_signals()
@@ -279,11 +349,93 @@ fn run(args: Args) -> Result<(), String> {
             info!("summary: {summary}");
             Ok(())
         }
-        Err(e) => match OutputError::of(&e) {
-            Some(e) if e.kind() == io::ErrorKind::BrokenPipe => Err("stdout was closed (broken pipe); stopping".into()),
-            Some(e) => Err(format!("cannot write the transcript to stdout: {}; stopping", plain(e))),
-            None => Err(format!("stopped: {}", plain(&e))),
-        },
+        Err(e) => Err(match OutputError::of(&e) {
+            Some(e) => stdout_error(e),
+            None => format!("stopped: {}", plain(&e)),
+        }),
+    }
+}
+
+/// Runs as one of a supervisor's workers: serves its listener with the
+/// shared cap, prints no `Listening to:` line (the supervisor did), and
+/// reports its summary to the supervisor.
+fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(), String> {
+    config.announce = false;
+    config.shared_count = Some(side.count);
+    let listener = side
+        .listener
+        .try_clone()
+        .map_err(|e| format!("listener: {}", plain(&e)))?;
+    let mut server = Server::from_listener(listener, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
+    server
+        .stop_on_signals()
+        .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
+    info!(
+        "serving on {} (open-file limit {soft_limit})",
+        match server.threads() {
+            1 => "one thread".to_string(),
+            n => format!("{n} threads"),
+        }
+    );
+    let stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
+    let summary = server.run(stdout).map_err(|e| format!("stopped: {}", plain(&e)))?;
+    debug!("summary: {summary}");
+    side.report(&summary)
+        .map_err(|e| format!("cannot report to the supervisor: {}", plain(&e)))
+}
+
+/// Runs the supervisor of `workers` worker processes (see
+/// `simple_tcp_server::workers`).
+fn run_supervisor(
+    listeners: Vec<std::net::TcpListener>,
+    workers: usize,
+    cap: usize,
+    config: &Config,
+) -> Result<(), String> {
+    let local_addr = listeners[0].local_addr().map_err(|e| plain(&e))?;
+    let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {}", plain(&e)))?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--worker-cap".into());
+    args.push(cap.to_string().into());
+    let mut stdout = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
+    writeln!(stdout, "Listening to:  {local_addr}").map_err(|e| stdout_error(&e))?;
+    info!("supervising {workers} workers, up to {cap} connections in all");
+    let plan = workers::Plan {
+        program,
+        args,
+        listeners,
+        workers,
+        shutdown_timeout: config.shutdown_timeout,
+    };
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        warn!("cannot notify systemd (READY=1): {e}");
+    }
+    match workers::supervise(plan, stdout) {
+        Ok(summary) => {
+            info!("summary: {summary}");
+            Ok(())
+        }
+        Err(e) => Err(match OutputError::of(&e) {
+            Some(e) => stdout_error(e),
+            None => format!("stopped: {}", plain(&e)),
+        }),
+    }
+}
+
+/// Says what went wrong with stdout.
+fn stdout_error(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        "stdout was closed (broken pipe); stopping".into()
+    } else {
+        format!("cannot write the transcript to stdout: {}; stopping", plain(e))
     }
 }
 

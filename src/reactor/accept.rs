@@ -185,7 +185,7 @@ impl Core {
             (!self.access.is_open() && !self.access.permits(peer.ip())).then_some(Refusal::Denied)
         };
         if let Some(refusal) = refusal {
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.shared.release();
             self.refuse(refusal, peer, "");
             return;
         }
@@ -194,7 +194,7 @@ impl Core {
         if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
             // epoll itself is out of room (max_user_watches): drop this one.
             warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
-            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.shared.release();
             return;
         }
         // Urgent (out-of-band) data stays in the stream, where it was sent,

@@ -23,7 +23,7 @@ mod access;
 mod connection;
 mod pool;
 mod proxy;
-mod shutdown;
+pub(crate) mod shutdown;
 mod stats;
 mod sweep;
 
@@ -580,7 +580,7 @@ impl Core {
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
         drop(conn);
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.release();
         if key + 1 == self.key_end {
             // The top key is free: lower the sweep's bound past every free
             // key below it (each key is passed once per use, so this is

@@ -29,7 +29,7 @@ use mio::Waker;
 
 use super::stats::Summary;
 use super::{Reactor, STOP, shutdown};
-use crate::config::Config;
+use crate::config::{Config, SharedCount};
 use crate::output::{OutputError, Transcript};
 
 /// Greetings longer than this are refused (the sent count is a `u32`).
@@ -115,6 +115,9 @@ pub(super) struct Shared {
     pub(super) stop: AtomicBool,
     /// Connections open on all reactors together.
     pub(super) open: AtomicUsize,
+    /// With `--workers`: the counts shared with the other workers, which
+    /// the cap is checked against instead of `open`.
+    across: Option<SharedCount>,
     /// The cap on `open`.
     pub(super) max_connections: usize,
     /// Clients turned away at the cap since the server last had room (for
@@ -143,11 +146,25 @@ impl Shared {
     /// Takes a slot under the cap, if one is free.
     #[inline]
     pub(super) fn try_open(&self) -> bool {
-        if self.open.fetch_add(1, Ordering::Relaxed) < self.max_connections {
-            true
-        } else {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            false
+        let count = self.across.map_or(&self.open, |c| c.all);
+        if count.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        if let Some(across) = self.across {
+            across.mine.fetch_add(1, Ordering::Relaxed);
+            self.open.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Gives back a slot taken by [`Shared::try_open`].
+    #[inline]
+    pub(super) fn release(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        if let Some(across) = self.across {
+            across.mine.fetch_sub(1, Ordering::Relaxed);
+            across.all.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -286,6 +303,7 @@ impl Server {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
+            across: config.shared_count,
             max_connections,
             full_rejects: AtomicU64::new(0),
             short_reactors: AtomicUsize::new(0),
@@ -407,7 +425,9 @@ impl Server {
                         Err(e) => error!("cannot start reactor {id}: {e}; serving with fewer threads"),
                     }
                 }
-                first.listening(local_addr);
+                if config.announce {
+                    first.listening(local_addr);
+                }
                 let printed = first.flush();
                 if printed.is_err() {
                     let _ = shared.stop_all();

@@ -130,7 +130,7 @@ pub(super) fn drained() {
 
 /// Arms the real-time interval timer to fire SIGALRM once after `micros`,
 /// or disarms it when `micros` is 0. Async-signal-safe.
-fn arm_timer(micros: u64) {
+pub(crate) fn arm_timer(micros: u64) {
     let timer = libc::itimerval {
         it_interval: libc::timeval { tv_sec: 0, tv_usec: 0 },
         it_value: libc::timeval {
@@ -147,7 +147,7 @@ fn arm_timer(micros: u64) {
 /// blocks, never panics, never fails. Async-signal-safe. Keep `line` under
 /// `PIPE_BUF` (4096) bytes, so that a pipe that polls writable takes it
 /// whole.
-fn try_note(line: &[u8]) {
+pub(crate) fn try_note(line: &[u8]) {
     let mut stderr = libc::pollfd {
         fd: libc::STDERR_FILENO,
         events: libc::POLLOUT,
@@ -163,23 +163,23 @@ fn try_note(line: &[u8]) {
 }
 
 /// A line built on the stack, without allocating (for signal handlers).
-struct Line {
+pub(crate) struct Line {
     buf: [u8; 256],
     len: usize,
 }
 
 impl Line {
-    fn new() -> Line {
+    pub(crate) fn new() -> Line {
         Line { buf: [0; 256], len: 0 }
     }
 
-    fn push(&mut self, bytes: &[u8]) {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
         let n = bytes.len().min(self.buf.len() - self.len);
         self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
         self.len += n;
     }
 
-    fn push_decimal(&mut self, mut n: u64) {
+    pub(crate) fn push_decimal(&mut self, mut n: u64) {
         let mut digits = [0u8; 20];
         let mut i = digits.len();
         loop {
@@ -193,7 +193,7 @@ impl Line {
         self.push(&digits[i..]);
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
