@@ -151,7 +151,10 @@ fn each_program_describes_itself() {
         ("tcp_client", "The companion client of simple_tcp_server"),
         ("tcp_load", "Load generator for simple_tcp_server"),
     ] {
-        let out = Command::new(util::bin(name)).arg("--help").output().expect("run --help");
+        let out = Command::new(util::bin(name))
+            .arg("--help")
+            .output()
+            .expect("run --help");
         let help = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{name} --help");
         assert!(help.starts_with(opening), "{name} --help opens with:\n{help}");
