@@ -1,9 +1,13 @@
 //! The framing + escaping hot path alone: bytes per second into a reused
-//! buffer, for printable chat text and for hostile bytes.
+//! buffer, for printable chat text and for hostile bytes, in the text
+//! format and as JSON lines (`json_*`, the same inputs).
 
 use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use simple_tcp_server::output::json::JsonLines;
 use simple_tcp_server::output::text::Framer;
 
 /// A 64 KiB block rounded down to whole 25-byte frames (the server reads up
@@ -34,6 +38,10 @@ fn hostile(len: usize) -> Vec<u8> {
         .collect()
 }
 
+fn utf8_text(len: usize) -> Vec<u8> {
+    "héllo wörld, 世界 says: ünïcödé ".repeat(len / 40).into_bytes()
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
     group.throughput(Throughput::Bytes(BLOCK as u64));
@@ -47,13 +55,7 @@ fn bench(c: &mut Criterion) {
             &b"127.0.0.1:44581 "[..],
         ),
         ("printable_512", chat_text(BLOCK), 512, false, &b""[..]),
-        (
-            "utf8_text",
-            "héllo wörld, 世界 says: ünïcödé ".repeat(BLOCK / 40).into_bytes(),
-            25,
-            false,
-            &b""[..],
-        ),
+        ("utf8_text", utf8_text(BLOCK), 25, false, &b""[..]),
         ("hostile", hostile(BLOCK), 25, false, &b""[..]),
         ("hostile_raw", hostile(BLOCK), 25, true, &b""[..]),
     ];
@@ -64,6 +66,27 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 framer.frame_block(&mut out, tag, black_box(&data));
+                black_box(out.len())
+            })
+        });
+    }
+    // JSON lines: the wall clock changes for every block, as it does for
+    // every wakeup of a flood, so each block builds its line head again.
+    let peer: SocketAddr = "127.0.0.1:44581".parse().expect("address");
+    let json_cases = [
+        ("json_printable", chat_text(BLOCK), 25),
+        ("json_printable_512", chat_text(BLOCK), 512),
+        ("json_utf8_text", utf8_text(BLOCK), 25),
+        ("json_hostile", hostile(BLOCK), 25),
+    ];
+    for (name, data, max_read) in json_cases {
+        let mut lines = JsonLines::new(max_read);
+        let mut out = Vec::with_capacity(BLOCK * 8);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                lines.set_now(SystemTime::now());
+                lines.frame_block(&mut out, peer, black_box(&data));
                 black_box(out.len())
             })
         });

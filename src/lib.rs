@@ -16,7 +16,9 @@
 //!   `stats` (the summary and the `--stats` line).
 //! - [`output`]: the buffered transcript sink and its flush policy;
 //!   [`output::text`] cuts bytes into frames, escapes them, and has the
-//!   inverse (parsing and unescaping transcript lines) for tests and tools.
+//!   inverse (parsing and unescaping transcript lines) for tests and tools;
+//!   [`output::json`] writes the same events as JSON lines
+//!   (`--format json`) and reads them back.
 //! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.

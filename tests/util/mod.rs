@@ -177,15 +177,14 @@ impl ServerProcess {
             stderr,
             args: args.to_vec(),
         };
+        // The text line, or the JSON line of `--format json`.
         let started = server.stdout.wait_for(PATIENCE, |out| {
-            out.starts_with(b"Listening to:  ") && out.contains(&b'\n')
+            (out.starts_with(b"Listening to:  ") || out.starts_with(b"{")) && out.contains(&b'\n')
         });
         assert!(started, "server did not start\n{}", server.context());
         let text = server.stdout.text();
         let line = text.lines().next().unwrap_or_default();
-        server.addr = line["Listening to:  ".len()..]
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
+        server.addr = listening_addr(line).unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
         server
     }
 
@@ -300,6 +299,52 @@ fn wait_child(child: &mut Child, stdout: &Captured, stderr: &Captured, timeout: 
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The address of the first transcript line: `Listening to:  ADDR`, or a
+/// JSON `listening` event.
+fn listening_addr(line: &str) -> Result<SocketAddr, String> {
+    if let Some(addr) = line.strip_prefix("Listening to:  ") {
+        return addr.parse().map_err(|e| format!("{e}"));
+    }
+    let event = simple_tcp_server::output::json::parse_line(line).map_err(|e| e.to_string())?;
+    if event.kind != simple_tcp_server::output::json::EventKind::Listening {
+        return Err("not a listening event".into());
+    }
+    Ok(event.addr)
+}
+
+/// Whether the program `name` runs here (`name --version` succeeds), for
+/// tests that check against a real program. When it does not: with `CI`
+/// set in the environment, panics (CI must not skip silently); otherwise
+/// prints once per test binary, straight to stderr (past the test
+/// harness's capture), which checks are skipped and the command that
+/// installs the program, and returns false.
+pub fn have_program(name: &str, install: &str, skipped: &str) -> bool {
+    static NOTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let runs = Command::new(name)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if runs {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "`{name}` is not installed, and CI must run the checks that need it ({skipped}): `{install}`"
+    );
+    let mut noted = NOTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !noted.iter().any(|n| n == name) {
+        noted.push(name.to_string());
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: `{name}` is not installed: skipping {skipped}. Install it with `{install}`."
+        );
+    }
+    false
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
