@@ -1,13 +1,17 @@
 //! The framing + escaping hot path alone: bytes per second into a reused
 //! buffer, for printable chat text and for hostile bytes, a framing window
-//! at a time as the reactor (and every baseline) frames a read block.
+//! at a time as the reactor (and every baseline) frames a read block, in the
+//! text format and as JSON lines (`json_*`, the same inputs).
 
 mod stamp;
 
 use std::cell::Cell;
 use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use simple_tcp_server::output::json::JsonLines;
 use simple_tcp_server::output::text::Framer;
 
 /// The reactor's framing window: 256 KiB rounded down to whole 25-byte
@@ -39,6 +43,10 @@ fn hostile(len: usize) -> Vec<u8> {
         .collect()
 }
 
+fn utf8_text(len: usize) -> Vec<u8> {
+    "héllo wörld, 世界 says: ünïcödé ".repeat(len / 40).into_bytes()
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
     let cases = [
@@ -51,13 +59,7 @@ fn bench(c: &mut Criterion) {
             &b"127.0.0.1:44581 "[..],
         ),
         ("printable_512", chat_text(BLOCK), 512, false, &b""[..]),
-        (
-            "utf8_text",
-            "héllo wörld, 世界 says: ünïcödé ".repeat(BLOCK / 40).into_bytes(),
-            25,
-            false,
-            &b""[..],
-        ),
+        ("utf8_text", utf8_text(BLOCK), 25, false, &b""[..]),
         ("hostile", hostile(BLOCK), 25, false, &b""[..]),
         ("hostile_raw", hostile(BLOCK), 25, true, &b""[..]),
     ];
@@ -75,6 +77,27 @@ fn bench(c: &mut Criterion) {
             })
         });
         stamp::record("frame", name, ran.get());
+    }
+    // JSON lines: the wall clock changes for every block, as it does for
+    // every wakeup of a flood, so each block builds its line head again.
+    let peer: SocketAddr = "127.0.0.1:44581".parse().expect("address");
+    let json_cases = [
+        ("json_printable", chat_text(BLOCK), 25),
+        ("json_printable_512", chat_text(BLOCK), 512),
+        ("json_utf8_text", utf8_text(BLOCK), 25),
+        ("json_hostile", hostile(BLOCK), 25),
+    ];
+    for (name, data, max_read) in json_cases {
+        let mut lines = JsonLines::new(max_read);
+        let mut out = Vec::with_capacity(BLOCK * 8);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                lines.set_now(SystemTime::now());
+                lines.frame_block(&mut out, peer, black_box(&data));
+                black_box(out.len())
+            })
+        });
     }
     group.finish();
 }

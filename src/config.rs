@@ -81,6 +81,8 @@ pub struct Config {
     pub raw: bool,
     /// Start each frame line with the client's address (`--tag`).
     pub tag: bool,
+    /// Text lines or JSON lines (`--format`).
+    pub format: crate::output::Format,
     /// Connections served at once; `None` derives it from the open-file limit.
     pub max_connections: Option<usize>,
     /// Listen backlog.
@@ -155,6 +157,7 @@ impl Default for Config {
             greeting: crate::GREETING.to_vec(),
             raw: false,
             tag: false,
+            format: crate::output::Format::Text,
             max_connections: None,
             backlog: DEFAULT_BACKLOG,
             idle_timeout: None,

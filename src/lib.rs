@@ -16,7 +16,9 @@
 //!   `stats` (the summary and the `--stats` line).
 //! - [`output`]: the buffered transcript sink and its flush policy;
 //!   [`output::text`] cuts bytes into frames, escapes them, and has the
-//!   inverse (parsing and unescaping transcript lines) for tests and tools.
+//!   inverse (parsing and unescaping transcript lines) for tests and tools;
+//!   [`output::json`] writes the same events as JSON lines
+//!   (`--format json`) and reads them back.
 //! - [`workers`]: `--workers N`, a supervisor process and N worker
 //!   processes (each a whole server) past one process's descriptor cap: the
 //!   shared port, the merged transcript, the shared cap, restarts.

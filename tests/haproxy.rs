@@ -71,9 +71,9 @@ fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream
 
 #[test]
 fn clients_behind_haproxy_keep_their_addresses_and_bytes() {
-    if !util::have_tool(
+    if !util::have_program(
         "haproxy",
-        "haproxy",
+        "sudo apt-get install -y haproxy",
         "clients_behind_haproxy_keep_their_addresses_and_bytes",
     ) {
         return;

@@ -16,9 +16,9 @@ use util::{Captured, PATIENCE};
 
 #[test]
 fn the_unit_files_pass_systemd_analyze_verify() {
-    if !util::have_tool(
+    if !util::have_program(
         "systemd-analyze",
-        "systemd",
+        "sudo apt-get install -y systemd",
         "the_unit_files_pass_systemd_analyze_verify",
     ) {
         return;
@@ -50,7 +50,11 @@ fn the_unit_files_pass_systemd_analyze_verify() {
 
 #[test]
 fn socket_activation_and_readiness() {
-    if !util::have_tool("systemd-socket-activate", "systemd", "socket_activation_and_readiness") {
+    if !util::have_program(
+        "systemd-socket-activate",
+        "sudo apt-get install -y systemd",
+        "socket_activation_and_readiness",
+    ) {
         return;
     }
     // A notify socket of our own, as systemd's would be.

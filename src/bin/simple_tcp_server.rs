@@ -7,15 +7,15 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use clap::builder::TypedValueParser as _;
+use clap::{CommandFactory, Parser};
 use log::{debug, info, warn};
 
 use ipnet::IpNet;
 use simple_tcp_server::config::bounds;
 use simple_tcp_server::duration::parse_within;
 use simple_tcp_server::listen;
-use simple_tcp_server::output::OutputError;
+use simple_tcp_server::output::{Format, OutputError};
 use simple_tcp_server::reactor::MAX_GREETING;
 use simple_tcp_server::workers::{self, WorkerSide};
 use simple_tcp_server::{Config, Server, config, limits};
@@ -68,6 +68,12 @@ struct Args {
     /// Start every frame line with the client's address and a space.
     #[arg(long)]
     tag: bool,
+
+    /// Transcript format: the chapter's text lines, or one JSON object per
+    /// line for log pipelines (timestamp, event, peer, and each frame's
+    /// exact bytes as `text`, or `b64` when not UTF-8).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = Format::Text)]
+    format: Format,
 
     /// Clients served at once; more are sent "ERR server full" and closed.
     /// Default: the open-file limit minus 32.
@@ -187,6 +193,14 @@ fn within((min, max): (Duration, Duration)) -> impl Fn(&str) -> Result<Duration,
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.raw && args.format == Format::Json {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--raw has no meaning with --format json (JSON lines always carry the exact bytes)",
+            )
+            .exit();
+    }
     let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if let Some(id) = args.worker_id {
         // A worker's lines say whose they are (they share the terminal).
@@ -276,6 +290,7 @@ fn run(args: Args) -> Result<(), String> {
         greeting,
         raw: args.raw,
         tag: args.tag,
+        format: args.format,
         max_connections: Some(cap),
         backlog: args.backlog,
         idle_timeout: args.idle_timeout,

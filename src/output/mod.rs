@@ -15,6 +15,7 @@
 //! write, a file). A sink that blocks blocks every reactor that has lines
 //! to write, so a slow reader slows the clients down and nothing is lost.
 
+pub mod json;
 pub mod text;
 pub mod unicode_table;
 
@@ -22,8 +23,9 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use json::JsonLines;
 use text::Framer;
 
 /// Buffered bytes that trigger a write at once: the server checks after
@@ -69,6 +71,31 @@ impl OutputError {
     }
 }
 
+/// How the transcript is written (`--format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// The chapter's lines: `Listening to:  ADDR`, `Connection from:  ADDR`,
+    /// `<LEN:TEXT>`, `Closed connection:  ADDR`.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines: the same events, each
+    /// with a timestamp and the client's address, and every frame's exact
+    /// bytes.
+    Json,
+}
+
+/// The line format a transcript writes, chosen once: frames cost one
+/// branch per read block, not one per frame.
+#[derive(Debug)]
+enum Lines {
+    /// `<LEN:TEXT>`.
+    Text,
+    /// `ADDR <LEN:TEXT>` (`--tag`).
+    Tagged,
+    /// JSON lines (`--format json`).
+    Json(Box<JsonLines>),
+}
+
 /// One reactor's transcript writer.
 #[derive(Debug)]
 pub struct Transcript<'a, W: Write> {
@@ -81,17 +108,23 @@ pub struct Transcript<'a, W: Write> {
     pending_since: Option<Instant>,
     /// Bytes written to `sink` so far.
     written: u64,
-    /// Cuts blocks into frame lines.
+    /// Cuts blocks into text frame lines.
     framer: Framer,
-    /// Start each frame line with the client's address (`--tag`).
-    tag: bool,
+    /// The line format.
+    lines: Lines,
 }
 
 impl<'a, W: Write> Transcript<'a, W> {
-    /// A transcript writing to `sink`, cutting `max_read`-byte frames,
-    /// escaping unless `raw`, tagging frame lines with the client when
-    /// `tag`.
-    pub fn new(sink: &'a Mutex<W>, max_read: usize, raw: bool, tag: bool) -> Transcript<'a, W> {
+    /// A transcript writing `format` lines to `sink`, cutting `max_read`-byte
+    /// frames; text frames are escaped unless `raw` and tagged with the
+    /// client when `tag` (JSON lines always carry the client, and `raw`
+    /// means nothing to them).
+    pub fn new(sink: &'a Mutex<W>, max_read: usize, raw: bool, tag: bool, format: Format) -> Transcript<'a, W> {
+        let lines = match format {
+            Format::Json => Lines::Json(Box::new(JsonLines::new(max_read))),
+            Format::Text if tag => Lines::Tagged,
+            Format::Text => Lines::Text,
+        };
         Transcript {
             sink,
             // Room for the threshold plus one read window's lines.
@@ -99,7 +132,26 @@ impl<'a, W: Write> Transcript<'a, W> {
             pending_since: None,
             written: 0,
             framer: Framer::new(max_read, raw),
-            tag,
+            lines,
+        }
+    }
+
+    /// Reads the wall clock for the events that follow, if the format
+    /// prints it (JSON lines do; text lines cost nothing here). The reactor
+    /// calls this once per wakeup.
+    #[inline]
+    pub fn read_clock(&mut self) {
+        if let Lines::Json(json) = &mut self.lines {
+            json.set_now(SystemTime::now());
+        }
+    }
+
+    /// Sets the wall-clock time of the events that follow (JSON lines
+    /// carry it), as [`Transcript::read_clock`] does with the clock's.
+    #[inline]
+    pub fn set_now(&mut self, now: SystemTime) {
+        if let Lines::Json(json) = &mut self.lines {
+            json.set_now(now);
         }
     }
 
@@ -110,29 +162,40 @@ impl<'a, W: Write> Transcript<'a, W> {
 
     /// `Listening to:  ADDR`.
     pub fn listening(&mut self, addr: SocketAddr) {
-        self.addr_line("Listening to:  ", addr);
+        match &mut self.lines {
+            Lines::Json(json) => json.listening(&mut self.buf, addr),
+            _ => self.addr_line("Listening to:  ", addr),
+        }
     }
 
     /// `Connection from:  ADDR`.
     pub fn connected(&mut self, peer: SocketAddr) {
-        self.addr_line("Connection from:  ", peer);
+        match &mut self.lines {
+            Lines::Json(json) => json.connected(&mut self.buf, peer),
+            _ => self.addr_line("Connection from:  ", peer),
+        }
     }
 
     /// `Closed connection:  ADDR`.
     pub fn closed(&mut self, peer: SocketAddr) {
-        self.addr_line("Closed connection:  ", peer);
+        match &mut self.lines {
+            Lines::Json(json) => json.closed(&mut self.buf, peer),
+            _ => self.addr_line("Closed connection:  ", peer),
+        }
     }
 
     /// The frame lines of `block`, bytes that one read from `peer`
     /// returned. Returns the number of frames.
     #[inline]
     pub fn frames(&mut self, peer: SocketAddr, block: &[u8]) -> u64 {
-        if self.tag {
-            let mut tag_buf = [0u8; 64];
-            let tag = format_tag(&mut tag_buf, peer);
-            self.framer.frame_block(&mut self.buf, tag, block)
-        } else {
-            self.framer.frame_block(&mut self.buf, &[], block)
+        match &mut self.lines {
+            Lines::Text => self.framer.frame_block(&mut self.buf, &[], block),
+            Lines::Tagged => {
+                let mut tag_buf = [0u8; 64];
+                let tag = format_tag(&mut tag_buf, peer);
+                self.framer.frame_block(&mut self.buf, tag, block)
+            }
+            Lines::Json(json) => json.frame_block(&mut self.buf, peer, block),
         }
     }
 
@@ -234,7 +297,7 @@ mod tests {
     #[test]
     fn buffers_until_flushed() {
         let sink = Mutex::new(Vec::new());
-        let mut t = Transcript::new(&sink, 25, false, false);
+        let mut t = Transcript::new(&sink, 25, false, false, Format::Text);
         t.connected("127.0.0.1:9".parse().expect("addr"));
         assert_eq!(t.pending(), 30);
         let now = Instant::now();
@@ -262,8 +325,42 @@ mod tests {
     #[test]
     fn tagged_frames() {
         let sink = Mutex::new(Vec::new());
-        let mut t = Transcript::new(&sink, 3, false, true);
+        let mut t = Transcript::new(&sink, 3, false, true, Format::Text);
         assert_eq!(t.frames("127.0.0.1:1".parse().expect("addr"), b"abcd"), 2);
         assert_eq!(t.pending_bytes(), b"127.0.0.1:1 <3:abc>\n127.0.0.1:1 <1:d>\n");
+    }
+
+    #[test]
+    fn json_lines_carry_every_event() {
+        let sink = Mutex::new(Vec::new());
+        // `raw` and `tag` change nothing in JSON.
+        let mut t = Transcript::new(&sink, 3, true, true, Format::Json);
+        let at = std::time::UNIX_EPOCH + Duration::from_micros(1_795_637_703_123_456);
+        t.set_now(at);
+        let server: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let peer: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        t.listening(server);
+        t.connected(peer);
+        assert_eq!(t.frames(peer, b"ab\ncd"), 2);
+        t.closed(peer);
+        t.flush().expect("flush to a Vec");
+        let out = String::from_utf8(sink.lock().expect("lock").clone()).expect("UTF-8");
+        let events: Vec<(json::EventKind, SocketAddr, Vec<u8>)> = out
+            .lines()
+            .map(|l| json::parse_line(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .inspect(|e| assert_eq!(e.ts, at))
+            .map(|e| (e.kind, e.addr, e.bytes))
+            .collect();
+        use json::EventKind::*;
+        assert_eq!(
+            events,
+            [
+                (Listening, server, vec![]),
+                (Connect, peer, vec![]),
+                (Frame, peer, b"ab\n".to_vec()),
+                (Frame, peer, b"cd".to_vec()),
+                (Close, peer, vec![]),
+            ]
+        );
     }
 }

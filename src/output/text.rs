@@ -262,7 +262,7 @@ pub fn is_plain_text(bytes: &[u8]) -> bool {
 /// True for a code point that valid UTF-8 may carry but that is escaped:
 /// one in [`HIDDEN`] (see the module docs). Three loads from [`HIDDEN_INDEX`].
 #[inline]
-fn is_hidden_code(c: u32) -> bool {
+pub(crate) fn is_hidden_code(c: u32) -> bool {
     let c = c as usize;
     // Beyond U+10FFFF is no character; callers never pass one.
     let Some(&row) = HIDDEN_INDEX.blocks.get(c >> BLOCK_BITS) else {
@@ -420,7 +420,7 @@ fn push_hex(out: &mut Vec<u8>, b: u8) {
 /// of RFC 3629, as `std::str::from_utf8` applies them: no overlong forms, no
 /// surrogates, nothing above U+10FFFF).
 #[inline]
-fn utf8_char_at(text: &[u8], i: usize) -> Option<(u32, usize)> {
+pub(crate) fn utf8_char_at(text: &[u8], i: usize) -> Option<(u32, usize)> {
     let b0 = text[i];
     let cont = |k: usize| {
         text.get(i + k)

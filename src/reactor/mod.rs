@@ -291,6 +291,7 @@ impl Core {
         out: &mut Transcript<'_, W>,
     ) -> io::Result<()> {
         self.tick();
+        out.read_clock();
         let mut woken = 0;
         for event in events.iter() {
             woken += 1;
@@ -679,7 +680,7 @@ mod tests {
 
     /// A transcript into `sink`, framing as the default config does.
     pub(super) fn transcript(sink: &std::sync::Mutex<Vec<u8>>) -> Transcript<'_, Vec<u8>> {
-        Transcript::new(sink, crate::MAX_READ, false, false)
+        Transcript::new(sink, crate::MAX_READ, false, false, crate::output::Format::Text)
     }
 
     /// Waits until connection `key`'s socket has at least `n` bytes queued.

@@ -395,7 +395,7 @@ impl Server {
             config,
         } = self;
         let sink = Mutex::new(out);
-        let transcript = || Transcript::new(&sink, config.max_read, config.raw, config.tag);
+        let transcript = || Transcript::new(&sink, config.max_read, config.raw, config.tag, config.format);
         let mut first = transcript();
         // Every reactor's thread is up before `Listening to:` is printed (a
         // client that reads it finds them all), and none prints before it.

@@ -26,25 +26,6 @@ pub fn bin(name: &str) -> &'static str {
     }
 }
 
-/// Whether the program `command` (from the Debian package `package`) is
-/// installed. When it is not: under CI (`CI` set) the test fails, since CI
-/// installs it and must not skip silently; elsewhere the calling test is
-/// skipped, with one note on stderr saying how to install it.
-pub fn have_tool(command: &str, package: &str, test: &str) -> bool {
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| std::fs::metadata(dir.join(command)).is_ok_and(|m| m.is_file()))
-    });
-    if found {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs `{command}`, which CI installs (.ci/run): apt-get install -y {package}"
-    );
-    eprintln!("note: skipped {test}: `{command}` is not installed; to run it: sudo apt-get install -y {package}");
-    false
-}
-
 /// Raises this test process's soft open-file limit to the hard limit (once):
 /// some tests hold thousands of client sockets, and a CI machine's soft limit
 /// may be the usual 1024.
@@ -217,15 +198,14 @@ impl ServerProcess {
             stderr,
             args: args.to_vec(),
         };
+        // The text line, or the JSON line of `--format json`.
         let started = server.stdout.wait_for(PATIENCE, |out| {
-            out.starts_with(b"Listening to:  ") && out.contains(&b'\n')
+            (out.starts_with(b"Listening to:  ") || out.starts_with(b"{")) && out.contains(&b'\n')
         });
         assert!(started, "server did not start\n{}", server.context());
         let text = server.stdout.text();
         let line = text.lines().next().unwrap_or_default();
-        server.addr = line["Listening to:  ".len()..]
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
+        server.addr = listening_addr(line).unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
         server
     }
 
@@ -368,6 +348,48 @@ fn wait_child(child: &mut Child, stdout: &Captured, stderr: &Captured, timeout: 
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The address of the first transcript line: `Listening to:  ADDR`, or a
+/// JSON `listening` event.
+fn listening_addr(line: &str) -> Result<SocketAddr, String> {
+    if let Some(addr) = line.strip_prefix("Listening to:  ") {
+        return addr.parse().map_err(|e| format!("{e}"));
+    }
+    let event = simple_tcp_server::output::json::parse_line(line).map_err(|e| e.to_string())?;
+    if event.kind != simple_tcp_server::output::json::EventKind::Listening {
+        return Err("not a listening event".into());
+    }
+    Ok(event.addr)
+}
+
+/// Whether the program `name` is on the PATH, for
+/// tests that check against a real program. When it does not: with `CI`
+/// set in the environment, panics (CI must not skip silently); otherwise
+/// prints once per test binary, straight to stderr (past the test
+/// harness's capture), which checks are skipped and the command that
+/// installs the program, and returns false.
+pub fn have_program(name: &str, install: &str, skipped: &str) -> bool {
+    static NOTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let found = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file()))
+    });
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "`{name}` is not installed, and CI must run the checks that need it ({skipped}): `{install}`"
+    );
+    let mut noted = NOTED.lock().unwrap_or_else(|e| e.into_inner());
+    if !noted.iter().any(|n| n == name) {
+        noted.push(name.to_string());
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: `{name}` is not installed: skipping {skipped}. Install it with `{install}`."
+        );
+    }
+    false
 }
 
 /// Closes `stream` with a reset (SO_LINGER 0) instead of a FIN.
