@@ -184,13 +184,15 @@ fn a_blocked_stdout_blocks_every_reactor_and_loses_nothing() {
         .strip_prefix("Listening to:  ")
         .and_then(|a| a.parse().ok())
         .expect("a Listening line");
-    // Sixteen clients, 1 MiB each: far more than the pipe holds.
-    let senders: Vec<_> = (0..16u64)
+    // Sixty-four clients (so that SO_REUSEPORT leaves no reactor without
+    // one: 4 x (3/4)^64, about 4e-8), 512 KiB each: far more than the pipe
+    // holds.
+    let senders: Vec<_> = (0..64u64)
         .map(|i| {
             thread::spawn(move || {
                 let mut client = connect_greeted(addr);
                 let me = client.local_addr().expect("addr").to_string();
-                let data = Rng::new(100 + i).bytes(1 << 20);
+                let data = Rng::new(100 + i).bytes(512 << 10);
                 client.write_all(&data).expect("send");
                 // Done: wait for the server to have read it all and close.
                 client.shutdown(std::net::Shutdown::Write).expect("shutdown");
@@ -237,7 +239,7 @@ fn a_blocked_stdout_blocks_every_reactor_and_loses_nothing() {
     for (me, data) in &sent {
         assert!(streams.get(me) == Some(data), "{me}: bytes lost or out of order");
     }
-    // The server held on to no more than its buffers while blocked: 16 MiB
+    // The server held on to no more than its buffers while blocked: 32 MiB
     // were waiting to be printed, none of it queued inside the server.
     assert!(rss_kb < 48 * 1024, "RSS {rss_kb} kB while stdout was blocked");
 }
