@@ -76,7 +76,8 @@ struct Args {
     format: Format,
 
     /// Clients served at once; more are sent "ERR server full" and closed.
-    /// Default: the open-file limit minus 32.
+    /// Default: the open-file limit minus 32 (per worker, with --workers).
+    /// The cap counts every reactor and every worker together.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
     max_connections: Option<usize>,
 
