@@ -1,9 +1,11 @@
 //! Ingest throughput: clients stream `NAME says: LINE` text and close; the
 //! time ends when the server has framed and written every byte (it has
 //! closed every connection, then stops and flushes). Every design in
-//! [`Design::ALL`] (the reactor, a thread per connection, a tokio task per
-//! connection on the one-thread and multi-thread runtimes, the reactor
-//! reading literally 25 bytes per system call) at 1, 64 and 1,000 clients.
+//! [`Design::ALL`] (the reactor on one thread and on two, a thread per
+//! connection, a tokio task per connection on the one-thread and
+//! multi-thread runtimes, the latter also with one writer thread, the
+//! reactor reading literally 25 bytes per system call) at 1, 64 and 1,000
+//! clients.
 //!
 //! Each design is started, set up and warmed up before the clock starts
 //! (`Design::start`, see benches/baselines/mod.rs); stopping it, with its

@@ -4,6 +4,7 @@ session, server and load generator in separate processes (issue 4).
 
     scripts/load_bench.py [--runs 3] [--only flood,chat,hold] [--perf]
                           [--server-args "--threads 2"] [--design "threads2=--threads 2"]
+    scripts/load_bench.py --scenario cores [--runs 5] [--readme]
 
 - hold:  tcp_load hold --conns 19000 against the server: greetings, errors,
          server RSS per connection, threads.
@@ -37,6 +38,25 @@ or averaged.
 NAME=ARGS adds a design, simple_tcp_server with those arguments, measured in
 the same interleaved runs (e.g. --design "threads2=--threads 2").
 
+--scenario cores (issue 12, several cores) measures, in one interleaved
+session, `simple_tcp_server --threads 1`, `simple_tcp_server --threads 2`
+(and each --design) and the tokio baseline (examples/tokio_server.rs: a task
+per connection on tokio's multi-thread runtime, one worker per core, with
+the server's framing and one writer thread):
+
+- flood at 100 and 1,000 clients: MB/s, server CPU seconds per GB, and the
+  load generator's own CPU (in cores: near 1 with one tcp_load process
+  means the generator, not the server, may be the limit; --load-args
+  "--procs 2" splits it);
+- chat at 10,000 connections and 50,000 messages/s: server CPU per message;
+- hold 19,000 with `--threads 1` and `--threads 2` (and each --design):
+  server memory before the connections (the fixed cost) and per connection.
+
+Each figure is a median with ratios against `--threads 1` and against
+tokio, and the issue's targets are checked; --perf adds the top symbols of
+each design's CPU under flood. --readme puts the block in README.md between
+<!-- cores:start --> and <!-- cores:end -->.
+
 Standard library only. Prints markdown tables, stamped with the commit
 measured and the command, and writes the raw numbers as JSON (--json-out,
 default target/load_bench.json).
@@ -49,6 +69,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import statistics
@@ -60,6 +81,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 SERVER = os.path.join(REL, "simple_tcp_server")
 REFERENCE = os.path.join(REL, "examples", "reference_server")
+TOKIO = os.path.join(REL, "examples", "tokio_server")
 LOAD = os.path.join(REL, "tcp_load")
 TMPFS = "/dev/shm"
 
@@ -106,7 +128,12 @@ SERVER_ARGS = []
 # The reference loops of examples/reference_server.rs.
 REFERENCE_KINDS = ("bare", "bare-coalesce", "write-limit", "write-limit-coalesce")
 # simple_tcp_server runs of this script's own, beside --design's.
-OWN_DESIGNS = {"server-coalesce-0": ["--coalesce", "0"]}
+OWN_DESIGNS = {"server-coalesce-0": ["--coalesce", "0"], "threads-1": ["--threads", "1"],
+               "threads-2": ["--threads", "2"]}
+# The tokio baseline server (examples/tokio_server.rs).
+TOKIO_KIND = "tokio"
+# Arguments for every tcp_load run (--load-args), e.g. ["--procs", "2"].
+LOAD_ARGS = []
 
 
 class NotClean(Exception):
@@ -121,6 +148,8 @@ class Server:
         self.err_path = self.out_path + ".err"
         if kind in REFERENCE_KINDS:
             cmd = [REFERENCE, kind, "127.0.0.1", "0"]
+        elif kind == TOKIO_KIND:
+            cmd = [TOKIO, "127.0.0.1", "0"]
         else:
             cmd = [SERVER, "127.0.0.1", "0", *SERVER_ARGS, *DESIGNS.get(kind, OWN_DESIGNS.get(kind, []))]
         if GROWING:
@@ -185,12 +214,26 @@ def check_clean(kind, mode_args, returncode, stdout, stderr):
     raise NotClean(f"{kind}: tcp_load {' '.join(mode_args)}: not clean (exit {returncode}): {reason}")
 
 
+def children_cpu():
+    """CPU seconds (user + system) of this script's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load(kind, port, pid, mode_args, timeout="120s"):
-    cmd = [LOAD, "--port", str(port), "--json", "--quiet", "--timeout", timeout]
+    """tcp_load's report of a clean run, plus its own CPU: `load_cpu_secs`
+    and `load_cores` (CPU over wall time; tcp_load and the processes it
+    waits for are the only children reaped meanwhile)."""
+    cmd = [LOAD, "--port", str(port), "--json", "--quiet", "--timeout", timeout, *LOAD_ARGS]
     if pid:
         cmd += ["--server-pid", str(pid)]
+    cpu, started = children_cpu(), time.monotonic()
     out = subprocess.run(cmd + mode_args, capture_output=True, text=True, timeout=600)
-    return check_clean(kind, mode_args, out.returncode, out.stdout, out.stderr)
+    cpu, wall = children_cpu() - cpu, time.monotonic() - started
+    report = check_clean(kind, mode_args, out.returncode, out.stdout, out.stderr)
+    report["load_cpu_secs"] = cpu
+    report["load_cores"] = cpu / wall if wall > 0 else float("nan")
+    return report
 
 
 def perf_syscalls(pid, seconds):
@@ -237,6 +280,9 @@ def perf_top(pid, path, limit=10):
     def finish():
         rec.send_signal(signal.SIGINT)
         rec.wait(timeout=60)
+        if not os.path.exists(path):
+            # A run too short for perf to have started: no profile.
+            return []
         rep = subprocess.run(["perf", "report", "-i", path, "--stdio", "--sort", "dso,sym", "--percent-limit", "1"],
                              capture_output=True, text=True, timeout=300)
         os.unlink(path)
@@ -251,11 +297,15 @@ def perf_top(pid, path, limit=10):
     return finish
 
 
+# Bytes of client payload per flood run, whatever the client count
+# (--flood-bytes): 1 GB.
+FLOOD_BYTES = 1_000_000_000
+
+
 def run_flood(runs, results, clients, with_perf):
-    # 1 GB in all per run, whatever the client count.
     kinds = ["server", *DESIGNS, "write-limit"]
     for conns in clients:
-        per_conn = f"{1_000_000_000 // conns}B"
+        per_conn = f"{FLOOD_BYTES // conns}B"
         rates = {kind: [] for kind in kinds}
         cpu_per_gb = {kind: [] for kind in kinds}
         top = None
@@ -332,6 +382,180 @@ def run_hold(results, conns):
         finally:
             s.stop()
     results["hold_conns"] = conns
+
+
+# --scenario cores: the designs it compares, in table order (each --design
+# goes after `--threads 2`), and the issue's targets.
+CORES_ONE, CORES_TWO = "threads-1", "threads-2"
+TARGET_FLOOD = 1.3   # --threads 2 at least this many times --threads 1's MB/s, and above tokio
+TARGET_CHAT = 1.1    # --threads 2's CPU per message at most this many times --threads 1's
+TARGET_HOLD = 64     # bytes of server memory per held connection, at most
+
+
+def cores_kinds():
+    return [CORES_ONE, CORES_TWO, *DESIGNS, TOKIO_KIND]
+
+
+def run_cores_flood(runs, cores, clients, with_perf):
+    kinds = cores_kinds()
+    for conns in clients:
+        per_conn = f"{FLOOD_BYTES // conns}B"
+        per = {kind: {"mb_per_sec": [], "cpu_s_per_gb": [], "load_cores": []} for kind in kinds}
+        tops = {}
+        for run in range(runs):
+            for kind in kinds:
+                s = Server(kind)
+                try:
+                    profile = None
+                    if with_perf and run == 0:
+                        profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
+                    r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
+                    if profile:
+                        tops[kind] = profile()
+                finally:
+                    s.stop()
+                per[kind]["mb_per_sec"].append(r["mb_per_sec"])
+                per[kind]["cpu_s_per_gb"].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
+                per[kind]["load_cores"].append(r["load_cores"])
+        cores["flood"].append({"conns": conns, "bytes": FLOOD_BYTES, "per": per, "perf_top": tops})
+        print(f"cores flood {conns}: " + " ".join(f"{k} {v['mb_per_sec']}" for k, v in per.items()), file=sys.stderr)
+
+
+def run_cores_chat(runs, cores, conns, rate, secs):
+    kinds = cores_kinds()
+    per = {kind: {"cpu_us_per_msg": [], "server_cpu_util": [], "load_cores": []} for kind in kinds}
+    mode_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
+    for _ in range(runs):
+        for kind in kinds:
+            s = Server(kind)
+            try:
+                r = load(kind, s.port, s.pid, mode_args)
+            finally:
+                s.stop()
+            for key in per[kind]:
+                per[kind][key].append(r[key])
+    cores["chat"] = {"conns": conns, "rate": rate, "secs": secs, "per": per}
+
+
+def run_cores_hold(cores, conns):
+    cores["hold"] = {"conns": conns, "per": {}}
+    for kind in (CORES_ONE, CORES_TWO, *DESIGNS):
+        s = Server(kind)
+        try:
+            cores["hold"]["per"][kind] = load(kind, s.port, s.pid, ["hold", "--conns", str(conns), "--hold", "1s"],
+                                              timeout="300s")
+        finally:
+            s.stop()
+
+
+def cores_label(kind, designs):
+    if kind == TOKIO_KIND:
+        return "tokio multi-thread + writer thread"
+    args = OWN_DESIGNS.get(kind) or designs.get(kind, [])
+    return f"`simple_tcp_server {' '.join(args)}`"
+
+
+def spread(values, digits=0):
+    """`median (25th–75th percentile)` of `values`."""
+    q25, q75 = quartiles(values)
+    return f"{median(values):.{digits}f} ({q25:.{digits}f}–{q75:.{digits}f})"
+
+
+def render_cores(results):
+    """Prints the --scenario cores block for `results`."""
+    cores, designs = results["cores"], results.get("designs", {})
+    command = results.get("command") or "scripts/load_bench.py --scenario cores"
+    print(f"Measured at commit `{results.get('commit', 'unknown')}`, {results['date']}, on {results['machine']}, "
+          f"with `{command}`. Medians of interleaved runs (25th–75th percentile in brackets); "
+          f"ratios are of medians.")
+    targets = []
+    flood = cores.get("flood") or []
+    if flood:
+        runs = len(flood[0]["per"][CORES_ONE]["mb_per_sec"])
+        sink = results.get("sink", "new file per run")
+        print(f"\n#### Flood ({flood[0]['bytes'] / 1e6:.0f} MB of client payload per run, transcript to tmpfs, "
+              f"{sink}; {runs} runs)\n")
+        print("| clients | design | MB/s | vs `--threads 1` | vs tokio | server CPU per GB | tcp_load CPU (cores) |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        for f in flood:
+            per = f["per"]
+            one, tokio = median(per[CORES_ONE]["mb_per_sec"]), median(per[TOKIO_KIND]["mb_per_sec"])
+            for kind, v in per.items():
+                m = median(v["mb_per_sec"])
+                print(f"| {f['conns']} | {cores_label(kind, designs)} | {spread(v['mb_per_sec'])} | {ratio(m, one)} "
+                      f"| {ratio(m, tokio)} | {median(v['cpu_s_per_gb']):.2f} s | {median(v['load_cores']):.2f} |")
+            two = median(per[CORES_TWO]["mb_per_sec"])
+            targets.append((f"flood, {f['conns']} clients: `--threads 2` >= {TARGET_FLOOD}x `--threads 1`",
+                            ratio(two, one), bool(one) and two / one >= TARGET_FLOOD))
+            targets.append((f"flood, {f['conns']} clients: `--threads 2` faster than tokio",
+                            ratio(two, tokio), two > tokio))
+        for f in flood:
+            for kind, top in (f.get("perf_top") or {}).items():
+                if not top:
+                    continue
+                print(f"\nWhere the CPU of {cores_label(kind, designs)} goes at {f['conns']} clients "
+                      "(`perf record`, first run; symbols with 1% or more):\n")
+                print("| share | symbol | in |")
+                print("|---:|---|---|")
+                for share, sym, where in top:
+                    print(f"| {share:.1f}% | `{sym}` | {where} |")
+    chat = cores.get("chat")
+    if chat:
+        per = chat["per"]
+        runs = len(per[CORES_ONE]["cpu_us_per_msg"])
+        print(f"\n#### Chat ({chat['conns']} connections, {chat['rate']} messages/s, {chat['secs']} s; {runs} runs)\n")
+        print("| design | server CPU per message | vs `--threads 1` | vs tokio | server CPU (cores) "
+              "| tcp_load CPU (cores) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        one, tokio = median(per[CORES_ONE]["cpu_us_per_msg"]), median(per[TOKIO_KIND]["cpu_us_per_msg"])
+        for kind, v in per.items():
+            m = median(v["cpu_us_per_msg"])
+            print(f"| {cores_label(kind, designs)} | {spread(v['cpu_us_per_msg'], 2)} us | {ratio(m, one)} "
+                  f"| {ratio(m, tokio)} | {median(v['server_cpu_util']):.2f} | {median(v['load_cores']):.2f} |")
+        two = median(per[CORES_TWO]["cpu_us_per_msg"])
+        targets.append((f"chat: `--threads 2` CPU per message <= {TARGET_CHAT}x `--threads 1`",
+                        ratio(two, one), bool(one) and two / one <= TARGET_CHAT))
+    hold = cores.get("hold")
+    if hold:
+        print(f"\n#### Hold ({hold['conns']} connections)\n")
+        print("| design | established | greeted | errors | server RSS before | RSS per connection | threads |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for kind, r in hold["per"].items():
+            print(f"| {cores_label(kind, designs)} | {r['established']} | {r['greetings']} | "
+                  f"{sum(r['errors'].values())} | {r['server_rss_before'] / 1024:.0f} KiB | "
+                  f"{r['rss_per_conn']:.1f} B | {r['server_threads']} |")
+        two = hold["per"].get(CORES_TWO)
+        if two:
+            targets.append((f"hold {hold['conns']}: `--threads 2` <= {TARGET_HOLD} B per connection",
+                            f"{two['rss_per_conn']:.1f} B", two["rss_per_conn"] <= TARGET_HOLD))
+    if targets:
+        print("\n#### Targets (issue 12)\n")
+        print("| target | measured | met |")
+        print("|---|---:|---|")
+        for label, measured, met in targets:
+            print(f"| {label} | {measured} | {'yes' if met else '**no**'} |")
+
+
+README = os.path.join(ROOT, "README.md")
+
+
+def readme_block_exists(start, end):
+    """Exits with a clear message unless README.md has `start` ... `end`."""
+    with open(README) as f:
+        text = f.read()
+    if start not in text or end not in text.split(start, 1)[1]:
+        sys.exit(f"load_bench: README.md has no {start} ... {end} block; add the markers where the table goes")
+
+
+def put_in_readme(start, end, block):
+    """Replaces what README.md has between the markers `start` and `end`."""
+    readme_block_exists(start, end)
+    with open(README) as f:
+        text = f.read()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    with open(README, "w") as f:
+        f.write(f"{head}{start}\n{block.strip()}\n{end}{tail}")
 
 
 def render(results):
@@ -420,11 +644,18 @@ def render(results):
 
 
 def main():
+    global FLOOD_BYTES, LOAD_ARGS, SERVER_ARGS, GROWING
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--only", default="hold,flood,chat")
     ap.add_argument("--hold-conns", type=int, default=19000)
-    ap.add_argument("--flood-clients", default="1,100,1000", help="client counts for flood, comma-separated")
+    ap.add_argument("--scenario", choices=("load", "cores"), default="load",
+                    help="load: the server against the reference loops (default); cores: --threads 1, --threads 2 "
+                         "and the tokio baseline (issue 12)")
+    ap.add_argument("--flood-clients", help="client counts for flood, comma-separated (default: 1,100,1000; "
+                                            "cores: 100,1000)")
+    ap.add_argument("--flood-bytes", type=int, default=FLOOD_BYTES,
+                    help="bytes of client payload per flood run, whatever the client count (default: 1 GB)")
     ap.add_argument("--chat-conns", type=int, default=10000)
     ap.add_argument("--chat-rate", type=int, default=50000)
     ap.add_argument("--chat-secs", type=int, default=10)
@@ -441,22 +672,36 @@ def main():
     ap.add_argument("--design", action="append", default=[], metavar="NAME=ARGS",
                     help='also measure simple_tcp_server with ARGS as design NAME, e.g. "threads2=--threads 2"; '
                          "repeatable")
+    ap.add_argument("--load-args", default="", metavar="ARGS",
+                    help='extra arguments for every tcp_load run, e.g. "--procs 2"')
     ap.add_argument("--readme", action="store_true",
-                    help="also put the tables in README.md between <!-- load:start --> and <!-- load:end -->")
+                    help="also put the tables in README.md between <!-- load:start --> and <!-- load:end --> "
+                         "(cores: <!-- cores:start --> and <!-- cores:end -->)")
     args = ap.parse_args()
+    if args.flood_clients is None:
+        args.flood_clients = "100,1000" if args.scenario == "cores" else "1,100,1000"
+    if args.flood_bytes <= 0:
+        ap.error("--flood-bytes must be positive")
+    FLOOD_BYTES = args.flood_bytes
+    LOAD_ARGS = shlex.split(args.load_args)
 
-    global SERVER_ARGS
     SERVER_ARGS = shlex.split(args.server_args)
     for design in args.design:
         name, sep, extra = design.partition("=")
-        if not sep or not name or name in ("server", *REFERENCE_KINDS, *OWN_DESIGNS) or name in DESIGNS:
+        if not sep or not name or name in ("server", TOKIO_KIND, *REFERENCE_KINDS, *OWN_DESIGNS) or name in DESIGNS:
             ap.error(f"--design {design!r}: expected a new NAME=ARGS")
         DESIGNS[name] = shlex.split(extra)
 
     if args.render_json:
         with open(args.render_json) as f:
             results = json.load(f)
-    else:
+    scenario = results.get("scenario", "load") if args.render_json else args.scenario
+    markers = ("<!-- cores:start -->", "<!-- cores:end -->") if scenario == "cores" else \
+        ("<!-- load:start -->", "<!-- load:end -->")
+    if args.readme:
+        # Before any measuring: a long run must not end without a place to go.
+        readme_block_exists(*markers)
+    if not args.render_json:
         if not args.no_build:
             build()
         results = {
@@ -465,22 +710,32 @@ def main():
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
             "runs": args.runs, "flood": [], "hold": {}, "chat": None,
-            "server_args": SERVER_ARGS, "designs": DESIGNS,
+            "server_args": SERVER_ARGS, "designs": DESIGNS, "load_args": LOAD_ARGS, "scenario": scenario,
         }
-        global GROWING
         GROWING = args.growing_file
         results["sink"] = "new file per run" if GROWING else "preallocated file, overwritten"
         only = set(args.only.split(","))
         try:
             if not GROWING:
                 prepare_sink()
-            if "hold" in only:
-                run_hold(results, args.hold_conns)
-            if "flood" in only:
-                run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")], args.perf)
-            if "chat" in only:
-                run_chat(args.chat_runs or args.runs, results, args.chat_conns, args.chat_rate, args.chat_secs,
-                         args.perf)
+            if scenario == "cores":
+                results["cores"] = {"flood": [], "chat": None, "hold": None}
+                if "hold" in only:
+                    run_cores_hold(results["cores"], args.hold_conns)
+                if "flood" in only:
+                    run_cores_flood(args.runs, results["cores"], [int(c) for c in args.flood_clients.split(",")],
+                                    args.perf)
+                if "chat" in only:
+                    run_cores_chat(args.chat_runs or args.runs, results["cores"], args.chat_conns, args.chat_rate,
+                                   args.chat_secs)
+            else:
+                if "hold" in only:
+                    run_hold(results, args.hold_conns)
+                if "flood" in only:
+                    run_flood(args.runs, results, [int(c) for c in args.flood_clients.split(",")], args.perf)
+                if "chat" in only:
+                    run_chat(args.chat_runs or args.runs, results, args.chat_conns, args.chat_rate,
+                             args.chat_secs, args.perf)
         except NotClean as e:
             print(f"load_bench: {e}", file=sys.stderr)
             print("load_bench: stopped; no results written (a run that is not clean is not a measurement)",
@@ -495,17 +750,10 @@ def main():
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        render(results)
+        render_cores(results) if scenario == "cores" else render(results)
     print(out.getvalue(), end="")
     if args.readme:
-        readme = os.path.join(ROOT, "README.md")
-        with open(readme) as f:
-            text = f.read()
-        start, end = "<!-- load:start -->", "<!-- load:end -->"
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        with open(readme, "w") as f:
-            f.write(f"{head}{start}\n{out.getvalue().strip()}\n{end}{tail}")
+        put_in_readme(*markers, out.getvalue())
 
 
 if __name__ == "__main__":

@@ -73,6 +73,30 @@ fn hold_5000_connections_from_another_process() {
 }
 
 #[test]
+fn measures_a_server_with_four_reactors_as_one_process() {
+    // `--threads 4`: tcp_load's --server-pid samples are the process's,
+    // so its threads are all four reactors and its memory all of theirs.
+    let server = ServerProcess::start(&["--threads", "4"]);
+    let json = tcp_load(&server, &["hold", "--conns", "400", "--hold", "0s"]);
+    assert_eq!(field(&json, "established"), 400.0, "{json}");
+    assert_eq!(field(&json, "greetings"), 400.0, "{json}");
+    assert_eq!(field(&json, "server_threads"), 4.0, "{json}");
+    assert_eq!(server.threads(), 4, "{json}");
+    assert!(
+        field(&json, "server_rss_after") >= field(&json, "server_rss_before"),
+        "{json}"
+    );
+    server.wait_lines("Closed connection:", 400);
+    // And under flood, where the reactor threads do the work.
+    let json = tcp_load(
+        &server,
+        &["flood", "--conns", "16", "--bytes", "64kB", "--write-size", "16000"],
+    );
+    assert_eq!(field(&json, "bytes_acked"), 16.0 * 64_000.0, "{json}");
+    assert_eq!(field(&json, "server_threads"), 4.0, "{json}");
+}
+
+#[test]
 fn flood_streams_every_byte_through() {
     let mut server = ServerProcess::start(&[]);
     let json = tcp_load(

@@ -8,30 +8,44 @@
 //!   goroutine-per-client design in Rust, with a blocking listener;
 //! - `TokioCurrent` / `TokioMulti`: a task per connection on tokio, on its
 //!   one-thread runtime and on its default multi-thread runtime (one worker
-//!   per core; the accept loop runs in `block_on`, as under `#[tokio::main]`).
+//!   per core; the accept loop runs in `block_on`, as under `#[tokio::main]`);
+//! - `TokioMultiWriter`: the same on the multi-thread runtime, but the
+//!   tasks hand whole-line batches to one writer thread through a bounded
+//!   channel instead of writing the sink themselves, as a user who picked
+//!   tokio would so that a slow stdout does not block the workers
+//!   ([`tokio_writer`], also run standalone by examples/tokio_server.rs).
 //!
 //! The reactor itself is started through the library's entry point
-//! (`Server::from_listener` + `run`), exactly as the binary runs it.
+//! (`Server::from_listeners` + `run`), exactly as the binary runs it: on
+//! one thread with one listener, and on two threads (`Config::threads`)
+//! with a listener each on `SO_REUSEPORT` (`listen::listen_many`), as
+//! `--threads 2` binds.
 //!
 //! What every design shares:
 //!
 //! - **Setup outside the clock.** [`Design::start`] binds the listener,
-//!   builds the runtime (and its workers), fills the buffer pool for the
-//!   expected number of connections, and serves one warm-up connection
-//!   ([`WARM_UP`] bytes: greeting, read, framing, write, close) before it
-//!   returns, so the loop, runtime and buffers are running and touched
-//!   before the bench starts its clock. Stopping (and the final write) is
-//!   inside the clock for every design.
+//!   builds the runtime (and its workers, and the writer thread), fills the
+//!   buffer pools for the expected number of connections, and serves a
+//!   warm-up connection ([`WARM_UP`] bytes: greeting, read, framing, write,
+//!   close) before it returns (the two-thread reactor: one per reactor, see
+//!   [`warm_up_reactors`]), so the loops, runtime and buffers are running
+//!   and touched before the bench starts its clock. Stopping (and the final
+//!   write) is inside the clock for every design.
 //! - **Reads and framing.** Reads of [`READ_LEN`] bytes (the reactor's read
-//!   block); a block is framed [`FRAME_WINDOW`] bytes at a time with the
-//!   library's `Framer`, and the lines are written once they pass
-//!   [`FLUSH_AT`], while they are still in the cache, as the reactor does.
-//! - **Buffers.** The reactor has one read block and one output buffer for
+//!   block); a block is framed [`lines::FRAME_WINDOW`] bytes at a time with the
+//!   library's `Framer`, and the lines are written (or handed to the
+//!   writer) once they pass [`FLUSH_AT`], while they are still in the
+//!   cache, as the reactor does ([`lines`]).
+//! - **Buffers.** A reactor has one read block and one output buffer for
 //!   all its connections. A thread or task needs its own; they come from a
-//!   pool kept across connections and iterations ([`ConnBuffers`]), so after
-//!   the warm-up no design allocates, zeroes or first-touches a buffer in
-//!   the clock. (That flatters the baselines a little: a real
-//!   thread-per-connection server allocates per connection.)
+//!   pool kept across connections and iterations ([`lines::ConnBuffers`]),
+//!   so after the warm-up no design allocates or zeroes a buffer in the
+//!   clock. (That flatters the baselines a little: a real
+//!   thread-per-connection server allocates per connection. Pages of
+//!   pooled buffers that no connection has used yet are still touched for
+//!   the first time in the clock, as a new connection's would be.) The
+//!   writer design's batches are swapped with spares from a pool filled the
+//!   same way.
 //!
 //! What differs, by design: a thread or task frames into its own buffer and
 //! hands the lines to one shared, locked sink ([`SharedSink`]), because
@@ -39,39 +53,30 @@
 //! than [`FLUSH_AT`] bytes are copied once more into the shared buffer,
 //! where the reactor frames straight into its output buffer. The shared
 //! buffer is written when it passes [`FLUSH_AT`] and at stop (the reactor
-//! also writes before its loop blocks: more writes, not fewer).
+//! also writes before its loop blocks: more writes, not fewer). The writer
+//! thread gathers small batches the same way, and writes whenever its queue
+//! is empty.
 //!
 //! These live with the benchmarks, not in the product.
 
 #![allow(dead_code)]
 
+pub mod lines;
+pub mod tokio_writer;
+
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::ops::{Deref, DerefMut};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use simple_tcp_server::output::FLUSH_AT;
-use simple_tcp_server::output::text::Framer;
 use simple_tcp_server::{Config, GREETING, MAX_READ, Server};
 
-/// Bytes per read in every design: the reactor's read block, rounded down
-/// to whole frames as the reactor rounds it.
-pub const READ_LEN: usize = (simple_tcp_server::config::DEFAULT_READ_BUFFER / MAX_READ) * MAX_READ;
-
-/// Bytes of a read block framed at a time before the lines are written, as
-/// the reactor frames (`FRAME_WINDOW` in src/reactor/mod.rs, rounded down to
-/// whole frames): the window and its lines stay in a 1 MiB L2 cache.
-pub const FRAME_WINDOW: usize = (256 * 1024 / MAX_READ) * MAX_READ;
-
-/// Room for the threshold plus a window's lines, as the reactor's
-/// transcript buffer starts (it grows on the first full window, and keeps
-/// its size).
-const OUT_CAPACITY: usize = FLUSH_AT * 3;
+use lines::{ConnBuffers, Lines, OUT_CAPACITY, READ_LEN};
 
 /// Bytes the warm-up connection sends: a whole read block, so that a read
 /// block's worth of every buffer has been used once before the clock.
@@ -85,11 +90,18 @@ const WARM_UP_PATIENCE: Duration = Duration::from_secs(60);
 /// non-blocking accept: it used all of one).
 const IDLE_CPU_SHARE: f64 = 0.1;
 
+/// The most warm-up connections [`warm_up_reactors`] makes: with the
+/// kernel's `SO_REUSEPORT` hash, each reaches a given one of two reactors
+/// with even odds, so 64 miss one only by a fault.
+const MAX_WARM_UPS: usize = 64;
+
 /// The designs under comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Design {
     /// The library's reactor, as the binary runs it.
     Reactor,
+    /// The library's reactor on two threads (`--threads 2`).
+    Reactor2,
     /// The reactor reading literally 25 bytes per system call.
     Reactor25,
     /// A thread per connection (the Go design).
@@ -98,17 +110,21 @@ pub enum Design {
     TokioCurrent,
     /// A task per connection on tokio's multi-thread runtime (all cores).
     TokioMulti,
+    /// The same, the tasks handing their lines to one writer thread.
+    TokioMultiWriter,
 }
 
 impl Design {
     /// Every design, in the order of the tables and charts. A new design
-    /// (say, the reactor on N threads) goes here, in [`Design::name`] and in
-    /// [`Design::start`]; `scripts/bench_chart.py` gives its name a label.
-    pub const ALL: [Design; 5] = [
+    /// goes here, in [`Design::name`] and in [`Design::start`];
+    /// `scripts/bench_chart.py` gives its name a label.
+    pub const ALL: [Design; 7] = [
         Design::Reactor,
+        Design::Reactor2,
         Design::Threads,
         Design::TokioCurrent,
         Design::TokioMulti,
+        Design::TokioMultiWriter,
         Design::Reactor25,
     ];
 
@@ -116,28 +132,38 @@ impl Design {
     pub fn name(self) -> &'static str {
         match self {
             Design::Reactor => "reactor",
+            Design::Reactor2 => "reactor_2_threads",
             Design::Reactor25 => "reactor_25B_reads",
             Design::Threads => "thread_per_conn",
             Design::TokioCurrent => "tokio_current_thread",
             Design::TokioMulti => "tokio_multi_thread",
+            Design::TokioMultiWriter => "tokio_multi_thread_writer",
         }
     }
 
     /// Starts the design on 127.0.0.1, port 0, writing its transcript to
     /// /dev/null through a real file descriptor, ready for `conns` clients:
-    /// set up, warmed up by one connection, and running when this returns.
+    /// set up, warmed up, and running when this returns.
     pub fn start(self, conns: usize) -> RunningServer {
         prepare_process();
         // The backlog the binary uses (std would give 128): a burst of 1,000
         // connects must not overflow the accept queue of any design.
-        let listener = simple_tcp_server::listen::listen("127.0.0.1:0".parse().expect("address"), 1024)
-            .expect("listen on 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let listen = || simple_tcp_server::listen::listen(any, 1024).expect("listen on 127.0.0.1:0");
         let sink = File::create("/dev/null").expect("open /dev/null");
+        let fill_pool = || ConnBuffers::fill_pool(conns + 1).expect("buffers for the pool");
         let server = match self {
-            Design::Reactor => reactor(listener, sink, Config::default()),
+            Design::Reactor => reactor(vec![listen()], sink, Config::default()),
+            Design::Reactor2 => reactor(
+                simple_tcp_server::listen::listen_many(any, 1024, 2).expect("listen on 127.0.0.1:0"),
+                sink,
+                Config {
+                    threads: 2,
+                    ..Config::default()
+                },
+            ),
             Design::Reactor25 => reactor(
-                listener,
+                vec![listen()],
                 sink,
                 Config {
                     read_buffer: MAX_READ,
@@ -145,19 +171,30 @@ impl Design {
                 },
             ),
             Design::Threads => {
-                ConnBuffers::fill_pool(conns + 1);
+                fill_pool();
+                let listener = listen();
+                let addr = listener.local_addr().expect("local addr");
                 threads(listener, addr, sink)
             }
             Design::TokioCurrent => {
-                ConnBuffers::fill_pool(conns + 1);
-                tokio_tasks(listener, sink, false)
+                fill_pool();
+                tokio_tasks(listen(), sink, false)
             }
             Design::TokioMulti => {
-                ConnBuffers::fill_pool(conns + 1);
-                tokio_tasks(listener, sink, true)
+                fill_pool();
+                tokio_tasks(listen(), sink, true)
+            }
+            Design::TokioMultiWriter => {
+                fill_pool();
+                // A spare batch buffer for every connection and every place
+                // in the queue, and one for the batch being written.
+                tokio_writer(listen(), sink, conns + 1 + tokio_writer::QUEUE + 1)
             }
         };
-        warm_up(server.addr, self.warm_up_bytes());
+        match self {
+            Design::Reactor2 => warm_up_reactors(server.addr, 2, self.warm_up_bytes()),
+            _ => warm_up(server.addr, self.warm_up_bytes()),
+        }
         server
     }
 
@@ -228,6 +265,64 @@ fn warm_up(addr: SocketAddr, bytes: usize) {
     stream.read_to_end(&mut rest).expect("warm-up: the server closes");
 }
 
+/// Warm-up connections (as [`warm_up`]) until each of the `threads`
+/// reactors has served one: the kernel's `SO_REUSEPORT` hash, not the
+/// bench, picks the reactor of a connection, so the bench watches which
+/// reactor threads (named `reactor-N`) wrote the lines of a warm-up
+/// (`wchar` in /proc/self/task/TID/io). Where /proc does not say, it makes
+/// `threads` warm-ups and says so.
+fn warm_up_reactors(addr: SocketAddr, threads: usize, bytes: usize) {
+    let Some(before) = reactor_writes() else {
+        eprintln!("note: no per-thread I/O counts in /proc; {threads} warm-ups, which may miss a reactor");
+        (0..threads).for_each(|_| warm_up(addr, bytes));
+        return;
+    };
+    // Bytes of lines each reactor has written since `before`.
+    let written = || -> Vec<u64> {
+        reactor_writes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(tid, wchar)| wchar.saturating_sub(before.get(&tid).copied().unwrap_or(0)))
+            .collect()
+    };
+    for done in 1..=MAX_WARM_UPS {
+        warm_up(addr, bytes);
+        // The lines are written just after the close the warm-up waited for.
+        let deadline = Instant::now() + WARM_UP_PATIENCE;
+        while written().iter().sum::<u64>() < (done * bytes) as u64 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        if written().iter().filter(|&&w| w >= bytes as u64).count() >= threads {
+            return;
+        }
+    }
+    panic!("{MAX_WARM_UPS} warm-up connections did not reach all {threads} reactors");
+}
+
+/// Bytes written so far by each thread of this process named `reactor-N`,
+/// by thread id; `None` if /proc has no per-thread I/O counts.
+fn reactor_writes() -> Option<HashMap<u32, u64>> {
+    let mut writes = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread that ended meanwhile has no files left: skip it.
+        let Ok(name) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if !name.starts_with("reactor-") {
+            continue;
+        }
+        let Ok(io) = std::fs::read_to_string(task.path().join("io")) else {
+            return None;
+        };
+        let wchar = io.lines().find_map(|l| l.strip_prefix("wchar:"))?.trim().parse().ok()?;
+        writes.insert(tid, wchar);
+    }
+    Some(writes)
+}
+
 /// A server running in this process.
 pub struct RunningServer {
     /// Where it listens.
@@ -243,11 +338,18 @@ impl RunningServer {
     }
 }
 
-fn reactor(listener: TcpListener, sink: File, config: Config) -> RunningServer {
-    let mut server = Server::from_listener(listener, config).expect("server");
+/// The library's reactor on `listeners` (one, or one per reactor), started
+/// as the binary starts it; reactor 0 runs on a thread of its own here,
+/// named as the library names the others, so that [`warm_up_reactors`]
+/// finds them all.
+fn reactor(listeners: Vec<TcpListener>, sink: File, config: Config) -> RunningServer {
+    let mut server = Server::from_listeners(listeners, config).expect("server");
     let addr = server.local_addr();
     let stopper = server.stopper().expect("stopper");
-    let thread = thread::spawn(move || server.run(sink));
+    let thread = thread::Builder::new()
+        .name("reactor-0".into())
+        .spawn(move || server.run(sink))
+        .expect("reactor thread");
     RunningServer {
         addr,
         stop: Box::new(move || {
@@ -257,109 +359,19 @@ fn reactor(listener: TcpListener, sink: File, config: Config) -> RunningServer {
     }
 }
 
-/// A zero-filled anonymous mapping: the kernel supplies zero pages on first
-/// touch, so a pooled read block costs only the pages a connection's reads
-/// reach (`calloc` may instead hand out a reused heap chunk and zero all of
-/// it, which for 1,000 pooled 2 MiB blocks would be 2 GB of memory).
-struct Mapped {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: `Mapped` owns its mapping exclusively, as a `Box<[u8]>` owns its
-// allocation; moving it to another thread moves that ownership.
-unsafe impl Send for Mapped {}
-
-impl Mapped {
-    fn new(len: usize) -> Mapped {
-        // SAFETY: a fresh private anonymous mapping with no address hint and
-        // no descriptor; the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert!(
-            ptr != libc::MAP_FAILED,
-            "mmap of {len} bytes: {}",
-            io::Error::last_os_error()
-        );
-        Mapped {
-            ptr: NonNull::new(ptr.cast()).expect("mmap returned null"),
-            len,
-        }
-    }
-}
-
-impl Deref for Mapped {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes, zero-initialised by
-        // the kernel, alive as long as `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl DerefMut for Mapped {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `deref`, and writable; `&mut self` makes this the
-        // only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping `new` created; no reference to
-        // it outlives `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-/// A thread's or task's own buffers: its read block and its lines.
-struct ConnBuffers {
-    read: Mapped,
-    out: Vec<u8>,
-}
-
-/// Buffers of connections that have closed, for the next ones.
-static POOL: Mutex<Vec<ConnBuffers>> = Mutex::new(Vec::new());
-
-impl ConnBuffers {
-    fn new() -> ConnBuffers {
-        ConnBuffers {
-            read: Mapped::new(READ_LEN),
-            out: Vec::with_capacity(OUT_CAPACITY),
-        }
-    }
-
-    /// Puts buffers for `n` connections in the pool (outside the clock).
-    fn fill_pool(n: usize) {
-        let mut pool = POOL.lock().expect("buffer pool");
-        while pool.len() < n {
-            pool.push(ConnBuffers::new());
-        }
-    }
-
-    /// Buffers for a new connection: from the pool, or new if it is empty.
-    fn take() -> ConnBuffers {
-        POOL.lock()
-            .ok()
-            .and_then(|mut pool| pool.pop())
-            .unwrap_or_else(ConnBuffers::new)
-    }
-
-    /// Gives the buffers back for the next connection.
-    fn give_back(mut self) {
-        self.out.clear();
-        if let Ok(mut pool) = POOL.lock() {
-            pool.push(self);
-        }
+/// The task-per-connection server on tokio with a writer thread
+/// ([`tokio_writer`]); `spares` batch buffers are made before the clock.
+fn tokio_writer(listener: TcpListener, sink: File, spares: usize) -> RunningServer {
+    let server = tokio_writer::Server::new(listener, sink, spares).expect("tokio writer server");
+    let addr = server.local_addr();
+    let stopper = server.stopper();
+    let thread = thread::spawn(move || server.run());
+    RunningServer {
+        addr,
+        stop: Box::new(move || {
+            stopper.stop();
+            thread.join().expect("tokio thread").expect("tokio writer run");
+        }),
     }
 }
 
@@ -403,6 +415,15 @@ impl SharedSink {
         }
     }
 
+    /// Takes whole lines from `out` (as [`SharedSink::put`]), leaving it
+    /// empty.
+    fn take(&self, out: &mut Vec<u8>) {
+        if !out.is_empty() {
+            self.put(out);
+            out.clear();
+        }
+    }
+
     /// Writes what is buffered.
     fn flush(&self) {
         if let Ok(mut state) = self.0.lock() {
@@ -410,64 +431,6 @@ impl SharedSink {
             let _ = file.write_all(buf);
             buf.clear();
         }
-    }
-}
-
-/// One connection's side of the shared framing path.
-struct Lines {
-    framer: Framer,
-    buffers: ConnBuffers,
-}
-
-impl Lines {
-    fn new() -> Lines {
-        Lines {
-            framer: Framer::new(MAX_READ, false),
-            buffers: ConnBuffers::take(),
-        }
-    }
-
-    /// Where the next read goes.
-    fn read_buf(&mut self) -> &mut [u8] {
-        &mut self.buffers.read
-    }
-
-    /// `LABEL  ADDR` as a line.
-    fn addr_line(&mut self, label: &str, addr: SocketAddr) {
-        let _ = writeln!(self.buffers.out, "{label}{addr}");
-    }
-
-    /// Frames the `n` bytes just read, a window at a time, handing the lines
-    /// to `sink` whenever they pass [`FLUSH_AT`]. After a short read (the
-    /// socket is drained and the thread or task is about to wait), the rest
-    /// goes to `sink` too, as the reactor writes before it blocks.
-    fn frame_read(&mut self, n: usize, sink: &SharedSink) {
-        let ConnBuffers { read, out } = &mut self.buffers;
-        for part in read[..n].chunks(FRAME_WINDOW) {
-            self.framer.frame_block(out, b"", part);
-            if out.len() >= FLUSH_AT {
-                sink.put(out);
-                out.clear();
-            }
-        }
-        if n < READ_LEN {
-            self.hand_over(sink);
-        }
-    }
-
-    /// Hands whatever lines are left to `sink`.
-    fn hand_over(&mut self, sink: &SharedSink) {
-        let out = &mut self.buffers.out;
-        if !out.is_empty() {
-            sink.put(out);
-            out.clear();
-        }
-    }
-
-    /// The connection is done: its last lines go out, its buffers back.
-    fn finish(mut self, sink: &SharedSink) {
-        self.hand_over(sink);
-        self.buffers.give_back();
     }
 }
 
@@ -513,19 +476,20 @@ fn threads(listener: TcpListener, addr: SocketAddr, sink: File) -> RunningServer
 
 fn serve_blocking(mut stream: TcpStream, sink: &SharedSink) {
     let Ok(peer) = stream.peer_addr() else { return };
-    let mut lines = Lines::new();
+    let mut lines = Lines::new().expect("buffers");
     lines.addr_line("Connection from:  ", peer);
     let _ = stream.write_all(GREETING);
     loop {
         match stream.read(lines.read_buf()) {
             Ok(0) => break,
-            Ok(n) => lines.frame_read(n, sink),
+            Ok(n) => lines.frame_read(n, |out| sink.take(out)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => break,
         }
     }
     lines.addr_line("Closed connection:  ", peer);
-    lines.finish(sink);
+    sink.take(lines.out());
+    lines.finish();
 }
 
 /// The task-per-connection server on tokio. The runtime (and the
@@ -571,16 +535,17 @@ fn tokio_tasks(listener: TcpListener, sink: File, multi_thread: bool) -> Running
 
 async fn serve_task(mut stream: tokio::net::TcpStream, peer: SocketAddr, sink: Arc<SharedSink>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut lines = Lines::new();
+    let mut lines = Lines::new().expect("buffers");
     lines.addr_line("Connection from:  ", peer);
     let _ = stream.write_all(GREETING).await;
     loop {
         // tokio treats a short read as drained on Linux, as the reactor does.
         match stream.read(lines.read_buf()).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => lines.frame_read(n, &sink),
+            Ok(n) => lines.frame_read(n, |out| sink.take(out)),
         }
     }
     lines.addr_line("Closed connection:  ", peer);
-    lines.finish(&sink);
+    sink.take(lines.out());
+    lines.finish();
 }

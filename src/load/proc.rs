@@ -50,4 +50,58 @@ mod tests {
         let s = sample_process(std::process::id() as i32).expect("/proc");
         assert!(s.rss > 0 && s.threads >= 1);
     }
+
+    /// CPU time of the calling thread so far.
+    fn thread_cpu() -> f64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec through a pointer to a
+        // live local.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime: {}", io::Error::last_os_error());
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    }
+
+    /// `--threads N` servers: the CPU time is the whole process's, every
+    /// thread's, not the main thread's (which in a test binary is idle), and
+    /// the thread count counts every thread.
+    #[test]
+    fn counts_the_cpu_and_threads_of_every_thread() {
+        /// CPU the spinning thread uses: many clock ticks, so that the
+        /// sample's tick rounding cannot hide it.
+        const BURN: f64 = 0.3;
+        let pid = std::process::id() as i32;
+        let before = sample_process(pid).expect("/proc");
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let spinner = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut x = 0u64;
+            while thread_cpu() < BURN {
+                assert!(std::time::Instant::now() < deadline, "no CPU for the spinning thread");
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            started_tx.send(thread_cpu()).expect("report");
+            // Alive until the sample below is taken.
+            let _ = done_rx.recv();
+        });
+        let burnt = started_rx.recv().expect("the spinning thread's CPU");
+        let during = sample_process(pid).expect("/proc");
+        let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task").count() as u64;
+        done_tx.send(()).expect("release");
+        spinner.join().expect("spinner");
+        // The samples are in clock ticks (user and system time each rounded
+        // down) and may lag the running thread by a scheduler tick: half
+        // the spinner's CPU is a bound far from both those losses and from
+        // what a sample of the main thread alone (idle here) would show.
+        assert!(
+            during.cpu_secs - before.cpu_secs >= burnt / 2.0,
+            "{burnt} s of CPU on another thread, {} s in the process's sample",
+            during.cpu_secs - before.cpu_secs
+        );
+        // This test's thread, the spinner and the harness's main thread at
+        // least; other tests' threads come and go, so the count read from
+        // /proc/self/task just after is close but not exact.
+        assert!(during.threads >= 3, "{during:?}");
+        assert!(during.threads.abs_diff(tasks) <= 16, "{during:?} against {tasks} tasks");
+    }
 }
