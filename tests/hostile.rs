@@ -568,7 +568,11 @@ fn burst_then_normal_clients(args: &[&str], expect_in_log: &str) {
                 break client;
             }
             assert_eq!(&first, b"ERR server", "neither a greeting nor the cap's line");
-            assert!(Instant::now() < deadline, "never served after the burst\n{}", server.context());
+            assert!(
+                Instant::now() < deadline,
+                "never served after the burst\n{}",
+                server.context()
+            );
             thread::sleep(Duration::from_millis(10));
         };
         send(&mut client, format!("normal {i}").as_bytes());

@@ -17,6 +17,7 @@ use simple_tcp_server::duration::parse_within;
 use simple_tcp_server::listen;
 use simple_tcp_server::output::{Format, OutputError};
 use simple_tcp_server::reactor::MAX_GREETING;
+use simple_tcp_server::reactor::shutdown::Exits;
 use simple_tcp_server::workers::{self, WorkerSide};
 use simple_tcp_server::{Config, Server, config, limits};
 
@@ -384,7 +385,7 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(
         .map_err(|e| format!("listener: {}", plain(&e)))?;
     let mut server = Server::from_listener(listener, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
-        .stop_on_signals()
+        .stop_on_signals_as(Exits::WorkerOfSupervisor)
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
     info!(
         "serving on {} (open-file limit {soft_limit})",
@@ -414,9 +415,9 @@ fn run_supervisor(
 ) -> Result<(), String> {
     let local_addr = listeners[0].local_addr().map_err(|e| plain(&e))?;
     let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {}", plain(&e)))?;
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    args.push("--worker-cap".into());
-    args.push(cap.to_string().into());
+    // The cap first: the user's arguments may end with `-- HOST PORT`.
+    let mut args: Vec<std::ffi::OsString> = vec!["--worker-cap".into(), cap.to_string().into()];
+    args.extend(std::env::args_os().skip(1));
     let mut stdout = io::stdout()
         .as_fd()
         .try_clone_to_owned()

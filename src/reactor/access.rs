@@ -18,7 +18,10 @@ pub(super) struct Access {
 
 impl Access {
     pub(super) fn new(allow: Vec<IpNet>, deny: Vec<IpNet>) -> Access {
-        Access { allow, deny }
+        Access {
+            allow: allow.into_iter().map(canonical).collect(),
+            deny: deny.into_iter().map(canonical).collect(),
+        }
     }
 
     /// Whether any rule is set (else every check is skipped).
@@ -35,10 +38,23 @@ impl Access {
 }
 
 /// Whether `ip` (an IPv4-mapped IPv6 address counts as its IPv4 address)
-/// lies in one of `nets`.
+/// lies in one of `nets` (the same goes for them).
 pub(super) fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
-    nets.iter().any(|net| net.contains(&ip))
+    nets.iter().any(|net| canonical(*net).contains(&ip))
+}
+
+/// A network of IPv4-mapped IPv6 addresses (`::ffff:10.0.0.0/104`, as a
+/// dual-stack listener reports IPv4 clients) as the IPv4 network it is;
+/// any other network as it is.
+pub(super) fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +83,17 @@ mod tests {
         // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
         assert!(access.permits("::ffff:10.1.2.3".parse().expect("ip")));
         assert!(!access.permits("::ffff:10.9.2.3".parse().expect("ip")));
+
+        // Rules written as IPv4-mapped addresses mean those IPv4 clients.
+        let mapped = Access::new(Vec::new(), nets(&["::ffff:127.0.0.1/128", "::ffff:10.0.0.0/104"]));
+        assert!(!mapped.permits("127.0.0.1".parse().expect("ip")));
+        assert!(!mapped.permits("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(!mapped.permits("10.200.0.1".parse().expect("ip")));
+        assert!(mapped.permits("127.0.0.2".parse().expect("ip")));
+        assert!(contains(
+            &nets(&["::ffff:127.0.0.0/104"]),
+            "127.0.0.9".parse().expect("ip")
+        ));
 
         let deny_only = Access::new(Vec::new(), nets(&["127.0.0.2/32"]));
         assert!(deny_only.permits("127.0.0.1".parse().expect("ip")));

@@ -23,7 +23,7 @@ mod access;
 mod connection;
 mod pool;
 mod proxy;
-pub(crate) mod shutdown;
+pub mod shutdown;
 mod stats;
 mod sweep;
 
@@ -124,6 +124,9 @@ struct Core {
     /// The one read buffer, shared by all connections (a multiple of
     /// `max_read`, so blocks cut into full frames).
     read_buf: Vec<u8>,
+    /// Bytes asked of the kernel per read: `read_buf`'s length, unless the
+    /// buffer was made larger to hold a whole PROXY header.
+    read_len: usize,
     /// Bytes read from one connection per wakeup (`--read-budget` rounded
     /// down to whole frames): reads never ask for more, so one full read
     /// block with the default budget is one `recv`.
@@ -219,7 +222,16 @@ impl Reactor {
             listener: Some(listener),
             connections: Slab::with_capacity(max_connections.min(SLAB_PREALLOC_LIMIT)),
             max_connections,
-            read_buf: vec![0; read_len],
+            // Room for a whole PROXY header even with tiny reads.
+            read_buf: vec![
+                0;
+                if config.proxy_protocol {
+                    read_len.max(proxy::MAX_HEADER)
+                } else {
+                    read_len
+                }
+            ],
+            read_len,
             read_budget,
             key_end: 0,
             frame_window: (frame_window(config.format) / m).max(1) * m,
@@ -510,8 +522,12 @@ impl Core {
         let Some(conn) = self.connections.get_mut(key) else {
             return Ok(None);
         };
+        if conn.has(PROXY_PENDING) {
+            // Not a client's bytes yet: the header is read by `proxy_ready`.
+            return Ok(None);
+        }
         let peer = conn.peer();
-        let full = self.read_buf.len();
+        let full = self.read_len;
         // Whole frames, so that a read the budget cuts short still ends on a
         // frame boundary.
         let m = out.max_read();
@@ -523,6 +539,18 @@ impl Core {
             match conn.stream.read(&mut self.read_buf[..want]) {
                 Ok(0) => return Ok(Some(Close::Eof)),
                 Ok(n) => {
+                    if conn.has(QUIET) {
+                        // A proxy's own connection that sends bytes is a
+                        // client after all: announced (or refused) before
+                        // its first frame.
+                        if !self.access.is_open() && !self.access.permits(peer.ip()) {
+                            self.refuse(accept::Refusal::Denied, peer, " (a proxy's own connection)");
+                            return Ok(Some(Close::Refused));
+                        }
+                        conn.flags &= !QUIET;
+                        self.stats.accepted += 1;
+                        out.connected(peer);
+                    }
                     conn.last_active = self.now_ms;
                     self.stats.bytes += n as u64;
                     self.wake_bytes += n;

@@ -366,7 +366,14 @@ impl Server {
     /// ends it with status 1. Only for the process's one server: the exits
     /// end the whole process.
     pub fn stop_on_signals(&mut self) -> io::Result<()> {
-        shutdown::install(self.config.shutdown_timeout, Stopper(Arc::clone(&self.shared)))?;
+        self.stop_on_signals_as(shutdown::Exits::OnSecondSignal)
+    }
+
+    /// [`Server::stop_on_signals`] for a worker of `--workers`: a repeated
+    /// SIGINT/SIGTERM only drains, and SIGUSR2 (the supervisor's second
+    /// signal) exits at once.
+    pub fn stop_on_signals_as(&mut self, exits: shutdown::Exits) -> io::Result<()> {
+        shutdown::install(self.config.shutdown_timeout, Stopper(Arc::clone(&self.shared)), exits)?;
         self.exits_on_signals = true;
         Ok(())
     }

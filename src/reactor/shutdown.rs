@@ -43,10 +43,31 @@ static STOPPER: OnceLock<Stopper> = OnceLock::new();
 /// may not allocate).
 static TIMEOUT_NOTE: OnceLock<String> = OnceLock::new();
 
+/// Set when a second SIGINT/SIGTERM must not end the process (a worker:
+/// see [`Exits::WorkerOfSupervisor`]).
+static REPEATS_DRAIN: AtomicBool = AtomicBool::new(false);
+
+/// Which signal ends the process at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exits {
+    /// A second SIGINT or SIGTERM (a server on its own).
+    OnSecondSignal,
+    /// Only SIGUSR2, which the supervisor of `--workers` sends for its own
+    /// second signal: a worker may get each SIGINT/SIGTERM twice (from the
+    /// terminal's process group or systemd's control group, and forwarded
+    /// by the supervisor), so for a worker a repeated one only drains.
+    WorkerOfSupervisor,
+}
+
+/// The signal a supervisor sends its workers to end them at once.
+pub const EXIT_NOW: i32 = signal_hook::consts::SIGUSR2;
+
 /// Installs the handlers: on the first SIGINT or SIGTERM, stop the server
 /// (a flag and a write to each reactor's eventfd) and arm the drain timer;
-/// on the second, exit; on SIGALRM, exit if the drain is not done.
-pub(super) fn install(drain_timeout: Duration, stopper: Stopper) -> io::Result<()> {
+/// on the second (or on SIGUSR2, for a worker), exit; on SIGALRM, exit if
+/// the drain is not done.
+pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -> io::Result<()> {
+    REPEATS_DRAIN.store(exits == Exits::WorkerOfSupervisor, Ordering::SeqCst);
     DRAIN_TIMEOUT_US.store(
         u64::try_from(drain_timeout.as_micros()).unwrap_or(u64::MAX).max(1),
         Ordering::SeqCst,
@@ -75,6 +96,9 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper) -> io::Result<(
     ] {
         let action = move || {
             if SIGNALLED.swap(true, Ordering::SeqCst) {
+                if REPEATS_DRAIN.load(Ordering::SeqCst) {
+                    return;
+                }
                 try_note(note);
                 signal_hook::low_level::exit(status);
             }
@@ -91,6 +115,14 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper) -> io::Result<(
         // errors are OS codes, which do not allocate): all async-signal-safe;
         // nothing allocates or takes a lock.
         unsafe { signal_hook::low_level::register(signal, action) }?;
+    }
+    if exits == Exits::WorkerOfSupervisor {
+        let now = || {
+            try_note(b"simple_tcp_server: told by the supervisor to exit at once, without finishing the drain\n");
+            signal_hook::low_level::exit(128 + EXIT_NOW);
+        };
+        // SAFETY: `poll`, `write` and `_exit` only: async-signal-safe.
+        unsafe { signal_hook::low_level::register(EXIT_NOW, now) }?;
     }
     let on_alarm = || {
         if SIGNALLED.load(Ordering::SeqCst) && !DRAINED.load(Ordering::SeqCst) {

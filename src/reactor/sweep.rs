@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+use super::connection::PROXY_PENDING;
 use super::{Close, Core};
 use crate::output::Transcript;
 
@@ -59,7 +60,10 @@ impl Core {
         let mut key = sweep.cursor % span;
         let mut idle = Vec::new();
         for _ in 0..per_step {
+            // A connection whose PROXY header is pending is not a client
+            // yet: `--proxy-timeout` is its bound, not the idle timeout.
             if let Some(conn) = self.connections.get(key)
+                && !conn.has(PROXY_PENDING)
                 && self.now_ms.wrapping_sub(conn.last_active) >= timeout
             {
                 idle.push(key);

@@ -48,7 +48,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::config::SharedCount;
 use crate::reactor::Summary;
-use crate::reactor::shutdown::{Line, arm_timer, try_note};
+use crate::reactor::shutdown::{EXIT_NOW, Line, arm_timer, try_note};
 use merge::LineMerger;
 use shm::Counters;
 
@@ -81,8 +81,8 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 pub struct Plan {
     /// The binary to run as a worker (this one).
     pub program: PathBuf,
-    /// The arguments every worker gets; the supervisor adds
-    /// `--worker-id I --worker-count N`.
+    /// The arguments every worker gets, after `--worker-id I
+    /// --worker-count N` (so they may end with `-- HOST PORT`).
     pub args: Vec<OsString>,
     /// One listener per worker (bound with `SO_REUSEPORT`), or one that
     /// every worker polls.
@@ -144,11 +144,14 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
         ),
     ] {
         let action = move || {
-            signal_workers(signal);
             if SIGNALLED.swap(true, Ordering::SeqCst) {
+                // The workers' own "at once": a repeated SIGINT/SIGTERM only
+                // drains a worker (it may get each one twice).
+                signal_workers(EXIT_NOW);
                 try_note(note);
                 signal_hook::low_level::exit(128 + signal);
             }
+            signal_workers(libc::SIGTERM);
             arm_timer(DRAIN_US.load(Ordering::SeqCst));
         };
         // SAFETY: the action calls only `kill`, `setitimer`, `poll`,
@@ -289,12 +292,13 @@ fn spawn(plan: &Plan, worker: &mut Worker, counters: &OwnedFd, registry: &mio::R
     let (status_read, status_write) = std::io::pipe()?;
     let fds = [listener.as_raw_fd(), status_write.as_raw_fd(), counters.as_raw_fd()];
     let mut command = Command::new(&plan.program);
+    // The worker's own options first: the user's may end with `-- HOST PORT`.
     command
-        .args(&plan.args)
         .arg("--worker-id")
         .arg(worker.id.to_string())
         .arg("--worker-count")
         .arg(plan.workers.to_string())
+        .args(&plan.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
