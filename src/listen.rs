@@ -60,14 +60,30 @@ fn listen_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpL
 
 /// The listening socket passed by a service manager (systemd socket
 /// activation: `LISTEN_FDS` and `LISTEN_PID` naming this process, the
-/// socket at descriptor 3), made non-blocking; `None` when there is none.
-/// The variables are removed so that no child process takes them for its
-/// own. More than one socket, or one that is not a TCP listener, is an
-/// error.
-pub fn activated() -> io::Result<Option<std::net::TcpListener>> {
-    let mut fds = listenfd::ListenFd::from_env();
-    // SAFETY: no other thread runs yet (the binary calls this before it
-    // starts any), so nothing reads the environment while it changes.
+/// socket at descriptor 3), made non-blocking; `None` when there is none
+/// (also when `LISTEN_PID` is missing or names another process, as the
+/// protocol says). The variables are removed so that no child process
+/// takes them for its own. More than one socket, or one that is not a TCP
+/// listener, is an error.
+///
+/// # Safety
+///
+/// Call it before the process starts any other thread: it changes the
+/// environment, which another thread reading it at the same time would
+/// race with; and the descriptors it takes must belong to nobody else in
+/// the process (true at start, when they come from the service manager).
+pub unsafe fn activated() -> io::Result<Option<std::net::TcpListener>> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    let mut fds = if ours {
+        listenfd::ListenFd::from_env()
+    } else {
+        listenfd::ListenFd::empty()
+    };
+    // SAFETY: the caller promises that no other thread runs, so nothing
+    // reads the environment while it changes.
     unsafe {
         std::env::remove_var("LISTEN_FDS");
         std::env::remove_var("LISTEN_PID");

@@ -64,7 +64,9 @@ fn socket_activation_and_readiness() {
     notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
 
     let port = util::free_port();
-    let mut child = Command::new("systemd-socket-activate")
+    let mut command = Command::new("systemd-socket-activate");
+    util::die_with_the_test(&mut command);
+    let child = command
         .arg("-l")
         .arg(format!("127.0.0.1:{port}"))
         // It gives the server a fresh environment, with only what -E adds.
@@ -78,6 +80,9 @@ fn socket_activation_and_readiness() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start systemd-socket-activate");
+    // Killed (by PID) when the test ends, however it ends.
+    let mut child = Killed(child);
+    let child = &mut child.0;
     let stdout = Captured::spawn(child.stdout.take().expect("stdout"));
     let stderr = Captured::spawn(child.stderr.take().expect("stderr"));
     let context = || format!("--- stdout:\n{}\n--- stderr:\n{}", stdout.text(), stderr.text());
@@ -127,4 +132,14 @@ fn socket_activation_and_readiness() {
     };
     let _ = std::fs::remove_file(&notify_path);
     assert!(status.success(), "{status}\n{}", context());
+}
+
+/// A child killed and reaped when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

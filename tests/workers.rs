@@ -226,9 +226,10 @@ fn sigterm_drains_every_worker_into_one_summary() {
 fn killing_a_worker_mid_stream_splits_no_line() {
     let mut server = ServerProcess::start(&["--workers", "2", "--tag"]);
     let workers = wait_children(server.pid(), 2);
-    // Clients on both workers stream until told to stop.
+    // Clients on both workers stream until told to stop (32 of them, so
+    // that SO_REUSEPORT leaves neither worker without one: 2 x 2^-32).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let streams: Vec<_> = (0..8)
+    let streams: Vec<_> = (0..32)
         .map(|i| {
             let stop = std::sync::Arc::clone(&stop);
             let mut client = connect_greeted(server.addr);
@@ -239,7 +240,7 @@ fn killing_a_worker_mid_stream_splits_no_line() {
                     .take(64 * 1024)
                     .collect();
                 let mut sent = 0usize;
-                while !stop.load(std::sync::atomic::Ordering::SeqCst) && sent < 256 << 20 {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && sent < 64 << 20 {
                     if client.write_all(&block).is_err() {
                         break;
                     }
@@ -265,4 +266,40 @@ fn killing_a_worker_mid_stream_splits_no_line() {
     let status = server.wait_exit(PATIENCE);
     assert!(status.success(), "{status}");
     assert_lines_whole(&server.stdout.bytes());
+}
+
+#[test]
+fn gnu_timeout_drains_rather_than_killing() {
+    // `timeout` sends its signal to the command and then to the process
+    // group: one SIGTERM, delivered twice within microseconds. It must be
+    // taken for one (drain), not for the second of two (exit at once).
+    if !util::have_program(
+        "timeout",
+        "sudo apt-get install -y coreutils",
+        "gnu_timeout_drains_rather_than_killing",
+    ) {
+        return;
+    }
+    for args in [&["--workers", "2"][..], &[][..]] {
+        for _ in 0..2 {
+            let out = std::process::Command::new("timeout")
+                .args(["2", util::bin("simple_tcp_server"), "127.0.0.1", "0"])
+                .args(args)
+                .env("RUST_LOG", "info")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run timeout");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // timeout says 124 when it had to signal; the server drained.
+            assert_eq!(out.status.code(), Some(124), "{args:?}\n{stderr}");
+            assert!(
+                stderr.contains("summary: 0 connections"),
+                "{args:?}: no drain\n{stderr}"
+            );
+            assert!(
+                !stderr.contains("second SIGTERM"),
+                "{args:?}: one signal taken for two\n{stderr}"
+            );
+        }
+    }
 }

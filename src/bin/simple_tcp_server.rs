@@ -188,6 +188,10 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{text}` is not a network like 10.0.0.0/8, 2001:db8::/32 or 127.0.0.1"))
 }
 
+/// The most reactors (threads over all workers) one server runs: far past
+/// any core count, and far short of exhausting the machine's threads.
+const MAX_REACTORS: usize = 4096;
+
 /// A clap parser for a duration within `(min, max)`.
 fn within((min, max): (Duration, Duration)) -> impl Fn(&str) -> Result<Duration, String> + Clone {
     move |text| parse_within(text, min, max)
@@ -218,13 +222,14 @@ fn main() -> ExitCode {
         });
     }
     logger.init();
+    let who = args.worker_id.map_or(String::new(), |id| format!("worker {id}: "));
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             // Never `eprintln!`: it panics when stderr is gone (a closed
             // pipe shared with stdout), and the message is all that is left
             // to lose.
-            let _ = writeln!(io::stderr(), "simple_tcp_server: {message}");
+            let _ = writeln!(io::stderr(), "simple_tcp_server: {who}{message}");
             ExitCode::FAILURE
         }
     }
@@ -235,7 +240,11 @@ fn run(args: Args) -> Result<(), String> {
     // anything else.
     let worker = match (args.worker_id, args.worker_count) {
         (Some(id), Some(count)) => {
-            Some(WorkerSide::take(id, count).map_err(|e| format!("worker {id}: {}", plain(&e)))?)
+            // SAFETY: first thing in `run`: nothing has opened a file yet, so
+            // descriptors 3 to 5 are the supervisor's (and if there is no
+            // supervisor, `take` finds them closed and says so).
+            let side = unsafe { WorkerSide::take(id, count) };
+            Some(side.map_err(|e| format!("cannot take the supervisor's descriptors: {}", plain(&e)))?)
         }
         _ => None,
     };
@@ -278,6 +287,11 @@ fn run(args: Args) -> Result<(), String> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    if workers.saturating_mul(threads) > MAX_REACTORS {
+        return Err(format!(
+            "--workers {workers} x --threads {threads} is more than {MAX_REACTORS} reactors in all"
+        ));
+    }
     let mut greeting = args.greeting.into_bytes();
     if args.no_greeting {
         greeting.clear();
@@ -321,7 +335,10 @@ fn run(args: Args) -> Result<(), String> {
     // bound (HOST and PORT are the .socket unit's business then); every
     // reactor (and every worker) polls it.
     let per_process = if workers > 1 { workers } else { threads };
-    let listeners = match listen::activated().map_err(|e| format!("socket activation: {}", plain(&e)))? {
+    // SAFETY: no thread has been started yet (the logger starts none), and
+    // descriptor 3 and up are still the service manager's.
+    let activated = unsafe { listen::activated() };
+    let listeners = match activated.map_err(|e| format!("socket activation: {}", plain(&e)))? {
         Some(listener) => {
             info!("using the listening socket passed by the service manager (LISTEN_FDS)");
             vec![listener]
@@ -399,7 +416,10 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
-    let summary = server.run(stdout).map_err(|e| format!("stopped: {}", plain(&e)))?;
+    let summary = server.run(stdout).map_err(|e| match OutputError::of(&e) {
+        Some(e) => format!("cannot write the transcript to the supervisor: {}", plain(e)),
+        None => format!("stopped: {}", plain(&e)),
+    })?;
     debug!("summary: {summary}");
     side.report(&summary)
         .map_err(|e| format!("cannot report to the supervisor: {}", plain(&e)))

@@ -220,7 +220,9 @@ impl Reactor {
             id,
             shared,
             listener: Some(listener),
-            connections: Slab::with_capacity(max_connections.min(SLAB_PREALLOC_LIMIT)),
+            // Each reactor's share of the cap (the kernel spreads clients
+            // roughly evenly; a slab grows past its reserve if need be).
+            connections: Slab::with_capacity(max_connections.div_ceil(config.threads.max(1)).min(SLAB_PREALLOC_LIMIT)),
             max_connections,
             // Room for a whole PROXY header even with tiny reads.
             read_buf: vec![
@@ -320,6 +322,7 @@ impl Core {
             match event.token() {
                 LISTENER => self.accept_ready(registry, out)?,
                 STOP => {
+                    self.shared.woken(self.id);
                     if self.shared.stop.load(Ordering::SeqCst) {
                         if self.id == 0 {
                             match shutdown::signal_received() {

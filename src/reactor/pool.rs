@@ -20,12 +20,12 @@
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{error, info};
-use mio::Waker;
 
 use super::stats::Summary;
 use super::{Reactor, STOP, shutdown};
@@ -50,6 +50,44 @@ impl Stopper {
     /// Connections open now, on all reactors.
     pub fn open(&self) -> usize {
         self.0.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A reactor's stop signal: an eventfd registered with its poll. Written
+/// from a signal handler, so it is a plain `write` of a counter, nothing
+/// more (mio's `Waker` is the same on Linux, but does not promise it).
+#[derive(Debug)]
+pub(super) struct StopFd(std::os::fd::OwnedFd);
+
+impl StopFd {
+    fn new() -> io::Result<StopFd> {
+        // SAFETY: eventfd takes no pointers; the descriptor is ours.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(StopFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Resets the counter after a wakeup.
+    fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: read writes at most 8 bytes into a live local.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+    }
+
+    /// Wakes the reactor. Async-signal-safe.
+    fn wake(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: write reads 8 bytes from a live local. A full counter
+        // (EAGAIN) already wakes the poll, so that is no error.
+        let n = unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if n == 8 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 
@@ -134,8 +172,8 @@ pub(super) struct Shared {
     epoch: Instant,
     /// Called once when the server begins to stop (systemd's STOPPING=1).
     on_stop: StopHook,
-    /// Each reactor's waker, by reactor id.
-    wakers: Vec<Waker>,
+    /// Each reactor's stop eventfd, by reactor id.
+    wakers: Vec<StopFd>,
     /// Each reactor's counters, when `--stats` wants them.
     published: Vec<Published>,
     /// Whether reactors publish their counters.
@@ -168,7 +206,8 @@ impl Shared {
         }
     }
 
-    /// Raises the stop flag and wakes every reactor.
+    /// Raises the stop flag and wakes every reactor. Async-signal-safe: an
+    /// atomic store and a `write` per reactor.
     pub(super) fn stop_all(&self) -> io::Result<()> {
         self.stop.store(true, Ordering::SeqCst);
         let mut result = Ok(());
@@ -178,6 +217,11 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// Reactor `id` was woken: reset its eventfd.
+    pub(super) fn woken(&self, id: usize) {
+        self.wakers[id].clear();
     }
 
     /// Reactor `id` publishes its counters (relaxed stores into its own
@@ -297,7 +341,13 @@ impl Server {
         let mut wakers = Vec::with_capacity(threads);
         for _ in 0..threads {
             let poll = mio::Poll::new()?;
-            wakers.push(Waker::new(poll.registry(), STOP)?);
+            let waker = StopFd::new()?;
+            poll.registry().register(
+                &mut mio::unix::SourceFd(&waker.0.as_raw_fd()),
+                STOP,
+                mio::Interest::READABLE,
+            )?;
+            wakers.push(waker);
             polls.push(poll);
         }
         let shared = Arc::new(Shared {

@@ -32,6 +32,31 @@ const EXIT_DRAIN_TIMEOUT: i32 = 1;
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 /// The first SIGINT or SIGTERM's number (0 before it).
 static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// When the first came, in monotonic nanoseconds.
+static FIRST_AT_NS: AtomicU64 = AtomicU64::new(0);
+
+/// A repeat this soon after the first signal is the same one, delivered
+/// twice: `timeout` and a terminal signal a process and then its process
+/// group, systemd its main process and then its control group. A person
+/// pressing Ctrl-C twice takes longer.
+pub const SAME_SIGNAL_WINDOW: Duration = Duration::from_millis(250);
+
+/// Whether a repeat now is the first signal delivered twice (see
+/// [`SAME_SIGNAL_WINDOW`]). Async-signal-safe.
+pub(crate) fn repeat_is_the_same(first_at_ns: u64) -> bool {
+    monotonic_ns().saturating_sub(first_at_ns) < SAME_SIGNAL_WINDOW.as_nanos() as u64
+}
+
+/// The monotonic clock in nanoseconds. Async-signal-safe (`clock_gettime`).
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a pointer to a live
+    // local.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
+}
 /// `--shutdown-timeout` in microseconds (0 until [`install`]).
 static DRAIN_TIMEOUT_US: AtomicU64 = AtomicU64::new(0);
 /// Whether the drain has finished (the timer then does nothing).
@@ -96,24 +121,25 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -
     ] {
         let action = move || {
             if SIGNALLED.swap(true, Ordering::SeqCst) {
-                if REPEATS_DRAIN.load(Ordering::SeqCst) {
+                if REPEATS_DRAIN.load(Ordering::SeqCst) || repeat_is_the_same(FIRST_AT_NS.load(Ordering::SeqCst)) {
                     return;
                 }
                 try_note(note);
                 signal_hook::low_level::exit(status);
             }
+            FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
             FIRST_SIGNAL.store(signal, Ordering::SeqCst);
             arm_timer(DRAIN_TIMEOUT_US.load(Ordering::SeqCst));
             if let Some(stopper) = STOPPER.get() {
                 let _ = stopper.stop();
             }
         };
-        // SAFETY: the action only touches atomics, calls `setitimer` (a
-        // plain system call), `poll` and `write` on descriptor 2 (through
-        // `try_note`), `_exit`, and `Stopper::stop`, which stores a flag and
-        // `write`s to each reactor's eventfd (mio's `Waker` on Linux; its
-        // errors are OS codes, which do not allocate): all async-signal-safe;
-        // nothing allocates or takes a lock.
+        // SAFETY: the action only touches atomics, calls `clock_gettime`,
+        // `setitimer` (a plain system call), `poll` and `write` on descriptor
+        // 2 (through `try_note`), `_exit`, and `Stopper::stop`, which stores
+        // a flag and `write`s 8 bytes to each reactor's eventfd (see
+        // `pool::StopFd`): all async-signal-safe; nothing allocates or takes
+        // a lock.
         unsafe { signal_hook::low_level::register(signal, action) }?;
     }
     if exits == Exits::WorkerOfSupervisor {

@@ -42,13 +42,13 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::SharedCount;
 use crate::reactor::Summary;
-use crate::reactor::shutdown::{EXIT_NOW, Line, arm_timer, try_note};
+use crate::reactor::shutdown::{EXIT_NOW, Line, arm_timer, monotonic_ns, repeat_is_the_same, try_note};
 use merge::LineMerger;
 use shm::Counters;
 
@@ -101,15 +101,33 @@ struct Worker {
     stdout: Option<ChildStdout>,
     status: Option<File>,
     merger: LineMerger,
+    /// Its pipe may hold more than one read took: read again next turn
+    /// without waiting for an event (as the reactor's run queue).
+    more: bool,
     started: Instant,
     backoff: Duration,
     restart_at: Option<Instant>,
+    /// Exits in a row within [`QUICK_EXIT`] of starting.
+    quick_exits: u32,
 }
+
+/// A worker that exits this soon after it started did not get going.
+const QUICK_EXIT: Duration = Duration::from_secs(1);
+/// Quick exits in a row after which the supervisor gives up: a worker that
+/// cannot start (bad arguments, a broken binary) is no flapping to wait out.
+const MAX_QUICK_EXITS: u32 = 5;
+/// The status with which a worker says its arguments are wrong (clap's).
+const USAGE_ERROR: i32 = 2;
 
 /// Worker PIDs, for the signal handlers (0: none).
 static PIDS: [AtomicI32; MAX_WORKERS] = [const { AtomicI32::new(0) }; MAX_WORKERS];
 /// Set by the first SIGINT or SIGTERM.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
+/// When the first came, in monotonic nanoseconds.
+static FIRST_AT_NS: AtomicU64 = AtomicU64::new(0);
+/// Counts the handler's forwards, so that a reap can tell whether one ran
+/// while a PID was out of the table.
+static FORWARDS: AtomicU64 = AtomicU64::new(0);
 /// How long the drain may take, in microseconds.
 static DRAIN_US: AtomicU64 = AtomicU64::new(0);
 
@@ -118,8 +136,9 @@ fn signal_workers(signal: i32) {
     for pid in &PIDS {
         let pid = pid.load(Ordering::SeqCst);
         if pid > 0 {
-            // SAFETY: kill has no memory effects; a PID is cleared before
-            // its process is reaped, so it is ours.
+            // SAFETY: kill has no memory effects. A PID is in the table only
+            // while its process is unreaped (it is taken out before each
+            // reap and put back if the child still runs), so it is ours.
             unsafe { libc::kill(pid, signal) };
         }
     }
@@ -145,17 +164,25 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
     ] {
         let action = move || {
             if SIGNALLED.swap(true, Ordering::SeqCst) {
+                // The same signal delivered twice (to this process and its
+                // group, as `timeout` does) is one.
+                if repeat_is_the_same(FIRST_AT_NS.load(Ordering::SeqCst)) {
+                    return;
+                }
                 // The workers' own "at once": a repeated SIGINT/SIGTERM only
                 // drains a worker (it may get each one twice).
                 signal_workers(EXIT_NOW);
                 try_note(note);
                 signal_hook::low_level::exit(128 + signal);
             }
+            FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
+            FORWARDS.fetch_add(1, Ordering::SeqCst);
             signal_workers(libc::SIGTERM);
             arm_timer(DRAIN_US.load(Ordering::SeqCst));
         };
-        // SAFETY: the action calls only `kill`, `setitimer`, `poll`,
-        // `write` and `_exit` and touches only atomics: async-signal-safe.
+        // SAFETY: the action calls only `clock_gettime`, `kill`,
+        // `setitimer`, `poll`, `write` and `_exit` and touches only atomics:
+        // async-signal-safe.
         unsafe { signal_hook::low_level::register(signal, action) }?;
     }
     let on_alarm = || {
@@ -173,9 +200,10 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
 }
 
 /// Runs the workers until SIGINT/SIGTERM, passing their transcripts to
-/// `out`; returns their summaries added up. An error only when `out` can
-/// no longer be written (the workers are then stopped) or the supervisor
-/// itself cannot go on.
+/// `out`; returns their summaries added up. An error when `out` can no
+/// longer be written (the workers are then stopped), when a worker cannot
+/// get going (it exits at once, again and again, or says its arguments are
+/// wrong), or when the supervisor itself cannot go on.
 pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
     if plan.workers == 0 || plan.workers > MAX_WORKERS {
         return Err(io::Error::new(
@@ -188,6 +216,7 @@ pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
     let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     let (counters, counters_fd) = Counters::create(plan.workers)?;
+    let now = Instant::now();
     let mut workers: Vec<Worker> = (0..plan.workers)
         .map(|id| Worker {
             id,
@@ -195,9 +224,11 @@ pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
             stdout: None,
             status: None,
             merger: LineMerger::default(),
-            started: Instant::now(),
+            more: false,
+            started: now,
             backoff: MIN_RESTART_BACKOFF,
-            restart_at: Some(Instant::now()),
+            restart_at: Some(now),
+            quick_exits: 0,
         })
         .collect();
     let mut events = Events::with_capacity(256);
@@ -205,7 +236,9 @@ pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
     let mut lines = Vec::with_capacity(READ_CHUNK);
     let mut total = Summary::default();
     let mut stopping = false;
-    let mut output_error = None;
+    let mut announced_ready = false;
+    let mut told = false;
+    let mut failure: Option<io::Error> = None;
     loop {
         let now = Instant::now();
         if !stopping {
@@ -222,16 +255,27 @@ pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
                     }
                 }
             }
+            if !announced_ready && workers.iter().all(|w| w.child.is_some()) {
+                announced_ready = true;
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    warn!("cannot notify systemd (READY=1): {e}");
+                }
+            }
         }
         if stopping && workers.iter().all(|w| w.child.is_none() && w.stdout.is_none()) {
             break;
         }
-        let timeout = workers
-            .iter()
-            .filter_map(|w| w.restart_at)
-            .min()
-            .filter(|_| !stopping)
-            .map(|at| at.saturating_duration_since(now));
+        let timeout = if workers.iter().any(|w| w.more) {
+            Some(Duration::ZERO)
+        } else if stopping {
+            None
+        } else {
+            workers
+                .iter()
+                .filter_map(|w| w.restart_at)
+                .min()
+                .map(|at| at.saturating_duration_since(now))
+        };
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -244,45 +288,82 @@ pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
                 for signal in signals.pending() {
                     match signal {
                         libc::SIGCHLD => reap = true,
-                        _ => {
-                            if !stopping {
-                                info!("signal {signal}: stopping the workers");
-                            }
+                        _ if !stopping => {
+                            info!("signal {signal}: stopping the workers");
                             stopping = true;
                         }
+                        _ => {}
                     }
                 }
-                continue;
-            }
-            let Some(worker) = workers.get_mut(event.token().0) else {
-                continue;
-            };
-            // Whole lines from this worker go to stdout; the rest waits.
-            if let Err(e) = pass_lines(worker, &mut buf, &mut lines, &mut out, poll.registry()) {
-                output_error = Some(e);
+            } else if let Some(worker) = workers.get_mut(event.token().0) {
+                worker.more = true;
             }
         }
-        if output_error.is_some() {
+        if stopping && !told {
+            told = true;
+            if !SIGNALLED.swap(true, Ordering::SeqCst) {
+                // Stopping for another reason than a signal (a failure).
+                FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
+            }
+            // From here too (a repeat only drains a worker), in case the
+            // signal handler found a worker's PID out of its table.
+            signal_workers(libc::SIGTERM);
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
+                debug!("cannot notify systemd (STOPPING=1): {e}");
+            }
+        }
+        // One read per worker per turn, so that one flooding worker cannot
+        // hold the others' lines, the reaping or the stop back.
+        for worker in workers.iter_mut().filter(|w| w.more) {
+            match pass_chunk(worker, &mut buf, &mut lines, &mut out, poll.registry()) {
+                Ok(more) => worker.more = more,
+                Err(e) => {
+                    failure = Some(crate::output::OutputError::wrap(e));
+                    break;
+                }
+            }
+        }
+        if failure.is_some() {
             // Nothing more can be printed: stop everyone.
             signal_workers(libc::SIGTERM);
             break;
         }
         if reap || stopping {
             for worker in workers.iter_mut() {
-                reap_worker(
+                match reap_worker(
                     worker, &counters, &mut total, stopping, &mut buf, &mut lines, &mut out, &poll,
-                )?;
+                ) {
+                    Ok(()) => {}
+                    Err(e) if crate::output::OutputError::of(&e).is_some() => failure = Some(e),
+                    Err(e) => {
+                        error!("{e}; stopping every worker");
+                        failure = Some(e);
+                    }
+                }
+            }
+            if failure.is_some() && !stopping {
+                stopping = true;
+                signal_workers(libc::SIGTERM);
+            }
+            if failure
+                .as_ref()
+                .is_some_and(|e| crate::output::OutputError::of(e).is_some())
+            {
+                break;
             }
         }
     }
-    crate::reactor::shutdown::arm_timer(0);
-    if let Some(e) = output_error {
-        return Err(crate::output::OutputError::wrap(e));
+    if failure.is_none() {
+        arm_timer(0);
     }
-    Ok(total)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
 }
 
-/// Starts worker `worker.id`.
+/// Starts worker `worker.id`: this very binary (`/proc/self/exe`, which
+/// stays valid when the file on disk is replaced or removed).
 fn spawn(plan: &Plan, worker: &mut Worker, counters: &OwnedFd, registry: &mio::Registry) -> io::Result<()> {
     let listener = if plan.listeners.len() == 1 {
         &plan.listeners[0]
@@ -291,9 +372,11 @@ fn spawn(plan: &Plan, worker: &mut Worker, counters: &OwnedFd, registry: &mio::R
     };
     let (status_read, status_write) = std::io::pipe()?;
     let fds = [listener.as_raw_fd(), status_write.as_raw_fd(), counters.as_raw_fd()];
-    let mut command = Command::new(&plan.program);
+    let supervisor = std::process::id() as libc::pid_t;
+    let mut command = Command::new("/proc/self/exe");
     // The worker's own options first: the user's may end with `-- HOST PORT`.
     command
+        .arg0(&plan.program)
         .arg("--worker-id")
         .arg(worker.id.to_string())
         .arg("--worker-count")
@@ -302,19 +385,34 @@ fn spawn(plan: &Plan, worker: &mut Worker, counters: &OwnedFd, registry: &mio::R
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: between fork and exec the closure calls only `fcntl` and
-    // `dup2` (async-signal-safe) on descriptors the supervisor holds open
-    // for the whole spawn, and allocates nothing.
-    unsafe { command.pre_exec(move || place_fds(&fds)) };
+    // SAFETY: between fork and exec the closure calls only `prctl`,
+    // `getppid`, `fcntl` and `dup2` (async-signal-safe) on descriptors the
+    // supervisor holds open for the whole spawn, and allocates nothing.
+    unsafe { command.pre_exec(move || place_fds(&fds, supervisor)) };
     let mut child = command.spawn()?;
     drop(status_write);
-    let stdout = child.stdout.take().ok_or_else(|| io::Error::other("no stdout pipe"))?;
-    set_nonblocking(stdout.as_raw_fd())?;
-    registry.register(&mut SourceFd(&stdout.as_raw_fd()), Token(worker.id), Interest::READABLE)?;
+    let watched = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no stdout pipe"))
+        .and_then(|stdout| {
+            set_nonblocking(stdout.as_raw_fd())?;
+            registry.register(&mut SourceFd(&stdout.as_raw_fd()), Token(worker.id), Interest::READABLE)?;
+            Ok(stdout)
+        });
+    let stdout = match watched {
+        Ok(stdout) => stdout,
+        Err(e) => {
+            // A worker the supervisor cannot watch must not run untracked.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    };
     PIDS[worker.id].store(child.id() as i32, Ordering::SeqCst);
     // A signal that came while this worker was starting must reach it too.
     if SIGNALLED.load(Ordering::SeqCst) {
-        // SAFETY: kill has no memory effects; the child is ours.
+        // SAFETY: kill has no memory effects; the child is ours, unreaped.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     }
     info!("worker {} started (pid {})", worker.id, child.id());
@@ -322,17 +420,24 @@ fn spawn(plan: &Plan, worker: &mut Worker, counters: &OwnedFd, registry: &mio::R
     worker.stdout = Some(stdout);
     worker.status = Some(File::from(OwnedFd::from(status_read)));
     worker.started = Instant::now();
+    worker.more = false;
     Ok(())
 }
 
 /// Puts the listener, the status pipe and the counters at descriptors 3, 4
 /// and 5 of the child (copies first, so that no source is overwritten
-/// before it is copied). Runs between fork and exec.
-fn place_fds(fds: &[RawFd; 3]) -> io::Result<()> {
+/// before it is copied), and ties the child's life to the supervisor's.
+/// Runs between fork and exec.
+fn place_fds(fds: &[RawFd; 3], supervisor: libc::pid_t) -> io::Result<()> {
     // A worker outlives no supervisor: if it goes, the worker drains.
     // SAFETY: prctl sets a flag of this process; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
         return Err(io::Error::last_os_error());
+    }
+    // The supervisor may have died before the flag was set.
+    // SAFETY: getppid has no arguments.
+    if unsafe { libc::getppid() } != supervisor {
+        return Err(io::Error::other("the supervisor is gone"));
     }
     let mut high = [0; 3];
     for (i, &fd) in fds.iter().enumerate() {
@@ -361,17 +466,18 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads what worker `worker` has written and passes its whole lines on.
-/// At end of file the pipe is dropped. `Err` only when `out` fails.
-fn pass_lines(
+/// Reads once from worker `worker`'s pipe and passes its whole lines on.
+/// `Ok(true)` when the pipe may hold more (the read filled the buffer); at
+/// end of file the pipe is dropped. `Err` only when `out` fails.
+fn pass_chunk(
     worker: &mut Worker,
     buf: &mut [u8],
     lines: &mut Vec<u8>,
     out: &mut File,
     registry: &mio::Registry,
-) -> io::Result<()> {
+) -> io::Result<bool> {
     let Some(stdout) = worker.stdout.as_mut() else {
-        return Ok(());
+        return Ok(false);
     };
     loop {
         match stdout.read(buf) {
@@ -386,7 +492,7 @@ fn pass_lines(
                     );
                     worker.merger.clear();
                 }
-                return Ok(());
+                return Ok(false);
             }
             Ok(n) => {
                 lines.clear();
@@ -394,22 +500,24 @@ fn pass_lines(
                 if !lines.is_empty() {
                     out.write_all(lines)?;
                 }
+                return Ok(n == buf.len());
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 warn!("worker {}: reading its transcript: {e}", worker.id);
                 let _ = registry.deregister(&mut SourceFd(&stdout.as_raw_fd()));
                 worker.stdout = None;
-                return Ok(());
+                return Ok(false);
             }
         }
     }
 }
 
-/// If worker `worker` has exited: drains its transcript, adds its summary,
-/// gives back its share of the shared count, and (unless stopping)
-/// schedules its restart.
+/// If worker `worker` has exited: passes on the rest of its transcript,
+/// adds its summary, gives back its share of the shared count, and (unless
+/// stopping) schedules its restart. `Err` when `out` fails, or when the
+/// worker cannot get going (the supervisor then stops).
 #[allow(clippy::too_many_arguments)]
 fn reap_worker(
     worker: &mut Worker,
@@ -424,21 +532,43 @@ fn reap_worker(
     let Some(child) = worker.child.as_mut() else {
         return Ok(());
     };
-    let Some(status) = child.try_wait()? else { return Ok(()) };
-    PIDS[worker.id].store(0, Ordering::SeqCst);
-    worker.child = None;
-    // Everything it wrote before it exited is in the pipe.
-    if worker.stdout.is_some() {
-        if let Some(stdout) = worker.stdout.as_ref() {
-            // Block: the writer is gone, so the pipe ends.
-            let fd = stdout.as_raw_fd();
-            // SAFETY: F_GETFL/F_SETFL on the pipe we own.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-            // SAFETY: as above.
-            unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    // Out of the signal handlers' table before the reap, so that no handler
+    // can signal a PID the kernel has given to someone else; back in if the
+    // child still runs.
+    let forwards = FORWARDS.load(Ordering::SeqCst);
+    let pid = PIDS[worker.id].swap(0, Ordering::SeqCst);
+    let status = match child.try_wait() {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            PIDS[worker.id].store(pid, Ordering::SeqCst);
+            if FORWARDS.load(Ordering::SeqCst) != forwards {
+                // A signal handler may have run while the PID was out of the
+                // table (a repeat only drains a worker).
+                // SAFETY: kill has no memory effects; the child is unreaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            return Ok(());
         }
-        pass_lines(worker, buf, lines, out, poll.registry())?;
+        Err(e) => {
+            PIDS[worker.id].store(pid, Ordering::SeqCst);
+            warn!("worker {}: cannot learn whether it exited: {e}", worker.id);
+            return Ok(());
+        }
+    };
+    worker.child = None;
+    // Everything it wrote before it exited is in the pipe; the writer is
+    // gone, so reading to the end terminates.
+    if let Some(stdout) = worker.stdout.as_ref() {
+        let fd = stdout.as_raw_fd();
+        // SAFETY: F_GETFL/F_SETFL on the pipe we own.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+        while worker.stdout.is_some() {
+            pass_chunk(worker, buf, lines, out, poll.registry())?;
+        }
     }
+    worker.more = false;
     let mut report = String::new();
     if let Some(mut status_pipe) = worker.status.take() {
         let _ = status_pipe.read_to_string(&mut report);
@@ -457,20 +587,27 @@ fn reap_worker(
         counters.all().fetch_sub(left, Ordering::SeqCst);
         debug!("worker {}: {left} connections closed with it", worker.id);
     }
-    if !stopping {
-        let lived = worker.started.elapsed();
-        if lived >= HEALTHY_LIFE {
-            worker.backoff = MIN_RESTART_BACKOFF;
-        }
-        warn!(
-            "worker {} exited ({status}) after {lived:.1?}; restarting it in {:?}",
-            worker.id, worker.backoff
-        );
-        worker.restart_at = Some(Instant::now() + worker.backoff);
-        worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
-    } else {
+    if stopping {
         debug!("worker {} exited ({status})", worker.id);
+        return Ok(());
     }
+    let lived = worker.started.elapsed();
+    worker.quick_exits = if lived < QUICK_EXIT { worker.quick_exits + 1 } else { 0 };
+    if status.code() == Some(USAGE_ERROR) || worker.quick_exits >= MAX_QUICK_EXITS {
+        return Err(io::Error::other(format!(
+            "worker {} cannot get going: it exited ({status}) {} time(s) in a row right after starting",
+            worker.id, worker.quick_exits
+        )));
+    }
+    if lived >= HEALTHY_LIFE {
+        worker.backoff = MIN_RESTART_BACKOFF;
+    }
+    warn!(
+        "worker {} exited ({status}) after {lived:.1?}; restarting it in {:?}",
+        worker.id, worker.backoff
+    );
+    worker.restart_at = Some(Instant::now() + worker.backoff);
+    worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
     Ok(())
 }
 
@@ -488,9 +625,15 @@ pub struct WorkerSide {
 }
 
 impl WorkerSide {
-    /// Takes descriptors 3, 4 and 5 as worker `id` of `count`. Call once,
-    /// before anything else opens files.
-    pub fn take(id: usize, count: usize) -> io::Result<WorkerSide> {
+    /// Takes descriptors 3, 4 and 5 as worker `id` of `count`.
+    ///
+    /// # Safety
+    ///
+    /// Descriptors 3, 4 and 5 must be the ones a supervisor passed (a
+    /// listening TCP socket, the write end of a pipe, the counters' memory
+    /// file) and belong to nothing else in the process: call it once, at
+    /// start, before anything else opens files.
+    pub unsafe fn take(id: usize, count: usize) -> io::Result<WorkerSide> {
         if id >= count || count > MAX_WORKERS {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad worker id"));
         }
@@ -503,10 +646,9 @@ impl WorkerSide {
                 ));
             }
         }
-        // SAFETY: the supervisor put a listening TCP socket at 3, the write
-        // end of a pipe at 4 and a memory file at 5 (checked open above, and
-        // the listener's kind checked below); nothing else in this process
-        // owns them.
+        // SAFETY: the caller promises these are the supervisor's descriptors
+        // (checked open above; the listener's kind is checked below) and
+        // that nothing else in this process owns them.
         let (listener, status, counters) = unsafe {
             (
                 OwnedFd::from_raw_fd(LISTENER_FD),

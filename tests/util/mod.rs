@@ -26,6 +26,21 @@ pub fn bin(name: &str) -> &'static str {
     }
 }
 
+/// Makes a child started by a test die with the test's thread (SIGKILL),
+/// so that a test that fails, or is killed, leaves no process behind.
+pub fn die_with_the_test(command: &mut Command) {
+    // SAFETY: between fork and exec the closure calls only prctl, which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Raises this test process's soft open-file limit to the hard limit (once):
 /// some tests hold thousands of client sockets, and a CI machine's soft limit
 /// may be the usual 1024.
@@ -172,6 +187,7 @@ impl ServerProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        die_with_the_test(&mut cmd);
         if let Some(limit) = nofile {
             // SAFETY: between fork and exec only async-signal-safe calls are
             // allowed; setrlimit is one, and the closure touches no locks.
@@ -445,7 +461,9 @@ impl ChildProcess {
     /// Starts one of this crate's binaries with piped stdio and extra
     /// environment variables.
     pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> ChildProcess {
-        let mut child = Command::new(bin(name))
+        let mut command = Command::new(bin(name));
+        die_with_the_test(&mut command);
+        let mut child = command
             .args(args)
             .env("RUST_BACKTRACE", "1")
             .envs(env.iter().copied())
