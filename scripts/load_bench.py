@@ -171,9 +171,11 @@ class Server:
         while time.time() < deadline and self.port is None:
             for path in (self.out_path, self.err_path):
                 with open(path, "rb") as f:
-                    m = re.search(rb"Listening to:  [^\n]*:(\d+)\n", f.read(4096))
+                    # The text format's line, or the JSON format's event.
+                    m = re.search(rb"Listening to:  [^\n]*:(\d+)\n|"
+                                  rb'"event":"listening","addr":"[^"\n]*:(\d+)"', f.read(4096))
                     if m:
-                        self.port = int(m.group(1))
+                        self.port = int(m.group(1) or m.group(2))
             time.sleep(0.02)
         if self.port is None:
             self.stop()
