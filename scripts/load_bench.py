@@ -36,7 +36,9 @@ or averaged.
 
 --server-args adds arguments to every simple_tcp_server run; each --design
 NAME=ARGS adds a design, simple_tcp_server with those arguments, measured in
-the same interleaved runs (e.g. --design "threads2=--threads 2").
+the same interleaved runs (e.g. --design "threads2=--threads 2"); ARGS that
+start with @PATH run the binary at PATH instead, such as an older commit's
+build (--design "before=@/tmp/old/target/release/simple_tcp_server").
 
 --scenario cores (issue 12, several cores) measures, in one interleaved
 session, `simple_tcp_server --threads 1`, `simple_tcp_server --threads 2`
@@ -151,7 +153,13 @@ class Server:
         elif kind == TOKIO_KIND:
             cmd = [TOKIO, "127.0.0.1", "0"]
         else:
-            cmd = [SERVER, "127.0.0.1", "0", *SERVER_ARGS, *DESIGNS.get(kind, OWN_DESIGNS.get(kind, []))]
+            extra = DESIGNS.get(kind, OWN_DESIGNS.get(kind, []))
+            binary = SERVER
+            if extra and extra[0].startswith("@"):
+                # --design "NAME=@PATH ARGS": another build of the server
+                # (e.g. an older commit's), measured in the same runs.
+                binary, extra = extra[0][1:], extra[1:]
+            cmd = [binary, "127.0.0.1", "0", *SERVER_ARGS, *extra]
         if GROWING:
             self.out = open(self.out_path, "wb")
         else:
