@@ -611,14 +611,15 @@ def render(results):
         for name in dict.fromkeys(extra):
             args = " ".join(results.get("designs", {}).get(name, []))
             print(f"\n`simple_tcp_server {args}` ({name}):\n")
-            print("| clients | median (quartiles), best | ratio of medians to write-limit |")
-            print("|---:|---:|---:|")
+            print("| clients | median (quartiles), best | ratio of medians to write-limit "
+                  "| ratio of medians to simple_tcp_server |")
+            print("|---:|---:|---:|---:|")
             for f in results["flood"]:
                 rates, ref = f.get("designs", {}).get(name), f["write_limit"]
                 if rates:
                     q25, q75 = quartiles(rates)
                     print(f"| {f['conns']} | {median(rates):.0f} ({q25:.0f}–{q75:.0f}), {max(rates):.0f} "
-                          f"| {median(rates) / median(ref):.2f}x |")
+                          f"| {median(rates) / median(ref):.2f}x | {median(rates) / median(f['server']):.2f}x |")
     chat = results.get("chat")
     if chat:
         runs = len(chat["server"])
@@ -641,8 +642,8 @@ def render(results):
         for name, values in chat.get("designs", {}).items():
             args = " ".join(results.get("designs", {}).get(name, []))
             m_d, m_r = median(values), median(per[ref])
-            print(f"| {name} | `simple_tcp_server {args}`: {m_d:.2f} us | `{ref}`: {m_r:.2f} us "
-                  f"| {ratio(m_d, m_r)} |")
+            print(f"| {name} ({ratio(m_d, median(per['server']))} of `simple_tcp_server`'s) "
+                  f"| `simple_tcp_server {args}`: {m_d:.2f} us | `{ref}`: {m_r:.2f} us | {ratio(m_d, m_r)} |")
         sys_counts = chat.get("syscalls_per_msg")
         if sys_counts:
             print("\nSystem calls (and context switches) per message, from `perf stat` over a third of the run:\n")
