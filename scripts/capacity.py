@@ -215,7 +215,7 @@ def run(args):
     transcript = os.path.join(TMPFS, f"capacity-{os.getpid()}.out")
     log = os.path.join(TMPFS, f"capacity-{os.getpid()}.err")
     server_cmd = [os.path.join(REL, "simple_tcp_server"), "127.0.0.1", "0", "--workers", str(workers),
-                  "--backlog", "4096", "--coalesce", "0"]
+                  "--backlog", "4096"]
     out = open(transcript, "wb")
     err = open(log, "wb")
     server = subprocess.Popen(server_cmd, stdout=out, stderr=err, env={**os.environ, "RUST_LOG": "info"})
