@@ -126,7 +126,10 @@ fn chat_paces_messages_and_reports_cpu() {
     let messages = field(&json, "messages");
     assert_eq!(messages, 100.0, "{json}");
     assert_eq!(field(&json, "messages_acked"), 100.0, "{json}");
-    assert_eq!(field(&json, "rate_achieved"), 100.0, "{json}");
+    // The achieved rate is a measurement of time (a loaded machine can wake
+    // the generator late for its last message): never above the target.
+    let achieved = field(&json, "rate_achieved");
+    assert!(achieved > 0.0 && achieved <= 100.0, "{json}");
     // CPU per message and CPU use are one measurement: per message times
     // messages per second is the share of a core (to the JSON's rounding).
     let (per_msg, util, rate) = (
