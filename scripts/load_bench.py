@@ -318,23 +318,24 @@ def run_flood(runs, results, clients, with_perf):
         per_conn = f"{FLOOD_BYTES // conns}B"
         rates = {kind: [] for kind in kinds}
         cpu_per_gb = {kind: [] for kind in kinds}
-        top = None
+        tops = {}
         for run in range(runs):
             for kind in kinds:
                 s = Server(kind)
                 try:
                     profile = None
-                    if with_perf and run == 0 and kind == "server":
+                    # Every design's first run is profiled alike.
+                    if with_perf and run == 0:
                         profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
                     r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
                     if profile:
-                        top = profile()
+                        tops[kind] = profile()
                 finally:
                     s.stop()
                 rates[kind].append(r["mb_per_sec"])
                 cpu_per_gb[kind].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
         entry = {"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"],
-                 "cpu_s_per_gb": cpu_per_gb, "perf_top": top}
+                 "cpu_s_per_gb": cpu_per_gb, "perf_top": tops.get("server"), "perf_tops": tops}
         if DESIGNS:
             entry["designs"] = {name: rates[name] for name in DESIGNS}
         results["flood"].append(entry)
@@ -496,7 +497,7 @@ def render_cores(results):
                       f"| {ratio(m, tokio)} | {median(v['cpu_s_per_gb']):.2f} s | {median(v['load_cores']):.2f} |")
             two = median(per[CORES_TWO]["mb_per_sec"])
             targets.append((f"flood, {f['conns']} clients: `--threads 2` >= {TARGET_FLOOD}x `--threads 1`",
-                            ratio(two, one), bool(one) and two / one >= TARGET_FLOOD))
+                            f"{two / one:.3f}x" if one else "n/a", bool(one) and two / one >= TARGET_FLOOD))
             targets.append((f"flood, {f['conns']} clients: `--threads 2` faster than tokio",
                             ratio(two, tokio), two > tokio))
         for f in flood:
@@ -504,7 +505,7 @@ def render_cores(results):
                 if not top:
                     continue
                 print(f"\nWhere the CPU of {cores_label(kind, designs)} goes at {f['conns']} clients "
-                      "(`perf record`, first run; symbols with 1% or more):\n")
+                      "(`perf record`, first run; the top 10 symbols, each 1% or more):\n")
                 print("| share | symbol | in |")
                 print("|---:|---|---|")
                 for share, sym, where in top:
@@ -602,11 +603,23 @@ def render(results):
         for f in results["flood"]:
             if f.get("perf_top"):
                 print(f"\nWhere simple_tcp_server's CPU goes at {f['conns']} clients (`perf record`, one run; "
-                      "symbols with 1% or more):\n")
+                      "the top 10 symbols, each 1% or more):\n")
                 print("| share | symbol | in |")
                 print("|---:|---|---|")
                 for share, sym, where in f["perf_top"]:
                     print(f"| {share:.1f}% | `{sym}` | {where} |")
+        last = results["flood"][-1] if results["flood"] else {}
+        for kind, top in (last.get("perf_tops") or {}).items():
+            if kind == "server" or not top:
+                continue
+            label = "the write-limit loop" if kind == "write-limit" else \
+                f"`simple_tcp_server {' '.join(results.get('designs', {}).get(kind, []))}` ({kind})"
+            print(f"\nWhere the CPU of {label} goes at {last['conns']} clients (`perf record`, one run; "
+                  "the top 10 symbols, each 1% or more):\n")
+            print("| share | symbol | in |")
+            print("|---:|---|---|")
+            for share, sym, where in top:
+                print(f"| {share:.1f}% | `{sym}` | {where} |")
         extra = [name for f in results["flood"] for name in f.get("designs", {})]
         for name in dict.fromkeys(extra):
             args = " ".join(results.get("designs", {}).get(name, []))

@@ -50,15 +50,26 @@ fn the_unit_files_pass_systemd_analyze_verify() {
 
 #[test]
 fn socket_activation_and_readiness() {
-    if !util::have_program(
-        "systemd-socket-activate",
-        "sudo apt-get install -y systemd",
-        "socket_activation_and_readiness",
-    ) {
+    activated_and_ready("socket_activation_and_readiness", &["--threads", "2"], "on 2 threads");
+}
+
+/// The supervisor says READY=1 once, when its workers run (not before it
+/// has started them), then STOPPING=1.
+#[test]
+fn socket_activation_and_readiness_with_workers() {
+    activated_and_ready(
+        "socket_activation_and_readiness_with_workers",
+        &["--workers", "2"],
+        "supervising 2 workers",
+    );
+}
+
+fn activated_and_ready(test: &str, args: &[&str], log: &str) {
+    if !util::have_program("systemd-socket-activate", "sudo apt-get install -y systemd", test) {
         return;
     }
     // A notify socket of our own, as systemd's would be.
-    let notify_path = std::env::temp_dir().join(format!("simple_tcp_server-notify-{}", std::process::id()));
+    let notify_path = std::env::temp_dir().join(format!("simple_tcp_server-notify-{}-{test}", std::process::id()));
     let _ = std::fs::remove_file(&notify_path);
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
     notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
@@ -74,7 +85,7 @@ fn socket_activation_and_readiness() {
         .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
         .args(["-E", "RUST_LOG=info"])
         .arg(util::bin("simple_tcp_server"))
-        .args(["--threads", "2"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,7 +123,7 @@ fn socket_activation_and_readiness() {
     );
     assert!(out.contains("<21:activated by a socket>\n"), "{}", context());
     assert!(stderr.text().contains("passed by the service manager"), "{}", context());
-    assert!(stderr.text().contains("on 2 threads"), "{}", context());
+    assert!(stderr.text().contains(log), "{}", context());
 
     let mut message = [0u8; 256];
     let n = notify.recv(&mut message).expect("READY=1 on the notify socket");

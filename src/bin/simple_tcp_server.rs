@@ -452,9 +452,7 @@ fn run_supervisor(
         workers,
         shutdown_timeout: config.shutdown_timeout,
     };
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        warn!("cannot notify systemd (READY=1): {e}");
-    }
+    // READY=1 comes from the supervisor once every worker runs.
     match workers::supervise(plan, stdout) {
         Ok(summary) => {
             info!("summary: {summary}");

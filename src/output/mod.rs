@@ -127,7 +127,8 @@ impl<'a, W: Write> Transcript<'a, W> {
         };
         Transcript {
             sink,
-            // Room for the threshold plus one read window's lines.
+            // Grows (once) to what the threshold plus one read window's
+            // lines take: about 400 KiB for text, more for escaped bytes.
             buf: Vec::with_capacity(FLUSH_AT * 3),
             pending_since: None,
             written: 0,
