@@ -49,7 +49,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 TMPFS = "/dev/shm"
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg"]
+GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
 
 # Descriptors kept back per process (stdio, poll, listener, pipes, logs).
 RESERVE_PER_PROC = 64

@@ -90,7 +90,7 @@ TMPFS = "/dev/shm"
 
 # Files the measuring scripts write themselves: a tree that differs only in
 # them is the commit measured, not a dirty one.
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg"]
+GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
 
 
 def head_commit():

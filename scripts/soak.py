@@ -50,7 +50,7 @@ def free_port():
 
 # Files the measuring scripts write themselves: a tree that differs only in
 # them is the commit measured, not a dirty one.
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg"]
+GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
 
 
 def head_commit():
