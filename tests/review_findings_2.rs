@@ -12,29 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{Captured, PATIENCE, connect_greeted};
-
-/// The PIDs of `parent`'s children, from /proc.
-fn children(parent: i32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let ppid: i32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    pids
-}
+use util::{Captured, PATIENCE, children, connect_greeted};
 
 /// Waits until `f` gives a value; fails the test after [`PATIENCE`].
 fn wait_for_value<T>(mut f: impl FnMut() -> Option<T>) -> T {

@@ -11,29 +11,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, Rng, ServerProcess, connect_greeted, streams_by_client};
-
-/// The PIDs of `parent`'s children, from /proc.
-fn children(parent: i32) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let ppid: i32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    pids
-}
+use util::{PATIENCE, Rng, ServerProcess, children, connect_greeted, streams_by_client};
 
 /// Waits until `parent` has `n` children; returns them.
 fn wait_children(parent: i32, n: usize) -> Vec<i32> {
