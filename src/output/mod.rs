@@ -12,8 +12,11 @@
 //! All reactors write to one sink behind a mutex, and a buffer is written
 //! whole while the lock is held: lines are never split or interleaved,
 //! whatever the sink is (a terminal, a pipe taking more than `PIPE_BUF` per
-//! write, a file). A sink that blocks blocks every reactor that has lines
-//! to write, so a slow reader slows the clients down and nothing is lost.
+//! write, a file). A reactor that finds the output busy (another reactor
+//! is writing) does not sleep on the lock: it goes on reading and writes
+//! later, in one larger write, until its buffer passes [`DEFER_UP_TO`]; then
+//! it waits. So a sink that blocks blocks every reactor that has lines to
+//! write, a slow reader slows the clients down, and nothing is lost.
 
 pub mod json;
 pub mod text;
@@ -22,7 +25,7 @@ pub mod unicode_table;
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
 use json::JsonLines;
@@ -33,6 +36,12 @@ use text::Framer;
 /// block while they are still in the cache, and many small messages are
 /// gathered into writes of at least this size.
 pub const FLUSH_AT: usize = 64 * 1024;
+
+/// How far a reactor's buffer may grow past [`FLUSH_AT`] while another
+/// reactor is writing, before this one waits for the output: with several
+/// reactors, a reactor that found the output busy goes on reading instead
+/// of sleeping on the lock (with one, the lock is always free).
+pub const DEFER_UP_TO: usize = 1024 * 1024;
 
 /// How long to wait before retrying an output that said `WouldBlock` (a
 /// non-blocking pipe inherited from the parent).
@@ -236,14 +245,26 @@ impl<'a, W: Write> Transcript<'a, W> {
         self.pending_since.map(|t| t + lag)
     }
 
-    /// Writes the buffer if it has grown past [`FLUSH_AT`].
+    /// Writes the buffer if it has grown past [`FLUSH_AT`]. While another
+    /// reactor holds the output and the buffer is under [`DEFER_UP_TO`],
+    /// the write waits for a later call instead of the reactor sleeping on
+    /// the lock: it goes on reading, and the lines go out in a larger write.
     #[inline]
     pub fn flush_if_full(&mut self) -> io::Result<()> {
-        if self.buf.len() >= FLUSH_AT {
-            self.flush()
-        } else {
-            Ok(())
+        if self.buf.len() < FLUSH_AT {
+            return Ok(());
         }
+        let sink: &'a Mutex<W> = self.sink;
+        let guard = if self.buf.len() < DEFER_UP_TO {
+            match sink.try_lock() {
+                Ok(guard) => guard,
+                Err(TryLockError::WouldBlock) => return Ok(()),
+                Err(TryLockError::Poisoned(_)) => return Err(OutputError::wrap(poisoned())),
+            }
+        } else {
+            sink.lock().map_err(|_| OutputError::wrap(poisoned()))?
+        };
+        self.write_out(guard).map_err(OutputError::wrap)
     }
 
     /// Writes everything buffered to the sink and flushes the sink. An
@@ -252,16 +273,14 @@ impl<'a, W: Write> Transcript<'a, W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        self.write_out().map_err(OutputError::wrap)
+        let sink: &'a Mutex<W> = self.sink;
+        let guard = sink.lock().map_err(|_| OutputError::wrap(poisoned()))?;
+        self.write_out(guard).map_err(OutputError::wrap)
     }
 
-    fn write_out(&mut self) -> io::Result<()> {
-        // Whole buffers under the lock: another reactor's lines come before
-        // or after these, never inside them.
-        let mut sink = self
-            .sink
-            .lock()
-            .map_err(|_| io::Error::other("another reactor failed while writing the transcript"))?;
+    /// Writes the whole buffer while `sink`'s lock is held: another
+    /// reactor's lines come before or after these, never inside them.
+    fn write_out(&mut self, mut sink: MutexGuard<'_, W>) -> io::Result<()> {
         let mut done = 0;
         while done < self.buf.len() {
             match sink.write(&self.buf[done..]) {
@@ -280,6 +299,11 @@ impl<'a, W: Write> Transcript<'a, W> {
         self.pending_since = None;
         sink.flush()
     }
+}
+
+/// The output's lock after a reactor panicked while holding it.
+fn poisoned() -> io::Error {
+    io::Error::other("another reactor failed while writing the transcript")
 }
 
 /// Formats `ADDR ` into `buf`, for `--tag`.
@@ -311,6 +335,60 @@ mod tests {
         assert_eq!(t.deadline(Duration::from_millis(1)), None);
         assert_eq!(t.written(), 30);
         assert_eq!(*sink.lock().expect("lock"), b"Connection from:  127.0.0.1:9\n");
+    }
+
+    #[test]
+    fn a_busy_output_defers_the_write_until_the_bound() {
+        let sink = Mutex::new(Vec::new());
+        let mut t = Transcript::new(&sink, 25, false, false, Format::Text);
+        let frames = vec![b'x'; 25 * (FLUSH_AT / 31 + 1)];
+        t.frames("127.0.0.1:9".parse().expect("addr"), &frames);
+        assert!(t.pending() >= FLUSH_AT);
+        std::thread::scope(|s| {
+            // Another reactor is writing: the lines wait, the call returns.
+            // (Code that waited for the lock instead would write only after
+            // the holder gives up, and fail the check.)
+            let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let sink = &sink;
+            s.spawn(move || {
+                let _busy = sink.lock().expect("lock");
+                locked_tx.send(()).expect("send");
+                let _ = done_rx.recv_timeout(Duration::from_secs(10));
+            });
+            locked_rx.recv().expect("locked");
+            t.flush_if_full().expect("deferred");
+            assert_eq!(t.written(), 0);
+            assert!(t.pending() >= FLUSH_AT);
+            let _ = done_tx.send(());
+        });
+        // The output is free again: the next call writes everything.
+        let first = t.pending();
+        t.flush_if_full().expect("written");
+        assert_eq!((t.written(), t.pending()), (first as u64, 0));
+        assert_eq!(sink.lock().expect("lock").len(), first);
+
+        // Past DEFER_UP_TO the reactor waits for the output instead: the
+        // call returns only once it has written, whenever the lock frees.
+        while t.pending() < DEFER_UP_TO {
+            t.frames("127.0.0.1:9".parse().expect("addr"), &frames);
+        }
+        let second = t.pending();
+        let busy = sink.lock().expect("lock");
+        let written = std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            s.spawn(move || {
+                t.flush_if_full().expect("written");
+                tx.send(t.written()).expect("send");
+            });
+            // While the lock is held the call must not return (code that
+            // deferred would return here with nothing written).
+            assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+            drop(busy);
+            rx.recv().expect("written")
+        });
+        assert_eq!(written, (first + second) as u64);
+        assert_eq!(sink.lock().expect("lock").len(), first + second);
     }
 
     #[test]
