@@ -49,7 +49,8 @@ the server's framing and one writer thread):
 - flood at 100 and 1,000 clients: MB/s, server CPU seconds per GB, and the
   load generator's own CPU (in cores: near 1 with one tcp_load process
   means the generator, not the server, may be the limit; --load-args
-  "--procs 2" splits it);
+  "--procs 2" splits it), and the whole machine's idle CPU over the run
+  (in cores, from /proc/stat: near 0 means every core was busy);
 - chat at 10,000 connections and 50,000 messages/s: server CPU per message;
 - hold 19,000 with `--threads 1` and `--threads 2` (and each --design):
   server memory before the connections (the fixed cost) and per connection.
@@ -230,19 +231,31 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_ticks():
+    """(idle, total) clock ticks of all CPUs so far, from /proc/stat; idle
+    counts iowait, total counts steal (time the hypervisor gave elsewhere)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return ticks[3] + ticks[4], sum(ticks)
+
+
 def load(kind, port, pid, mode_args, timeout="120s"):
     """tcp_load's report of a clean run, plus its own CPU: `load_cpu_secs`
     and `load_cores` (CPU over wall time; tcp_load and the processes it
-    waits for are the only children reaped meanwhile)."""
+    waits for are the only children reaped meanwhile), and `idle_cores`:
+    the whole machine's idle CPU over the run, in cores (near 0: every core
+    was busy, with the server, the generator or anything else)."""
     cmd = [LOAD, "--port", str(port), "--json", "--quiet", "--timeout", timeout, *LOAD_ARGS]
     if pid:
         cmd += ["--server-pid", str(pid)]
-    cpu, started = children_cpu(), time.monotonic()
+    cpu, started, ticks = children_cpu(), time.monotonic(), machine_ticks()
     out = subprocess.run(cmd + mode_args, capture_output=True, text=True, timeout=600)
     cpu, wall = children_cpu() - cpu, time.monotonic() - started
+    idle, total = (b - a for a, b in zip(ticks, machine_ticks()))
     report = check_clean(kind, mode_args, out.returncode, out.stdout, out.stderr)
     report["load_cpu_secs"] = cpu
     report["load_cores"] = cpu / wall if wall > 0 else float("nan")
+    report["idle_cores"] = idle / total * (os.cpu_count() or 1) if total > 0 else float("nan")
     return report
 
 
@@ -411,7 +424,7 @@ def run_cores_flood(runs, cores, clients, with_perf):
     kinds = cores_kinds()
     for conns in clients:
         per_conn = f"{FLOOD_BYTES // conns}B"
-        per = {kind: {"mb_per_sec": [], "cpu_s_per_gb": [], "load_cores": []} for kind in kinds}
+        per = {kind: {"mb_per_sec": [], "cpu_s_per_gb": [], "load_cores": [], "idle_cores": []} for kind in kinds}
         tops = {}
         for run in range(runs):
             for kind in kinds:
@@ -428,6 +441,7 @@ def run_cores_flood(runs, cores, clients, with_perf):
                 per[kind]["mb_per_sec"].append(r["mb_per_sec"])
                 per[kind]["cpu_s_per_gb"].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
                 per[kind]["load_cores"].append(r["load_cores"])
+                per[kind]["idle_cores"].append(r["idle_cores"])
         cores["flood"].append({"conns": conns, "bytes": FLOOD_BYTES, "per": per, "perf_top": tops})
         print(f"cores flood {conns}: " + " ".join(f"{k} {v['mb_per_sec']}" for k, v in per.items()), file=sys.stderr)
 
@@ -486,15 +500,19 @@ def render_cores(results):
         sink = results.get("sink", "new file per run")
         print(f"\n#### Flood ({flood[0]['bytes'] / 1e6:.0f} MB of client payload per run, transcript to tmpfs, "
               f"{sink}; {runs} runs)\n")
-        print("| clients | design | MB/s | vs `--threads 1` | vs tokio | server CPU per GB | tcp_load CPU (cores) |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
+        print("| clients | design | MB/s | vs `--threads 1` | vs tokio | server CPU per GB | tcp_load CPU (cores) "
+              "| machine idle (cores) |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for f in flood:
             per = f["per"]
             one, tokio = median(per[CORES_ONE]["mb_per_sec"]), median(per[TOKIO_KIND]["mb_per_sec"])
             for kind, v in per.items():
                 m = median(v["mb_per_sec"])
+                # Runs from before the column was measured have no idle.
+                idle = f"{median(v['idle_cores']):.2f}" if v.get("idle_cores") else "n/a"
                 print(f"| {f['conns']} | {cores_label(kind, designs)} | {spread(v['mb_per_sec'])} | {ratio(m, one)} "
-                      f"| {ratio(m, tokio)} | {median(v['cpu_s_per_gb']):.2f} s | {median(v['load_cores']):.2f} |")
+                      f"| {ratio(m, tokio)} | {median(v['cpu_s_per_gb']):.2f} s | {median(v['load_cores']):.2f} "
+                      f"| {idle} |")
             two = median(per[CORES_TWO]["mb_per_sec"])
             targets.append((f"flood, {f['conns']} clients: `--threads 2` >= {TARGET_FLOOD}x `--threads 1`",
                             f"{two / one:.3f}x" if one else "n/a", bool(one) and two / one >= TARGET_FLOOD))
