@@ -243,3 +243,46 @@ fn a_blocked_stdout_blocks_every_reactor_and_loses_nothing() {
     // were waiting to be printed, none of it queued inside the server.
     assert!(rss_kb < 48 * 1024, "RSS {rss_kb} kB while stdout was blocked");
 }
+
+#[test]
+fn clients_are_spread_evenly_over_the_reactors() {
+    // The kernel's SO_REUSEPORT hash alone splits 200 clients over four
+    // reactors unevenly (40 to 60 each is typical); a reactor that accepts
+    // a client while another serves two fewer hands it over, so each serves
+    // 50, give or take that gap.
+    let server = ServerProcess::start(&["--threads", THREADS, "--stats", "100ms"]);
+    let clients: Vec<TcpStream> = (0..200).map(|_| connect_greeted(server.addr)).collect();
+    server.wait_lines("Connection from:  ", clients.len());
+    let stats = |err: &[u8]| {
+        String::from_utf8_lossy(err)
+            .lines()
+            .rev()
+            .find(|l| l.contains("stats: active 200 "))
+            .map(str::to_owned)
+    };
+    assert!(
+        server.stderr.wait_for(PATIENCE, |err| stats(err).is_some()),
+        "{}",
+        server.context()
+    );
+    let line = stats(&server.stderr.bytes()).unwrap_or_default();
+    let counts: Vec<usize> = line
+        .split(" | per reactor ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no per-reactor counts: {line}"))
+        .split(' ')
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    assert_eq!(counts.len(), 4, "{line}");
+    assert_eq!(counts.iter().sum::<usize>(), 200, "{line}");
+    let (lo, hi) = (counts.iter().min().copied(), counts.iter().max().copied());
+    assert!(hi.zip(lo).is_some_and(|(hi, lo)| hi - lo <= 2), "uneven: {line}");
+    // Every client was greeted and is served: each one's bytes come back
+    // in the transcript, whichever reactor took it over.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        c.write_all(format!("client {i:03}").as_bytes()).expect("send");
+    }
+    for i in 0..200 {
+        server.wait_text(&format!("<10:client {i:03}>\n"));
+    }
+}

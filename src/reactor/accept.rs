@@ -80,7 +80,12 @@ impl Core {
                     // The cap counts every reactor's connections: a slot is
                     // taken before the client is served.
                     if self.shared.try_open() {
-                        self.add(stream, peer, registry, out);
+                        let to = self.shared.balance.place(self.id);
+                        if to == self.id {
+                            self.add(stream, peer, registry, out);
+                        } else if let Err((stream, peer)) = self.shared.hand_over(self.id, to, (stream, peer)) {
+                            self.add(stream, peer, registry, out);
+                        }
                     } else {
                         self.reject(stream, peer);
                     }
@@ -162,6 +167,21 @@ impl Core {
         }
     }
 
+    /// Serves the clients another reactor has handed to this one.
+    pub(super) fn take_handed<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) {
+        for (stream, peer) in self.shared.balance.take(self.id) {
+            self.add(stream, peer, registry, out);
+        }
+    }
+
+    /// Takes no more clients from the other reactors (this one is
+    /// stopping), and serves those already handed over.
+    pub(super) fn close_inbox<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) {
+        for (stream, peer) in self.shared.balance.close(self.id) {
+            self.add(stream, peer, registry, out);
+        }
+    }
+
     /// Registers a new client. Unless a PROXY header must come first, it
     /// is started at once: `Connection from`, then the greeting.
     fn add<W: Write>(
@@ -185,7 +205,7 @@ impl Core {
             (!self.access.is_open() && !self.access.permits(peer.ip())).then_some(Refusal::Denied)
         };
         if let Some(refusal) = refusal {
-            self.shared.release();
+            self.shared.release(self.id);
             self.refuse(refusal, peer, "");
             return;
         }
@@ -194,7 +214,7 @@ impl Core {
         if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
             // epoll itself is out of room (max_user_watches): drop this one.
             warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
-            self.shared.release();
+            self.shared.release(self.id);
             return;
         }
         // Urgent (out-of-band) data stays in the stream, where it was sent,

@@ -20,6 +20,7 @@
 
 mod accept;
 mod access;
+mod balance;
 mod connection;
 mod pool;
 mod proxy;
@@ -323,6 +324,7 @@ impl Core {
                 LISTENER => self.accept_ready(registry, out)?,
                 STOP => {
                     self.shared.woken(self.id);
+                    self.take_handed(registry, out);
                     if self.shared.stop.load(Ordering::SeqCst) {
                         if self.id == 0 {
                             match shutdown::signal_received() {
@@ -622,7 +624,7 @@ impl Core {
         // Dropping the stream closes the descriptor, which also removes it
         // from epoll: no deregister system call needed.
         drop(conn);
-        self.shared.release();
+        self.shared.release(self.id);
         if key + 1 == self.key_end {
             // The top key is free: lower the sweep's bound past every free
             // key below it (each key is passed once per use, so this is
@@ -642,6 +644,9 @@ impl Core {
     fn shutdown<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) -> io::Result<Summary> {
         // Closing the listener refuses whoever is still in the backlog.
         self.listener = None;
+        // Clients another reactor accepted for this one are served (and
+        // drained below) like the rest; no more come.
+        self.close_inbox(registry, out);
         // A PROXY header that has come whole names a client whose bytes
         // follow it: serve it like the others. The rest were never clients.
         let pending: Vec<usize> = self.proxy_pending.iter().copied().collect();

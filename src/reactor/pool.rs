@@ -16,7 +16,9 @@
 //! the addresses; with one listener ([`Server::from_listener`], e.g. a
 //! socket-activated one), every reactor polls it and the first to accept a
 //! client gets it. Either way a client stays on one reactor for its life,
-//! so its frames stay in order.
+//! so its frames stay in order. Because the kernel's spread is even only
+//! on average, a reactor with more clients than another hands new ones over
+//! before serving them (see [`super::balance`]).
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -25,8 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use log::{error, info};
+use log::{debug, error, info};
 
+use super::balance::{Balance, Client};
 use super::stats::Summary;
 use super::{Reactor, STOP, shutdown};
 use crate::config::{Config, SharedCount};
@@ -172,8 +175,11 @@ pub(super) struct Shared {
     epoch: Instant,
     /// Called once when the server begins to stop (systemd's STOPPING=1).
     on_stop: StopHook,
-    /// Each reactor's stop eventfd, by reactor id.
+    /// Each reactor's eventfd, by reactor id: it wakes the reactor to stop,
+    /// or to take the clients handed to it.
     wakers: Vec<StopFd>,
+    /// How many clients each reactor serves, and the clients handed over.
+    pub(super) balance: Balance,
     /// Each reactor's counters, when `--stats` wants them.
     published: Vec<Published>,
     /// Whether reactors publish their counters.
@@ -196,9 +202,11 @@ impl Shared {
         true
     }
 
-    /// Gives back a slot taken by [`Shared::try_open`].
+    /// Gives back a slot taken by [`Shared::try_open`], for a client that
+    /// reactor `id` served (or was to serve).
     #[inline]
-    pub(super) fn release(&self) {
+    pub(super) fn release(&self, id: usize) {
+        self.balance.closed(id);
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(across) = self.across {
             across.mine.fetch_sub(1, Ordering::Relaxed);
@@ -222,6 +230,28 @@ impl Shared {
     /// Reactor `id` was woken: reset its eventfd.
     pub(super) fn woken(&self, id: usize) {
         self.wakers[id].clear();
+    }
+
+    /// Hands `client`, accepted by reactor `from`, to reactor `to` (as
+    /// [`Balance::place`] chose) and wakes it; returns the client if `to`
+    /// takes no more, for `from` to serve.
+    pub(super) fn hand_over(&self, from: usize, to: usize, client: Client) -> Result<(), Client> {
+        self.balance.hand_over(from, to, client)?;
+        if let Err(e) = self.wakers[to].wake() {
+            // Not expected of an eventfd; the client is served at that
+            // reactor's next wakeup.
+            debug!("waking reactor {to}: {e}");
+        }
+        Ok(())
+    }
+
+    /// Reactor `id` has ended without serving the clients handed to it (it
+    /// never started, or its output failed): they are closed.
+    fn abandon(&self, id: usize) {
+        for (_, peer) in self.balance.close(id) {
+            debug!("{peer}: handed to reactor {id}, which has ended; closed");
+            self.release(id);
+        }
     }
 
     /// Reactor `id` publishes its counters (relaxed stores into its own
@@ -362,6 +392,7 @@ impl Server {
             epoch: Instant::now(),
             on_stop: StopHook::default(),
             wakers,
+            balance: Balance::new(threads),
             published: (0..threads).map(|_| Published::default()).collect(),
             publishing: config.stats_interval.is_some(),
         });
@@ -472,6 +503,7 @@ impl Server {
                             .name(format!("reactor-{id}"))
                             .spawn_scoped(scope, move || {
                                 gate.wait();
+                                let _ending = Ending(shared, id);
                                 let result = reactor.run(&mut transcript());
                                 end_of_reactor(shared, &result);
                                 result
@@ -479,7 +511,10 @@ impl Server {
                     match spawned {
                         Ok(handle) => handles.push(handle),
                         // Its listener closes with it; the others serve.
-                        Err(e) => error!("cannot start reactor {id}: {e}; serving with fewer threads"),
+                        Err(e) => {
+                            error!("cannot start reactor {id}: {e}; serving with fewer threads");
+                            shared.abandon(id);
+                        }
                     }
                 }
                 if config.announce {
@@ -494,6 +529,7 @@ impl Server {
                 if let Err(e) = printed {
                     results.push(Err(e));
                 } else if let Some(reactor) = reactor0 {
+                    let _ending = Ending(&shared, reactor.core.id);
                     let result = reactor.run(&mut first);
                     end_of_reactor(&shared, &result);
                     results.push(result);
@@ -549,6 +585,17 @@ impl Gate {
 /// How a reactor ended: its counts, and the error that ended it early, if
 /// one did (a failing poll, a broken listener). `Err` is the output's.
 pub(super) type Ended = (Summary, Option<io::Error>);
+
+/// Closes a reactor's inbox when it ends, however it ends (a panic too):
+/// clients placed with it afterwards stay with the reactor that accepted
+/// them, and any it had not taken are closed.
+struct Ending<'a>(&'a Shared, usize);
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        self.0.abandon(self.1);
+    }
+}
 
 /// A reactor has ended: if it was the output that failed, stop the others
 /// too (they cannot print either).

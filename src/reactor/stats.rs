@@ -1,6 +1,7 @@
 //! Counting what the server does: the [`Summary`] that `run` returns (and
 //! the binary logs at exit), and the periodic `--stats` line.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -94,8 +95,16 @@ impl Core {
         let Some(timer) = self.stats_timer.as_mut() else { return };
         let secs = self.now.duration_since(timer.last_at).as_secs_f64().max(1e-9);
         let rate = |now: u64, then: u64| (now - then) as f64 / secs;
+        // With several reactors, how the clients are spread over them.
+        let mut spread = String::new();
+        if self.shared.balance.len() > 1 {
+            spread.push_str(" | per reactor");
+            for count in self.shared.balance.counts() {
+                let _ = write!(spread, " {count}");
+            }
+        }
         info!(
-            "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} denied {} proxy_refused {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s",
+            "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} denied {} proxy_refused {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s{spread}",
             active,
             s.accepted,
             s.closed,
