@@ -109,30 +109,7 @@ struct Unread {
 
 impl Unread {
     fn start(args: &[&str]) -> Unread {
-        util::raise_fd_limit();
-        let mut child = Command::new(bin("simple_tcp_server"))
-            .args(["127.0.0.1", "0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start simple_tcp_server");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let stderr = Captured::spawn(child.stderr.take().expect("stderr"));
-        let mut line = Vec::new();
-        let mut byte = [0u8; 1];
-        while byte[0] != b'\n' {
-            stdout.read_exact(&mut byte).expect("read the first line");
-            line.push(byte[0]);
-        }
-        let text = String::from_utf8(line).expect("UTF-8");
-        let addr = text
-            .trim_end()
-            .strip_prefix("Listening to:  ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("not a Listening line: {text:?}"));
+        let (child, stdout, stderr, addr) = util::start_unread(std::path::Path::new(bin("simple_tcp_server")), args);
         Unread {
             child,
             _stdout: stdout,

@@ -5,11 +5,11 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use util::{PATIENCE, ServerProcess, streams_by_client};
+use util::{PATIENCE, ServerProcess, read_until_closed, streams_by_client};
 
 /// A v2 PROXY header for a TCP connection from `client` to `server` (an
 /// IPv6 client is given the IPv6 loopback as its server: a header holds
@@ -70,21 +70,6 @@ fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
     stream
-}
-
-/// Everything the server sends until it closes: empty for a client closed
-/// without a greeting (a reset counts as a close).
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
 }
 
 /// Reads exactly the greeting.

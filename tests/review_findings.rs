@@ -11,22 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{Captured, PATIENCE, ServerProcess, connect_greeted};
-
-/// Everything the server sends until it closes (a reset counts as a close).
-fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-}
+use util::{Captured, PATIENCE, ServerProcess, connect_greeted, read_until_closed};
 
 /// `--deny ::ffff:127.0.0.1` on a dual-stack listener (`::`): the kernel
 /// reports an IPv4 client as `::ffff:127.0.0.1`, and the transcript prints

@@ -6,7 +6,7 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
@@ -42,30 +42,7 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(program: &std::path::Path, args: &[&str]) -> (Supervisor, std::process::ChildStdout) {
-        util::raise_fd_limit();
-        let mut child = Command::new(program)
-            .args(["127.0.0.1", "0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the server");
-        let mut stdout = child.stdout.take().expect("stdout");
-        let stderr = Captured::spawn(child.stderr.take().expect("stderr"));
-        let mut first = Vec::new();
-        let mut byte = [0u8; 1];
-        while byte[0] != b'\n' {
-            stdout.read_exact(&mut byte).expect("the first line");
-            first.push(byte[0]);
-        }
-        let addr = String::from_utf8(first)
-            .expect("UTF-8")
-            .trim_end()
-            .strip_prefix("Listening to:  ")
-            .and_then(|a| a.parse().ok())
-            .expect("a Listening line");
+        let (child, stdout, stderr, addr) = util::start_unread(program, args);
         let supervisor = Supervisor { child, addr, stderr };
         let pid = supervisor.pid();
         let started = supervisor.stderr.wait_for(PATIENCE, |err| {

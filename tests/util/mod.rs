@@ -366,6 +366,54 @@ fn wait_child(child: &mut Child, stdout: &Captured, stderr: &Captured, timeout: 
     }
 }
 
+/// Starts `program` (a build of the server) on 127.0.0.1 port 0 with
+/// `args` and `RUST_LOG=info`, with stderr collected and stdout a pipe that
+/// nobody reads past the first line: for tests of what the server does
+/// while its stdout is blocked, or that read stdout themselves. Returns the
+/// child, its stdout, its stderr and the address it listens on.
+pub fn start_unread(
+    program: &std::path::Path,
+    args: &[&str],
+) -> (Child, std::process::ChildStdout, Arc<Captured>, SocketAddr) {
+    raise_fd_limit();
+    let mut child = Command::new(program)
+        .args(["127.0.0.1", "0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let stderr = Captured::spawn(child.stderr.take().expect("stderr"));
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stdout.read_exact(&mut byte).expect("read the first line");
+        line.push(byte[0]);
+    }
+    let text = String::from_utf8(line).expect("UTF-8");
+    let addr = listening_addr(text.trim_end()).unwrap_or_else(|e| panic!("not a Listening line: {text:?}: {e}"));
+    (child, stdout, stderr, addr)
+}
+
+/// Everything the server sends until it closes (a reset counts as a
+/// close): empty for a client closed without a greeting.
+pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
 /// The address of the first transcript line: `Listening to:  ADDR`, or a
 /// JSON `listening` event.
 fn listening_addr(line: &str) -> Result<SocketAddr, String> {
