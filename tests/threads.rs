@@ -10,49 +10,20 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, Rng, ServerProcess, connect_greeted, frames_of, streams_by_client};
+use util::{
+    PATIENCE, Rng, ServerProcess, assert_lines_whole, connect_greeted, frames_of, random_clients, streams_by_client,
+};
 
 /// How many reactors the tests run.
 const THREADS: &str = "4";
-
-/// Every line of a transcript is one of the four kinds, whole.
-fn assert_lines_whole(out: &[u8]) {
-    assert!(out.ends_with(b"\n"), "the transcript ends inside a line");
-    for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let ok = line.starts_with(b"Listening to:  ")
-            || line.starts_with(b"Connection from:  ")
-            || line.starts_with(b"Closed connection:  ")
-            || simple_tcp_server::output::text::parse_frame_line(line).is_some();
-        assert!(ok, "a line that is not whole: {:?}", String::from_utf8_lossy(line));
-    }
-}
 
 #[test]
 fn many_clients_on_four_reactors_keep_their_bytes_in_order() {
     let server = ServerProcess::start(&["--threads", THREADS, "--tag"]);
     assert_eq!(server.threads(), 4, "one thread per reactor");
-    let clients: Vec<_> = (0..64u64)
-        .map(|i| {
-            let addr = server.addr;
-            thread::spawn(move || {
-                let mut rng = Rng::new(i + 1);
-                let mut client = connect_greeted(addr);
-                let me = client.local_addr().expect("addr").to_string();
-                // Up to 256 KiB each in random writes: lines far longer than
-                // PIPE_BUF in total, from every reactor at once.
-                let len = rng.range(1, 256 * 1024);
-                let data = rng.bytes(len);
-                let mut at = 0;
-                while at < data.len() {
-                    let n = rng.range(1, 20_000).min(data.len() - at);
-                    client.write_all(&data[at..at + n]).expect("send");
-                    at += n;
-                }
-                (me, data)
-            })
-        })
-        .collect();
-    let sent: Vec<(String, Vec<u8>)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    // Up to 256 KiB each in random writes: lines far longer than PIPE_BUF
+    // in total, from every reactor at once.
+    let sent = random_clients(server.addr, 64, 1, 256 * 1024, 20_000);
     server.wait_lines("Closed connection:  ", sent.len());
     let out = server.stdout.bytes();
     assert_lines_whole(&out);

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, Rng, ServerProcess, children, connect_greeted, streams_by_client};
+use util::{PATIENCE, ServerProcess, assert_lines_whole, children, connect_greeted, random_clients, streams_by_client};
 
 /// Waits until `parent` has `n` children; returns them.
 fn wait_children(parent: i32, n: usize) -> Vec<i32> {
@@ -26,44 +26,12 @@ fn wait_children(parent: i32, n: usize) -> Vec<i32> {
     }
 }
 
-/// Every line is one of the transcript's kinds, whole, and there is one
-/// `Listening to:` line, the first.
-fn assert_lines_whole(out: &[u8]) {
-    assert!(out.ends_with(b"\n"), "the transcript ends inside a line");
-    for (i, line) in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
-        let ok = (i == 0 && line.starts_with(b"Listening to:  "))
-            || line.starts_with(b"Connection from:  ")
-            || line.starts_with(b"Closed connection:  ")
-            || simple_tcp_server::output::text::parse_frame_line(line).is_some();
-        assert!(ok, "line {i} is not whole: {:?}", String::from_utf8_lossy(line));
-    }
-}
-
 #[test]
 fn four_workers_serve_many_clients_exactly() {
     let mut server = ServerProcess::start(&["--workers", "4", "--tag"]);
     let workers = wait_children(server.pid(), 4);
     assert_eq!(workers.len(), 4);
-    let clients: Vec<_> = (0..48u64)
-        .map(|i| {
-            let addr = server.addr;
-            thread::spawn(move || {
-                let mut rng = Rng::new(i + 7);
-                let mut client = connect_greeted(addr);
-                let me = client.local_addr().expect("addr").to_string();
-                let len = rng.range(1, 200_000);
-                let data = rng.bytes(len);
-                let mut at = 0;
-                while at < data.len() {
-                    let n = rng.range(1, 30_000).min(data.len() - at);
-                    client.write_all(&data[at..at + n]).expect("send");
-                    at += n;
-                }
-                (me, data)
-            })
-        })
-        .collect();
-    let sent: Vec<(String, Vec<u8>)> = clients.into_iter().map(|c| c.join().expect("client")).collect();
+    let sent = random_clients(server.addr, 48, 7, 200_000, 30_000);
     server.wait_lines("Closed connection:  ", sent.len());
     server.signal(libc::SIGTERM);
     let status = server.wait_exit(PATIENCE);

@@ -398,6 +398,51 @@ pub fn start_unread(
     (child, stdout, stderr, addr)
 }
 
+/// Every line of a text transcript is one of its kinds, whole, and there
+/// is one `Listening to:` line, the first.
+pub fn assert_lines_whole(out: &[u8]) {
+    assert!(out.ends_with(b"\n"), "the transcript ends inside a line");
+    for (i, line) in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+        let ok = (i == 0 && line.starts_with(b"Listening to:  "))
+            || line.starts_with(b"Connection from:  ")
+            || line.starts_with(b"Closed connection:  ")
+            || parse_frame_line(line).is_some();
+        assert!(ok, "line {i} is not whole: {:?}", String::from_utf8_lossy(line));
+    }
+}
+
+/// `count` clients at once, each on its own thread: connects to `addr`,
+/// reads the greeting, sends 1 to `max_len` random bytes (seeded by
+/// `seed` and its number) in random writes of up to `max_write`, and
+/// returns its address (as the transcript's tags spell it) and its bytes.
+pub fn random_clients(
+    addr: SocketAddr,
+    count: u64,
+    seed: u64,
+    max_len: usize,
+    max_write: usize,
+) -> Vec<(String, Vec<u8>)> {
+    let clients: Vec<_> = (0..count)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut rng = Rng::new(seed + i);
+                let mut client = connect_greeted(addr);
+                let me = client.local_addr().expect("addr").to_string();
+                let len = rng.range(1, max_len);
+                let data = rng.bytes(len);
+                let mut at = 0;
+                while at < data.len() {
+                    let n = rng.range(1, max_write).min(data.len() - at);
+                    client.write_all(&data[at..at + n]).expect("send");
+                    at += n;
+                }
+                (me, data)
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().expect("client")).collect()
+}
+
 /// Everything the server sends until it closes (a reset counts as a
 /// close): empty for a client closed without a greeting.
 pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
