@@ -325,6 +325,23 @@ def perf_top(pid, path, limit=10):
 FLOOD_BYTES = 1_000_000_000
 
 
+def flood_once(kind, conns, per_conn, tops=None):
+    """One flood run of design `kind`: tcp_load's report. With `tops` (a
+    dict), the server is profiled too, and its top symbols go in
+    tops[kind]."""
+    s = Server(kind)
+    try:
+        profile = None
+        if tops is not None:
+            profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
+        r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
+        if profile:
+            tops[kind] = profile()
+        return r
+    finally:
+        s.stop()
+
+
 def run_flood(runs, results, clients, with_perf):
     kinds = ["server", *DESIGNS, "write-limit"]
     for conns in clients:
@@ -334,17 +351,8 @@ def run_flood(runs, results, clients, with_perf):
         tops = {}
         for run in range(runs):
             for kind in kinds:
-                s = Server(kind)
-                try:
-                    profile = None
-                    # Every design's first run is profiled alike.
-                    if with_perf and run == 0:
-                        profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
-                    r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
-                    if profile:
-                        tops[kind] = profile()
-                finally:
-                    s.stop()
+                # Every design's first run is profiled alike.
+                r = flood_once(kind, conns, per_conn, tops if with_perf and run == 0 else None)
                 rates[kind].append(r["mb_per_sec"])
                 cpu_per_gb[kind].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
         entry = {"conns": conns, "server": rates["server"], "write_limit": rates["write-limit"],
@@ -428,16 +436,7 @@ def run_cores_flood(runs, cores, clients, with_perf):
         tops = {}
         for run in range(runs):
             for kind in kinds:
-                s = Server(kind)
-                try:
-                    profile = None
-                    if with_perf and run == 0:
-                        profile = perf_top(s.pid, os.path.join(TMPFS, f"load_bench_{os.getpid()}.perf"))
-                    r = load(kind, s.port, s.pid, ["flood", "--conns", str(conns), "--bytes", per_conn])
-                    if profile:
-                        tops[kind] = profile()
-                finally:
-                    s.stop()
+                r = flood_once(kind, conns, per_conn, tops if with_perf and run == 0 else None)
                 per[kind]["mb_per_sec"].append(r["mb_per_sec"])
                 per[kind]["cpu_s_per_gb"].append(r["server_cpu_secs"] / (r["bytes_acked"] / 1e9))
                 per[kind]["load_cores"].append(r["load_cores"])
