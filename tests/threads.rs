@@ -215,45 +215,64 @@ fn a_blocked_stdout_blocks_every_reactor_and_loses_nothing() {
     assert!(rss_kb < 48 * 1024, "RSS {rss_kb} kB while stdout was blocked");
 }
 
+/// The clients each reactor serves, from the last `--stats` line that
+/// says `active` open after `accepted` accepted and `closed` closed, once
+/// there is one.
+fn per_reactor(server: &ServerProcess, active: usize, accepted: usize, closed: usize) -> Vec<usize> {
+    let want = format!("stats: active {active} accepted {accepted} closed {closed} ");
+    let last = |err: &[u8]| {
+        String::from_utf8_lossy(err)
+            .lines()
+            .rev()
+            .find(|l| l.contains(&want) && l.contains(" | per reactor "))
+            .map(str::to_owned)
+    };
+    assert!(
+        server.stderr.wait_for(PATIENCE, |err| last(err).is_some()),
+        "no stats line like {want:?}\n{}",
+        server.context()
+    );
+    let line = last(&server.stderr.bytes()).unwrap_or_default();
+    let counts: Vec<usize> = line
+        .split(" | per reactor ")
+        .nth(1)
+        .unwrap_or_default()
+        .split(' ')
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), active, "{line}");
+    counts
+}
+
 #[test]
 fn clients_are_spread_evenly_over_the_reactors() {
     // The kernel's SO_REUSEPORT hash alone splits 200 clients over four
     // reactors unevenly (40 to 60 each is typical); a reactor that accepts
     // a client while another serves two fewer hands it over, so each serves
-    // 50, give or take that gap.
+    // 50, give or take that gap. The counts are what each reactor has open.
     let server = ServerProcess::start(&["--threads", THREADS, "--stats", "100ms"]);
-    let clients: Vec<TcpStream> = (0..200).map(|_| connect_greeted(server.addr)).collect();
-    server.wait_lines("Connection from:  ", clients.len());
-    let stats = |err: &[u8]| {
-        String::from_utf8_lossy(err)
-            .lines()
-            .rev()
-            .find(|l| l.contains("stats: active 200 "))
-            .map(str::to_owned)
-    };
-    assert!(
-        server.stderr.wait_for(PATIENCE, |err| stats(err).is_some()),
-        "{}",
-        server.context()
-    );
-    let line = stats(&server.stderr.bytes()).unwrap_or_default();
-    let counts: Vec<usize> = line
-        .split(" | per reactor ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no per-reactor counts: {line}"))
-        .split(' ')
-        .map(|n| n.parse().expect("a count"))
-        .collect();
-    assert_eq!(counts.len(), 4, "{line}");
-    assert_eq!(counts.iter().sum::<usize>(), 200, "{line}");
-    let (lo, hi) = (counts.iter().min().copied(), counts.iter().max().copied());
-    assert!(hi.zip(lo).is_some_and(|(hi, lo)| hi - lo <= 2), "uneven: {line}");
-    // Every client was greeted and is served: each one's bytes come back
-    // in the transcript, whichever reactor took it over.
-    for (i, mut c) in clients.into_iter().enumerate() {
-        c.write_all(format!("client {i:03}").as_bytes()).expect("send");
-    }
-    for i in 0..200 {
-        server.wait_text(&format!("<10:client {i:03}>\n"));
+    for round in 0..2 {
+        let clients: Vec<TcpStream> = (0..200).map(|_| connect_greeted(server.addr)).collect();
+        server.wait_lines("Connection from:  ", 200 * (round + 1));
+        let counts = per_reactor(&server, 200, 200 * (round + 1), 200 * round);
+        assert_eq!(counts.len(), 4, "{counts:?}");
+        let (lo, hi) = (counts.iter().min().copied(), counts.iter().max().copied());
+        assert!(
+            hi.zip(lo).is_some_and(|(hi, lo)| hi - lo <= 2),
+            "round {round}: uneven: {counts:?}"
+        );
+        // Every client was greeted and is served: each one's bytes come
+        // back in the transcript, whichever reactor took it over.
+        for (i, mut c) in clients.into_iter().enumerate() {
+            c.write_all(format!("r{round} c {i:03}").as_bytes()).expect("send");
+        }
+        for i in 0..200 {
+            server.wait_text(&format!("<8:r{round} c {i:03}>\n"));
+        }
+        // All gone: every reactor is back at zero, and the next round's
+        // spread shows that the counts behind the choice came back too.
+        server.wait_lines("Closed connection:  ", 200 * (round + 1));
+        let all = 200 * (round + 1);
+        assert_eq!(per_reactor(&server, 0, all, all), [0, 0, 0, 0]);
     }
 }

@@ -126,9 +126,10 @@ impl Balance {
         std::mem::take(&mut inbox.clients)
     }
 
-    /// How many clients each reactor serves or has been handed (for the
-    /// `--stats` line; a stopped reactor's count is its clients still open).
-    pub(super) fn counts(&self) -> impl Iterator<Item = usize> + '_ {
+    /// How many clients each reactor serves or has been handed (a stopped
+    /// reactor's count is its clients still open).
+    #[cfg(test)]
+    fn counts(&self) -> impl Iterator<Item = usize> + '_ {
         self.shares.iter().map(|s| {
             let count = s.count.load(Ordering::Relaxed);
             if count >= CLOSED { count - CLOSED } else { count }

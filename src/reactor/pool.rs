@@ -287,6 +287,11 @@ impl Shared {
         burst.note_at(now.saturating_duration_since(self.epoch).as_millis() as u64)
     }
 
+    /// The connections each reactor had open when it last published.
+    pub(super) fn actives(&self) -> impl Iterator<Item = u64> + '_ {
+        self.published.iter().map(|p| p.active.load(Ordering::Relaxed))
+    }
+
     /// Every reactor's published counters added up, and the connections
     /// they have open.
     pub(super) fn totals(&self) -> (Summary, u64) {
@@ -527,6 +532,9 @@ impl Server {
                 gate.open();
                 let mut results = Vec::with_capacity(handles.len() + 1);
                 if let Err(e) = printed {
+                    // Reactor 0 never runs: the others must not hand it
+                    // clients.
+                    shared.abandon(0);
                     results.push(Err(e));
                 } else if let Some(reactor) = reactor0 {
                     let _ending = Ending(&shared, reactor.core.id);

@@ -99,7 +99,7 @@ impl Core {
         let mut spread = String::new();
         if self.shared.balance.len() > 1 {
             spread.push_str(" | per reactor");
-            for count in self.shared.balance.counts() {
+            for count in self.shared.actives() {
                 let _ = write!(spread, " {count}");
             }
         }
