@@ -476,6 +476,9 @@ def cores_label(kind, designs):
     if kind == TOKIO_KIND:
         return "tokio multi-thread + writer thread"
     args = OWN_DESIGNS.get(kind) or designs.get(kind, [])
+    if args and args[0].startswith("@"):
+        # Another build of the server: its name, then the binary and args.
+        return f"{kind}: `{' '.join(args)}`"
     return f"`simple_tcp_server {' '.join(args)}`"
 
 
@@ -747,7 +750,7 @@ def main():
             build()
         results = {
             "commit": head_commit(),
-            "command": " ".join(["scripts/load_bench.py", *sys.argv[1:]]),
+            "command": shlex.join(["scripts/load_bench.py", *sys.argv[1:]]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
             "runs": args.runs, "flood": [], "hold": {}, "chat": None,
