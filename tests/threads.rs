@@ -6,7 +6,6 @@ mod util;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -132,29 +131,11 @@ fn thread_syscalls(pid: u32) -> Vec<Option<i64>> {
 
 #[test]
 fn a_blocked_stdout_blocks_every_reactor_and_loses_nothing() {
-    util::raise_fd_limit();
-    let mut child = Command::new(util::bin("simple_tcp_server"))
-        .args(["127.0.0.1", "0", "--threads", THREADS, "--tag"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start");
+    let (mut child, mut stdout, _stderr, addr) = util::start_unread(
+        std::path::Path::new(util::bin("simple_tcp_server")),
+        &["--threads", THREADS, "--tag"],
+    );
     let pid = child.id();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut first = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        stdout.read_exact(&mut byte).expect("the first line");
-        first.push(byte[0]);
-    }
-    let addr: std::net::SocketAddr = String::from_utf8(first)
-        .expect("UTF-8")
-        .trim_end()
-        .strip_prefix("Listening to:  ")
-        .and_then(|a| a.parse().ok())
-        .expect("a Listening line");
     // Sixty-four clients (so that SO_REUSEPORT leaves no reactor without
     // one: 4 x (3/4)^64, about 4e-8), 512 KiB each: far more than the pipe
     // holds.

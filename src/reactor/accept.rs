@@ -13,6 +13,7 @@ use mio::{Interest, Registry, Token};
 
 use super::Core;
 use super::access;
+use super::balance::Client;
 use super::connection::{Connection, PROXY_PENDING, QUIET, READ_INTEREST, WANTS_WRITE, write_greeting};
 use crate::net_error::{self, AcceptAction};
 use crate::output::Transcript;
@@ -80,10 +81,8 @@ impl Core {
                     // The cap counts every reactor's connections: a slot is
                     // taken before the client is served.
                     if self.shared.try_open() {
-                        let to = self.shared.balance.place(self.id);
-                        if to == self.id {
-                            self.add(stream, peer, registry, out);
-                        } else if let Err((stream, peer)) = self.shared.hand_over(self.id, to, (stream, peer)) {
+                        // Served here, or handed to a less busy reactor.
+                        if let Some((stream, peer)) = self.shared.place(self.id, (stream, peer)) {
                             self.add(stream, peer, registry, out);
                         }
                     } else {
@@ -167,17 +166,9 @@ impl Core {
         }
     }
 
-    /// Serves the clients another reactor has handed to this one.
-    pub(super) fn take_handed<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) {
-        for (stream, peer) in self.shared.balance.take(self.id) {
-            self.add(stream, peer, registry, out);
-        }
-    }
-
-    /// Takes no more clients from the other reactors (this one is
-    /// stopping), and serves those already handed over.
-    pub(super) fn close_inbox<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) {
-        for (stream, peer) in self.shared.balance.close(self.id) {
+    /// Serves clients another reactor accepted and handed to this one.
+    pub(super) fn adopt<W: Write>(&mut self, clients: Vec<Client>, registry: &Registry, out: &mut Transcript<'_, W>) {
+        for (stream, peer) in clients {
             self.add(stream, peer, registry, out);
         }
     }

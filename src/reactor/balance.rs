@@ -71,14 +71,11 @@ impl Balance {
     #[inline]
     pub(super) fn place(&self, id: usize) -> usize {
         let mine = self.shares[id].count.load(Ordering::Relaxed);
-        let mut to = id;
-        if self.shares.len() > 1 {
-            let mut least = mine;
-            for (other, share) in self.shares.iter().enumerate() {
-                let count = share.count.load(Ordering::Relaxed);
-                if count + GAP <= mine && count < least {
-                    (to, least) = (other, count);
-                }
+        let (mut to, mut least) = (id, mine);
+        for (other, share) in self.shares.iter().enumerate() {
+            let count = share.count.load(Ordering::Relaxed);
+            if count + GAP <= mine && count < least {
+                (to, least) = (other, count);
             }
         }
         self.shares[to].count.fetch_add(1, Ordering::Relaxed);

@@ -324,7 +324,7 @@ impl Core {
                 LISTENER => self.accept_ready(registry, out)?,
                 STOP => {
                     self.shared.woken(self.id);
-                    self.take_handed(registry, out);
+                    self.adopt(self.shared.balance.take(self.id), registry, out);
                     if self.shared.stop.load(Ordering::SeqCst) {
                         if self.id == 0 {
                             match shutdown::signal_received() {
@@ -646,7 +646,7 @@ impl Core {
         self.listener = None;
         // Clients another reactor accepted for this one are served (and
         // drained below) like the rest; no more come.
-        self.close_inbox(registry, out);
+        self.adopt(self.shared.balance.close(self.id), registry, out);
         // A PROXY header that has come whole names a client whose bytes
         // follow it: serve it like the others. The rest were never clients.
         let pending: Vec<usize> = self.proxy_pending.iter().copied().collect();

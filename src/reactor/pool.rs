@@ -232,17 +232,24 @@ impl Shared {
         self.wakers[id].clear();
     }
 
-    /// Hands `client`, accepted by reactor `from`, to reactor `to` (as
-    /// [`Balance::place`] chose) and wakes it; returns the client if `to`
-    /// takes no more, for `from` to serve.
-    pub(super) fn hand_over(&self, from: usize, to: usize, client: Client) -> Result<(), Client> {
-        self.balance.hand_over(from, to, client)?;
+    /// Places `client`, just accepted by reactor `id`, with the reactor
+    /// that [`Balance::place`] chooses: another one gets it in its inbox
+    /// and is woken. Returns the client when `id` is to serve it (chosen,
+    /// or the other takes no more).
+    pub(super) fn place(&self, id: usize, client: Client) -> Option<Client> {
+        let to = self.balance.place(id);
+        if to == id {
+            return Some(client);
+        }
+        if let Err(client) = self.balance.hand_over(id, to, client) {
+            return Some(client);
+        }
         if let Err(e) = self.wakers[to].wake() {
             // Not expected of an eventfd; the client is served at that
             // reactor's next wakeup.
             debug!("waking reactor {to}: {e}");
         }
-        Ok(())
+        None
     }
 
     /// Reactor `id` has ended without serving the clients handed to it (it
