@@ -61,8 +61,9 @@ each design's CPU under flood. --readme puts the block in README.md between
 <!-- cores:start --> and <!-- cores:end -->.
 
 Standard library only. Prints markdown tables, stamped with the commit
-measured and the command, and writes the raw numbers as JSON (--json-out,
-default target/load_bench.json).
+measured and the command, and writes the raw numbers as JSON (--json-out;
+by default target/load_bench.json, or with --readme docs/measurements/load.json
+or cores.json, so that a README block's data is committed with it).
 """
 
 import argparse
@@ -707,7 +708,8 @@ def main():
     ap.add_argument("--perf", action="store_true",
                     help="chat: count system calls per message; flood: the server's top symbols (perf record)")
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--json-out", default=os.path.join(ROOT, "target", "load_bench.json"))
+    ap.add_argument("--json-out", help="where the raw numbers go (default: target/load_bench.json; with --readme, "
+                                       "docs/measurements/load.json or cores.json, the data behind the block)")
     ap.add_argument("--render-json", metavar="PATH", help="print the tables of an earlier run's JSON; measure nothing")
     ap.add_argument("--growing-file", action="store_true",
                     help="write each run's transcript to a new file on tmpfs instead of overwriting a preallocated one")
@@ -788,6 +790,11 @@ def main():
         finally:
             if os.path.exists(SINK):
                 os.unlink(SINK)
+        if args.json_out is None:
+            # A README block keeps its raw numbers beside it in the repo.
+            name = f"{scenario}.json" if args.readme else "load_bench.json"
+            args.json_out = os.path.join(ROOT, "docs", "measurements", name) if args.readme else \
+                os.path.join(ROOT, "target", name)
         os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=1)
