@@ -46,7 +46,7 @@ fn start_haproxy(frontend: SocketAddr, v1_server: SocketAddr, v2_server: SocketA
         ),
     )
     .expect("write the HAProxy config");
-    let mut child = Command::new("haproxy")
+    let mut child = Command::new(util::find_program("haproxy").expect("haproxy is installed"))
         .arg("-f")
         .arg(&config)
         .arg("-db")

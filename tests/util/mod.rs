@@ -472,7 +472,17 @@ fn listening_addr(line: &str) -> Result<SocketAddr, String> {
     Ok(event.addr)
 }
 
-/// Whether the program `name` is on the PATH, for
+/// Where the program `name` is: on the PATH, or in `/usr/sbin` or `/sbin`
+/// (where Debian installs `haproxy`, outside a non-root user's PATH).
+pub fn find_program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|file| std::fs::metadata(file).is_ok_and(|m| m.is_file()))
+}
+
+/// Whether the program `name` is installed ([`find_program`]), for
 /// tests that check against a real program. When it does not: with `CI`
 /// set in the environment, panics (CI must not skip silently); otherwise
 /// prints once per test binary, straight to stderr (past the test
@@ -480,10 +490,7 @@ fn listening_addr(line: &str) -> Result<SocketAddr, String> {
 /// installs the program, and returns false.
 pub fn have_program(name: &str, install: &str, skipped: &str) -> bool {
     static NOTED: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let found = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file()))
-    });
-    if found {
+    if find_program(name).is_some() {
         return true;
     }
     assert!(
