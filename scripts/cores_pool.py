@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pools the flood runs of several `load_bench.py --scenario cores` sessions
-(issue 12): per session and over all of them, the ratio of the medians of
-two designs' MB/s, and the median of their run-by-run ratios (runs are
+(issue 12): per session and over all of them, each of two designs' median
+MB/s, the ratio of those medians, and the median of their run-by-run ratios (runs are
 interleaved, so run i of each design ran side by side).
 
     scripts/cores_pool.py docs/measurements/cores.json docs/measurements/cores_9fed415_20runs.log ...
@@ -59,9 +59,9 @@ def main():
         except (OSError, ValueError, SyntaxError, KeyError, TypeError) as e:
             sys.exit(f"cores_pool: {path}: {e}")
     pooled = {}
-    print(f"| session | clients | runs | {args.design} / {args.over}: ratio of medians | "
+    print(f"| session | clients | runs | {args.design} MB/s | {args.over} MB/s | ratio of medians | "
           f"median of run-by-run ratios |")
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for path, sessions in files:
         for clients, per in sorted(sessions.items()):
             a, b = per.get(args.design), per.get(args.over)
@@ -71,13 +71,13 @@ def main():
             pool[0].extend(a)
             pool[1].extend(b)
             paired = statistics.median(x / y for x, y in zip(a, b))
-            print(f"| {path} | {clients} | {len(a)} | "
+            print(f"| {path} | {clients} | {len(a)} | {statistics.median(a):.0f} | {statistics.median(b):.0f} | "
                   f"{statistics.median(a) / statistics.median(b):.3f}x | {paired:.3f}x |")
     if not pooled:
         sys.exit(f"cores_pool: no session has both {args.design} and {args.over}")
     for clients, (a, b) in sorted(pooled.items()):
         paired = statistics.median(x / y for x, y in zip(a, b))
-        print(f"| all pooled | {clients} | {len(a)} | "
+        print(f"| all pooled | {clients} | {len(a)} | {statistics.median(a):.0f} | {statistics.median(b):.0f} | "
               f"{statistics.median(a) / statistics.median(b):.3f}x | {paired:.3f}x |")
 
 
