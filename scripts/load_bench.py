@@ -792,9 +792,8 @@ def main():
                 os.unlink(SINK)
         if args.json_out is None:
             # A README block keeps its raw numbers beside it in the repo.
-            name = f"{scenario}.json" if args.readme else "load_bench.json"
-            args.json_out = os.path.join(ROOT, "docs", "measurements", name) if args.readme else \
-                os.path.join(ROOT, "target", name)
+            args.json_out = (os.path.join(ROOT, "docs", "measurements", f"{scenario}.json") if args.readme
+                             else os.path.join(ROOT, "target", "load_bench.json"))
         os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
         with open(args.json_out, "w") as f:
             json.dump(results, f, indent=1)
