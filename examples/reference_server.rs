@@ -32,6 +32,12 @@
 //! - `write-limit`: for each read, writes as many filler bytes to stdout as
 //!   the server's frames would take (n + 6 per 25-byte frame): the kernel's
 //!   read and write work with no formatting at all.
+//! - `write-limit-json`: `write-limit` with `--format json`'s line sizes:
+//!   n + 82 + the peer address's length in filler bytes per 25-byte frame
+//!   (a `{"ts":...,"event":"frame","peer":...,"len":25,"text":...}` line,
+//!   122 bytes for `127.0.0.1:PPPPP`), checked every 64 KiB framing window
+//!   as the server checks JSON lines: the most a JSON flood can reach, with
+//!   encoding free.
 //! - `bare-coalesce`, `write-limit-coalesce`: the same, plus the server's
 //!   `--coalesce` pause (its default window, `config::DEFAULT_COALESCE`),
 //!   with the server's rule exactly: after a wakeup that found fewer events
@@ -62,11 +68,19 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 /// Frame bytes and per-frame overhead of `<25:...>\n`.
 const FRAME: usize = 25;
 const OVERHEAD: usize = 6;
+/// A JSON frame line's bytes beside the frame and the peer address:
+/// `{"ts":"` (7), the timestamp (27), `","event":"frame","peer":"` (26),
+/// `","len":` (8), `25` (2), `,"text":"` (9) and `"}\n` (3).
+const JSON_OVERHEAD: usize = 82;
+/// The longest address `Display` writes (`[v6%scope]:port`).
+const MAX_ADDR_LEN: usize = 64;
 /// The server's read block: its default read size in whole frames.
 const READ_LEN: usize = DEFAULT_READ_BUFFER / FRAME * FRAME;
 /// The server's framing window (`FRAME_WINDOW` in src/reactor/mod.rs, in
 /// whole frames): output is checked against the threshold after each.
 const FRAME_WINDOW: usize = 256 * 1024 / FRAME * FRAME;
+/// The server's framing window for JSON lines (a quarter).
+const JSON_FRAME_WINDOW: usize = 64 * 1024 / FRAME * FRAME;
 /// The server's event buffer (`EVENTS_CAPACITY`).
 const EVENTS_CAPACITY: usize = 1024;
 /// The server's accept budget per pass (`ACCEPT_BUDGET`).
@@ -81,21 +95,25 @@ const CHURN_QUIET_WINDOWS: u32 = 10;
 struct Mode {
     /// Write filler bytes for the frames (`write-limit`).
     output: bool,
+    /// JSON line sizes and window (`write-limit-json`).
+    json: bool,
     /// The coalescing window; zero for none.
     coalesce: Duration,
 }
 
 impl Mode {
     fn parse(name: &str) -> Option<Mode> {
-        let (output, coalesce) = match name {
-            "bare" => (false, false),
-            "bare-coalesce" => (false, true),
-            "write-limit" => (true, false),
-            "write-limit-coalesce" => (true, true),
+        let (output, json, coalesce) = match name {
+            "bare" => (false, false, false),
+            "bare-coalesce" => (false, false, true),
+            "write-limit" => (true, false, false),
+            "write-limit-json" => (true, true, false),
+            "write-limit-coalesce" => (true, false, true),
             _ => return None,
         };
         Some(Mode {
             output,
+            json,
             coalesce: if coalesce { DEFAULT_COALESCE } else { Duration::ZERO },
         })
     }
@@ -104,7 +122,9 @@ impl Mode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(mode) = args.first().and_then(|m| Mode::parse(m)) else {
-        eprintln!("usage: reference_server bare|bare-coalesce|write-limit|write-limit-coalesce [HOST] [PORT]");
+        eprintln!(
+            "usage: reference_server bare|bare-coalesce|write-limit|write-limit-json|write-limit-coalesce [HOST] [PORT]"
+        );
         return ExitCode::from(2);
     };
     let host = args.get(1).map(String::as_str).unwrap_or("127.0.0.1");
@@ -125,9 +145,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// A connection: the socket and the server's two read flags.
+/// A connection: the socket, the server's two read flags and the filler
+/// bytes per frame.
 struct Conn {
     stream: TcpStream,
+    /// Filler bytes per frame beside the frame's own (fits in the padding).
+    overhead: u8,
     /// The peer has closed (a short read no longer means drained).
     peer_closed: bool,
     /// In the run queue.
@@ -177,7 +200,7 @@ fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
         pending: 0,
         // The most owed at once: just under the threshold plus one window's
         // frames.
-        filler: vec![b'.'; FLUSH_AT + FRAME_WINDOW + FRAME_WINDOW.div_ceil(FRAME) * OVERHEAD],
+        filler: vec![b'.'; FLUSH_AT + FRAME_WINDOW + FRAME_WINDOW.div_ceil(FRAME) * (JSON_OVERHEAD + MAX_ADDR_LEN)],
         out,
         gathered: false,
         wake_bytes: 0,
@@ -222,12 +245,18 @@ impl Loop {
         self.accept_ready = false;
         for _ in 0..ACCEPT_BUDGET {
             match self.listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     let entry = self.conns.vacant_entry();
                     registry.register(&mut stream, Token(entry.key()), Interest::READABLE)?;
                     let _ = stream.write(simple_tcp_server::GREETING);
+                    let overhead = if self.mode.json {
+                        JSON_OVERHEAD + peer.to_string().len().min(MAX_ADDR_LEN)
+                    } else {
+                        OVERHEAD
+                    };
                     entry.insert(Conn {
                         stream,
+                        overhead: overhead as u8,
                         peer_closed: false,
                         queued: false,
                     });
@@ -272,6 +301,12 @@ impl Loop {
     fn read_ready(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let full = self.buf.len();
+        let window = if self.mode.json {
+            JSON_FRAME_WINDOW
+        } else {
+            FRAME_WINDOW
+        };
+        let overhead = usize::from(conn.overhead);
         // The budget in whole frames; never ask for more than it leaves.
         let mut left = DEFAULT_READ_BUDGET.div_ceil(FRAME).max(1) * FRAME;
         let close = loop {
@@ -281,9 +316,9 @@ impl Loop {
                 Ok(n) => {
                     self.wake_bytes += n;
                     if self.mode.output {
-                        for start in (0..n).step_by(FRAME_WINDOW) {
-                            let part = (n - start).min(FRAME_WINDOW);
-                            self.pending += part + part.div_ceil(FRAME) * OVERHEAD;
+                        for start in (0..n).step_by(window) {
+                            let part = (n - start).min(window);
+                            self.pending += part + part.div_ceil(FRAME) * overhead;
                             if self.pending >= FLUSH_AT {
                                 // The transcript is stdout; a failure to
                                 // write it shows in the measurement.

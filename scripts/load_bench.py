@@ -11,9 +11,12 @@ session, server and load generator in separate processes (issue 4).
 - flood: tcp_load flood at 1, 100 and 1,000 clients (1 GB in all per run),
          transcript written to a file on tmpfs (/dev/shm), against the
          `write-limit` reference loop (the server's reads, n + 6 bytes of
-         filler per 25-byte frame written at 64 KiB). Median MB/s, ratio, and
-         server CPU seconds per GB of payload; with --perf, the top symbols
-         of the server's CPU (`perf record`) in one run per client count.
+         filler per 25-byte frame written at 64 KiB; with a `--format json`
+         design, also `write-limit-json`, the same loop at JSON line sizes:
+         the most a JSON flood can reach with encoding free). Median MB/s,
+         ratio, and server CPU seconds per GB of payload; with --perf, the
+         top symbols of the server's CPU (`perf record`) in one run per
+         client count.
 - chat:  tcp_load chat --conns 10000 --rate 50000, server CPU per message,
          two comparisons that each hold one thing equal: like for like, the
          server with `--coalesce 0` against the `bare` loop (the server's
@@ -114,14 +117,31 @@ def build():
 # that exist leaves the servers' own work. --growing-file measures the
 # other way.
 SINK = os.path.join(TMPFS, f"load_bench_{os.getpid()}.sink")
-SINK_BYTES = 1_500_000_000
 GROWING = False
+# Transcript bytes per payload byte, the most any design writes: text lines
+# are 31 bytes per 25-byte frame; JSON lines 122 (127.0.0.1 peers), so a
+# JSON design's run writes 4.9 times its payload. The sink holds that much
+# and a margin, so that no run grows it.
+TEXT_EXPANSION = 1.5
+JSON_EXPANSION = 5.2
 
 
-def prepare_sink():
+def writes_json(args):
+    """True if simple_tcp_server arguments `args` ask for `--format json`."""
+    return any(a == "--format=json" or (a == "--format" and nxt == "json")
+               for a, nxt in zip(args, [*args[1:], None]))
+
+
+def json_designs():
+    """The --design names that write JSON lines."""
+    return [name for name, args in DESIGNS.items() if writes_json(SERVER_ARGS + args)]
+
+
+def prepare_sink(payload_bytes):
+    expansion = JSON_EXPANSION if json_designs() or writes_json(SERVER_ARGS) else TEXT_EXPANSION
     with open(SINK, "wb") as f:
         block = b"\0" * (1 << 20)
-        for _ in range(SINK_BYTES // len(block) + 1):
+        for _ in range(int(payload_bytes * expansion) // len(block) + 1):
             f.write(block)
 
 
@@ -130,7 +150,7 @@ def prepare_sink():
 DESIGNS = {}
 SERVER_ARGS = []
 # The reference loops of examples/reference_server.rs.
-REFERENCE_KINDS = ("bare", "bare-coalesce", "write-limit", "write-limit-coalesce")
+REFERENCE_KINDS = ("bare", "bare-coalesce", "write-limit", "write-limit-json", "write-limit-coalesce")
 # simple_tcp_server runs of this script's own, beside --design's.
 OWN_DESIGNS = {"server-coalesce-0": ["--coalesce", "0"], "threads-1": ["--threads", "1"],
                "threads-2": ["--threads", "2"]}
@@ -344,7 +364,9 @@ def flood_once(kind, conns, per_conn, tops=None):
 
 
 def run_flood(runs, results, clients, with_perf):
-    kinds = ["server", *DESIGNS, "write-limit"]
+    # With a JSON design, the write-limit loop at JSON line sizes too: the
+    # most a JSON flood can reach with encoding free.
+    kinds = ["server", *DESIGNS, "write-limit", *(["write-limit-json"] if json_designs() else [])]
     for conns in clients:
         per_conn = f"{FLOOD_BYTES // conns}B"
         rates = {kind: [] for kind in kinds}
@@ -360,6 +382,8 @@ def run_flood(runs, results, clients, with_perf):
                  "cpu_s_per_gb": cpu_per_gb, "perf_top": tops.get("server"), "perf_tops": tops}
         if DESIGNS:
             entry["designs"] = {name: rates[name] for name in DESIGNS}
+        if "write-limit-json" in rates:
+            entry["write_limit_json"] = rates["write-limit-json"]
         results["flood"].append(entry)
         print(f"flood {conns}: " + " ".join(f"{k} {v}" for k, v in rates.items()), file=sys.stderr)
 
@@ -634,6 +658,7 @@ def render(results):
             if kind == "server" or not top:
                 continue
             label = "the write-limit loop" if kind == "write-limit" else \
+                "the write-limit loop at JSON line sizes" if kind == "write-limit-json" else \
                 f"`simple_tcp_server {' '.join(results.get('designs', {}).get(kind, []))}` ({kind})"
             print(f"\nWhere the CPU of {label} goes at {last['conns']} clients (`perf record`, one run; "
                   "the top 10 symbols, each 1% or more):\n")
@@ -645,15 +670,28 @@ def render(results):
         for name in dict.fromkeys(extra):
             args = " ".join(results.get("designs", {}).get(name, []))
             print(f"\n`simple_tcp_server {args}` ({name}):\n")
+            # The write-limit loop at JSON line sizes, where it was measured:
+            # the most a JSON flood can reach, against the text server.
+            with_json_limit = any(f.get("write_limit_json") for f in results["flood"])
+            json_cols = (" | write-limit loop at JSON line sizes: median (quartiles) | ratio of medians to it "
+                         "| that loop's median / simple_tcp_server's") if with_json_limit else ""
             print("| clients | median (quartiles), best | ratio of medians to write-limit "
-                  "| ratio of medians to simple_tcp_server |")
-            print("|---:|---:|---:|---:|")
+                  f"| ratio of medians to simple_tcp_server{json_cols} |")
+            print("|---:|---:|---:|---:" + ("|---:|---:|---:" if with_json_limit else "") + "|")
             for f in results["flood"]:
                 rates, ref = f.get("designs", {}).get(name), f["write_limit"]
                 if rates:
                     q25, q75 = quartiles(rates)
-                    print(f"| {f['conns']} | {median(rates):.0f} ({q25:.0f}–{q75:.0f}), {max(rates):.0f} "
-                          f"| {median(rates) / median(ref):.2f}x | {median(rates) / median(f['server']):.2f}x |")
+                    row = (f"| {f['conns']} | {median(rates):.0f} ({q25:.0f}–{q75:.0f}), {max(rates):.0f} "
+                           f"| {median(rates) / median(ref):.2f}x | {median(rates) / median(f['server']):.2f}x")
+                    lim = f.get("write_limit_json")
+                    if lim:
+                        l25, l75 = quartiles(lim)
+                        row += (f" | {median(lim):.0f} ({l25:.0f}–{l75:.0f}) | {median(rates) / median(lim):.2f}x "
+                                f"| {median(lim) / median(f['server']):.2f}x")
+                    elif with_json_limit:
+                        row += " | | |"
+                    print(row + " |")
     chat = results.get("chat")
     if chat:
         runs = len(chat["server"])
@@ -763,7 +801,7 @@ def main():
         only = set(args.only.split(","))
         try:
             if not GROWING:
-                prepare_sink()
+                prepare_sink(FLOOD_BYTES)
             if scenario == "cores":
                 results["cores"] = {"flood": [], "chat": None, "hold": None}
                 if "hold" in only:
