@@ -1,0 +1,163 @@
+//! The reference loops of examples/reference_server.rs, which the load
+//! measurements (scripts/load_bench.py) put beside the server, write what
+//! the server writes: `write-limit` as many bytes as the text format's frame
+//! lines, `write-limit-json` as many as `--format json`'s frame lines, for
+//! the same clients sending the same bytes. A loop that wrote less would
+//! make every ratio against it flatter the server's limit.
+//!
+//! `cargo test` builds the examples before it runs the tests; a run of this
+//! file alone needs `cargo build --release --examples` first.
+
+mod util;
+
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use simple_tcp_server::output::json::{EventKind, parse_line};
+use simple_tcp_server::output::text::parse_frame_line;
+use util::{Captured, PATIENCE, ServerProcess, bin, connect_greeted, die_with_the_test, read_until_closed};
+
+/// What each client sends, in one write, then closes: whole 25-byte frames
+/// and, where there is a short last frame, one of 10 to 24 bytes (a JSON
+/// line's `len` then has two digits, as the loop counts it). One write of
+/// less than 16 KiB reaches the other side whole, so the server and the
+/// loop read it in one piece and cut the same frames.
+const PAYLOADS: [usize; 4] = [25 * 40, 25 * 400 + 13, 25 * 3 + 24, 10];
+
+fn payload(len: usize, seed: usize) -> Vec<u8> {
+    const PLAIN: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len).map(|i| PLAIN[(i * 7 + seed) % PLAIN.len()]).collect()
+}
+
+/// Sends the payloads, one client each, and returns once the other side
+/// has closed every connection: it has read all of them.
+fn send_all(addr: SocketAddr) {
+    let clients: Vec<TcpStream> = PAYLOADS
+        .iter()
+        .enumerate()
+        .map(|(seed, &len)| {
+            let mut stream = connect_greeted(addr);
+            stream.write_all(&payload(len, seed)).expect("send");
+            stream.shutdown(Shutdown::Write).expect("shutdown");
+            stream
+        })
+        .collect();
+    for mut stream in clients {
+        assert!(
+            read_until_closed(&mut stream).is_empty(),
+            "nothing but the greeting comes back"
+        );
+    }
+}
+
+/// The bytes of the server's frame lines for the payloads, newlines
+/// included.
+fn server_frame_bytes(args: &[&str], is_frame: fn(&[u8]) -> bool) -> usize {
+    let server = ServerProcess::start(args);
+    send_all(server.addr);
+    if !args.contains(&"json") {
+        server.wait_lines("Closed connection:  ", PAYLOADS.len());
+    } else {
+        // Every close event is written after its connection's frames.
+        let done = server.stdout.wait_for(PATIENCE, |out| {
+            out.split(|&b| b == b'\n')
+                .filter(|l| std::str::from_utf8(l).is_ok_and(|l| l.contains("\"event\":\"close\"")))
+                .count()
+                == PAYLOADS.len()
+        });
+        assert!(done, "waited for the close events\n{}", server.context());
+    }
+    let out = server.stdout.bytes();
+    let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| is_frame(l)).collect();
+    let expected_frames: usize = PAYLOADS.iter().map(|n| n.div_ceil(25)).sum();
+    assert_eq!(lines.len(), expected_frames, "{}", server.context());
+    lines.iter().map(|l| l.len() + 1).sum()
+}
+
+fn reference_server() -> PathBuf {
+    let release = PathBuf::from(bin("simple_tcp_server"));
+    let path = release
+        .parent()
+        .expect("target directory")
+        .join("examples")
+        .join("reference_server");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it; for one test file, run `cargo build --release --examples` first",
+        path.display()
+    );
+    path
+}
+
+/// Starts reference loop `mode` on port 0: the child, its stdout, and its
+/// address (from `Listening to:` on stderr).
+fn start_loop(mode: &str) -> (Child, Arc<Captured>, SocketAddr) {
+    let mut cmd = Command::new(reference_server());
+    cmd.args([mode, "127.0.0.1", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_the_test(&mut cmd);
+    let mut child = cmd.spawn().expect("start reference_server");
+    let stdout = Captured::spawn(child.stdout.take().expect("stdout pipe"));
+    let stderr = Captured::spawn(child.stderr.take().expect("stderr pipe"));
+    let started = stderr.wait_for(PATIENCE, |err| {
+        err.starts_with(b"Listening to:  ") && err.contains(&b'\n')
+    });
+    assert!(started, "reference_server {mode} did not start: {}", stderr.text());
+    let text = stderr.text();
+    let addr = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("Listening to:  "))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("bad address line in {text:?}"));
+    (child, stdout, addr)
+}
+
+/// The bytes loop `mode` writes for the payloads: once it has read and
+/// closed every connection, stops it by PID (it writes what it owes as it
+/// stops) and returns all it wrote.
+fn loop_bytes(mode: &str) -> usize {
+    let (mut child, stdout, addr) = start_loop(mode);
+    send_all(addr);
+    // SAFETY: kill(2) on the PID of a child this test started and has not
+    // reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    child.wait().expect("reference_server exits");
+    // The pipe closes when it exits: everything is in.
+    stdout.wait_for(PATIENCE, |_| false);
+    stdout.bytes().len()
+}
+
+fn is_text_frame(line: &[u8]) -> bool {
+    parse_frame_line(line).is_some()
+}
+
+fn is_json_frame(line: &[u8]) -> bool {
+    std::str::from_utf8(line).is_ok_and(|l| parse_line(l).is_ok_and(|e| e.kind == EventKind::Frame))
+}
+
+#[test]
+fn write_limit_writes_as_much_as_the_text_format() {
+    let server = server_frame_bytes(&[], is_text_frame);
+    let total: usize = PAYLOADS.iter().sum();
+    assert!(server > total, "frame lines are longer than their frames");
+    assert_eq!(loop_bytes("write-limit"), server);
+}
+
+#[test]
+fn write_limit_json_writes_as_much_as_json_lines() {
+    let server = server_frame_bytes(&["--format", "json"], is_json_frame);
+    let text = server_frame_bytes(&[], is_text_frame);
+    assert!(server > 3 * text, "JSON lines are about four times text lines");
+    assert_eq!(loop_bytes("write-limit-json"), server);
+}
+
+#[test]
+fn bare_writes_nothing() {
+    assert_eq!(loop_bytes("bare"), 0);
+}
