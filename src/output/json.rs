@@ -741,6 +741,45 @@ mod tests {
         assert_eq!(json_lines(25, b""), "");
     }
 
+    /// Heads of every length (short and long addresses, IPv6 with a
+    /// scope) write the lines a plain builder writes, also after another
+    /// peer's longer head.
+    #[test]
+    fn full_lines_are_exact_for_every_head_length() {
+        let peers = [
+            "[fe80::1]:7",
+            "127.0.0.1:44581",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535",
+            "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
+            "[::ffff:255.255.255.255%4294967295]:65535",
+            "127.0.0.1:1",
+            "[::1]:50000",
+        ];
+        let ts = "2026-11-25T20:15:03.123456Z";
+        let mut lines = JsonLines::new(25);
+        lines.set_now(fixed_time());
+        for (i, peer) in peers.iter().enumerate() {
+            let peer: SocketAddr = peer.parse().expect("addr");
+            // Whole frames of plain text, then a remainder, in a buffer that
+            // already holds a line.
+            let block: Vec<u8> = (0..25 * (3 + i) + i).map(|j| b'a' + ((i + j) % 26) as u8).collect();
+            let mut out = b"before\n".to_vec();
+            assert_eq!(
+                lines.frame_block(&mut out, peer, &block),
+                block.len().div_ceil(25) as u64
+            );
+            let mut want = String::from("before\n");
+            for frame in block.chunks(25) {
+                let text = std::str::from_utf8(frame).expect("ASCII");
+                want += &format!(
+                    "{{\"ts\":\"{ts}\",\"event\":\"frame\",\"peer\":\"{peer}\",\"len\":{},\"text\":\"{text}\"}}\n",
+                    frame.len()
+                );
+            }
+            assert_eq!(String::from_utf8(out).expect("UTF-8"), want, "peer {peer}");
+        }
+    }
+
     #[test]
     fn the_head_follows_the_peer_and_the_clock() {
         let mut lines = JsonLines::new(4);
