@@ -30,14 +30,16 @@
 //! - `bare`: prints nothing: the kernel's TCP work and the loop, nothing
 //!   else.
 //! - `write-limit`: for each read, writes as many filler bytes to stdout as
-//!   the server's frames would take (n + 6 per 25-byte frame): the kernel's
-//!   read and write work with no formatting at all.
+//!   the server's frames would take (n + 6 per 25-byte frame, one less for
+//!   a short frame of 1 to 9 bytes): the kernel's read and write work with
+//!   no formatting at all.
 //! - `write-limit-json`: `write-limit` with `--format json`'s line sizes:
 //!   n + 82 + the peer address's length in filler bytes per 25-byte frame
 //!   (a `{"ts":...,"event":"frame","peer":...,"len":25,"text":...}` line,
-//!   122 bytes for `127.0.0.1:PPPPP`), checked every 64 KiB framing window
-//!   as the server checks JSON lines: the most a JSON flood can reach, with
-//!   encoding free.
+//!   122 bytes for `127.0.0.1:PPPPP`; one less for a short frame of 1 to 9
+//!   bytes), checked every 64 KiB framing window as the server checks JSON
+//!   lines: what a JSON flood would reach, with these reads and writes, if
+//!   encoding cost nothing.
 //! - `bare-coalesce`, `write-limit-coalesce`: the same, plus the server's
 //!   `--coalesce` pause (its default window, `config::DEFAULT_COALESCE`),
 //!   with the server's rule exactly: after a wakeup that found fewer events
@@ -200,7 +202,16 @@ fn run(mode: Mode, host: &str, port: u16) -> io::Result<()> {
         pending: 0,
         // The most owed at once: just under the threshold plus one window's
         // frames.
-        filler: vec![b'.'; FLUSH_AT + FRAME_WINDOW + FRAME_WINDOW.div_ceil(FRAME) * (JSON_OVERHEAD + MAX_ADDR_LEN)],
+        filler: if !mode.output {
+            Vec::new()
+        } else if mode.json {
+            vec![
+                b'.';
+                FLUSH_AT + JSON_FRAME_WINDOW + JSON_FRAME_WINDOW.div_ceil(FRAME) * (JSON_OVERHEAD + MAX_ADDR_LEN)
+            ]
+        } else {
+            vec![b'.'; FLUSH_AT + FRAME_WINDOW + FRAME_WINDOW.div_ceil(FRAME) * OVERHEAD]
+        },
         out,
         gathered: false,
         wake_bytes: 0,
@@ -307,8 +318,9 @@ impl Loop {
             FRAME_WINDOW
         };
         let overhead = usize::from(conn.overhead);
-        // The budget in whole frames; never ask for more than it leaves.
-        let mut left = DEFAULT_READ_BUDGET.div_ceil(FRAME).max(1) * FRAME;
+        // The budget in whole frames, as the server rounds it (down, at
+        // least one); never ask for more than it leaves.
+        let mut left = DEFAULT_READ_BUDGET.max(FRAME) / FRAME * FRAME;
         let close = loop {
             let want = left.min(full);
             match conn.stream.read(&mut self.buf[..want]) {
@@ -318,7 +330,10 @@ impl Loop {
                     if self.mode.output {
                         for start in (0..n).step_by(window) {
                             let part = (n - start).min(window);
-                            self.pending += part + part.div_ceil(FRAME) * overhead;
+                            // A short last frame of 1 to 9 bytes spells
+                            // its length with one digit, not two.
+                            let one_digit = usize::from((1..10).contains(&(part % FRAME)));
+                            self.pending += part + part.div_ceil(FRAME) * overhead - one_digit;
                             if self.pending >= FLUSH_AT {
                                 // The transcript is stdout; a failure to
                                 // write it shows in the measurement.

@@ -118,30 +118,56 @@ def build():
 # other way.
 SINK = os.path.join(TMPFS, f"load_bench_{os.getpid()}.sink")
 GROWING = False
-# Transcript bytes per payload byte, the most any design writes: text lines
-# are 31 bytes per 25-byte frame; JSON lines 122 (127.0.0.1 peers), so a
-# JSON design's run writes 4.9 times its payload. The sink holds that much
-# and a margin, so that no run grows it.
-TEXT_EXPANSION = 1.5
-JSON_EXPANSION = 5.2
+
+
+def option(args, name):
+    """The value of simple_tcp_server option `name` in `args` (`--name V` or
+    `--name=V`; the last one given), or None."""
+    value = None
+    for a, nxt in zip(args, [*args[1:], None]):
+        if a == name:
+            value = nxt
+        elif a.startswith(name + "="):
+            value = a[len(name) + 1:]
+    return value
 
 
 def writes_json(args):
     """True if simple_tcp_server arguments `args` ask for `--format json`."""
-    return any(a == "--format=json" or (a == "--format" and nxt == "json")
-               for a, nxt in zip(args, [*args[1:], None]))
+    return option(args, "--format") == "json"
 
 
 def json_designs():
-    """The --design names that write JSON lines."""
-    return [name for name, args in DESIGNS.items() if writes_json(SERVER_ARGS + args)]
+    """The simple_tcp_server kinds of this session that write JSON lines:
+    "server" when --server-args asks for it, and --design names."""
+    return ([name for name in ("server",) if writes_json(SERVER_ARGS)]
+            + [name for name, args in DESIGNS.items() if writes_json(SERVER_ARGS + args)])
+
+
+def expansion(args):
+    """Transcript bytes per payload byte, at most, of simple_tcp_server with
+    `args` flooded by tcp_load (printable text from 127.0.0.x peers): per
+    frame of --max-read M bytes (25), a text line adds `<M:` and `>\n`, and
+    --tag a peer of up to 17 characters and a space; a JSON line adds 80
+    bytes, the length's digits and the peer (the reference loops write no
+    more than the server at 25 bytes)."""
+    try:
+        m = max(1, int(option(args, "--max-read") or 25))
+    except ValueError:
+        m = 25
+    digits = len(str(m))
+    extra = 80 + digits + 17 if writes_json(args) else 4 + digits + (18 if "--tag" in args else 0)
+    return (m + extra) / m
 
 
 def prepare_sink(payload_bytes):
-    expansion = JSON_EXPANSION if json_designs() or writes_json(SERVER_ARGS) else TEXT_EXPANSION
+    """The transcript file, preallocated for the most any design of this
+    session writes, plus 5% and 64 MiB, so that no run grows it."""
+    most = max(expansion(SERVER_ARGS + args) for args in [[], *DESIGNS.values()])
+    size = int(payload_bytes * most * 1.05) + (64 << 20)
     with open(SINK, "wb") as f:
         block = b"\0" * (1 << 20)
-        for _ in range(int(payload_bytes * expansion) // len(block) + 1):
+        for _ in range(size // len(block) + 1):
             f.write(block)
 
 
@@ -367,6 +393,7 @@ def run_flood(runs, results, clients, with_perf):
     # With a JSON design, the write-limit loop at JSON line sizes too: the
     # most a JSON flood can reach with encoding free.
     kinds = ["server", *DESIGNS, "write-limit", *(["write-limit-json"] if json_designs() else [])]
+    # (With --server-args "--format json", "server" itself writes JSON.)
     for conns in clients:
         per_conn = f"{FLOOD_BYTES // conns}B"
         rates = {kind: [] for kind in kinds}
@@ -645,6 +672,18 @@ def render(results):
             print(f"| {f['conns']} | {median(srv):.0f} ({s25:.0f}–{s75:.0f}), {max(srv):.0f} "
                   f"| {median(ref):.0f} ({w25:.0f}–{w75:.0f}), {max(ref):.0f} "
                   f"| {median(srv) / median(ref):.2f}x | {max(srv) / max(ref):.2f}x | {cpu} |")
+        if writes_json(results.get("server_args", [])) and any(f.get("write_limit_json") for f in results["flood"]):
+            # --server-args "--format json": the server writes JSON lines, so
+            # its own loop is the one at JSON line sizes.
+            print("\nThe write-limit loop at JSON line sizes, which simple_tcp_server's lines are here:\n")
+            print("| clients | median (quartiles), best | ratio of simple_tcp_server's median to it |")
+            print("|---:|---:|---:|")
+            for f in results["flood"]:
+                lim = f.get("write_limit_json")
+                if lim:
+                    l25, l75 = quartiles(lim)
+                    print(f"| {f['conns']} | {median(lim):.0f} ({l25:.0f}–{l75:.0f}), {max(lim):.0f} "
+                          f"| {median(f['server']) / median(lim):.2f}x |")
         for f in results["flood"]:
             if f.get("perf_top"):
                 print(f"\nWhere simple_tcp_server's CPU goes at {f['conns']} clients (`perf record`, one run; "
@@ -672,7 +711,8 @@ def render(results):
             print(f"\n`simple_tcp_server {args}` ({name}):\n")
             # The write-limit loop at JSON line sizes, where it was measured:
             # the most a JSON flood can reach, against the text server.
-            with_json_limit = any(f.get("write_limit_json") for f in results["flood"])
+            with_json_limit = writes_json(results.get("server_args", []) + results.get("designs", {}).get(name, [])) \
+                and any(f.get("write_limit_json") for f in results["flood"])
             json_cols = (" | write-limit loop at JSON line sizes: median (quartiles) | ratio of medians to it "
                          "| that loop's median / simple_tcp_server's") if with_json_limit else ""
             print("| clients | median (quartiles), best | ratio of medians to write-limit "
@@ -684,7 +724,7 @@ def render(results):
                     q25, q75 = quartiles(rates)
                     row = (f"| {f['conns']} | {median(rates):.0f} ({q25:.0f}–{q75:.0f}), {max(rates):.0f} "
                            f"| {median(rates) / median(ref):.2f}x | {median(rates) / median(f['server']):.2f}x")
-                    lim = f.get("write_limit_json")
+                    lim = f.get("write_limit_json") if with_json_limit else None
                     if lim:
                         l25, l75 = quartiles(lim)
                         row += (f" | {median(lim):.0f} ({l25:.0f}–{l75:.0f}) | {median(rates) / median(lim):.2f}x "

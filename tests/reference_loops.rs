@@ -21,11 +21,10 @@ use simple_tcp_server::output::text::parse_frame_line;
 use util::{Captured, PATIENCE, ServerProcess, bin, connect_greeted, die_with_the_test, read_until_closed};
 
 /// What each client sends, in one write, then closes: whole 25-byte frames
-/// and, where there is a short last frame, one of 10 to 24 bytes (a JSON
-/// line's `len` then has two digits, as the loop counts it). One write of
-/// less than 16 KiB reaches the other side whole, so the server and the
-/// loop read it in one piece and cut the same frames.
-const PAYLOADS: [usize; 4] = [25 * 40, 25 * 400 + 13, 25 * 3 + 24, 10];
+/// and short last frames of 10 to 24 bytes and of 1 to 9 (whose length has
+/// one digit). One write of less than 16 KiB reaches the other side whole,
+/// so the server and the loop read it in one piece and cut the same frames.
+const PAYLOADS: [usize; 6] = [25 * 40, 25 * 400 + 13, 25 * 3 + 24, 10, 25 * 3 + 5, 1];
 
 fn payload(len: usize, seed: usize) -> Vec<u8> {
     const PLAIN: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
@@ -77,6 +76,8 @@ fn server_frame_bytes(args: &[&str], is_frame: fn(&[u8]) -> bool) -> usize {
     lines.iter().map(|l| l.len() + 1).sum()
 }
 
+/// The example's binary, which `cargo test` builds with the tests (a run of
+/// one test file does not): refused when missing or older than its source.
 fn reference_server() -> PathBuf {
     let release = PathBuf::from(bin("simple_tcp_server"));
     let path = release
@@ -84,11 +85,15 @@ fn reference_server() -> PathBuf {
         .expect("target directory")
         .join("examples")
         .join("reference_server");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds it; for one test file, run `cargo build --release --examples` first",
-        path.display()
-    );
+    let rebuild = "run `cargo build --release --examples` (a whole `cargo test` builds the examples)";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}: {rebuild}", path.display()));
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/reference_server.rs");
+    let written = std::fs::metadata(source)
+        .and_then(|m| m.modified())
+        .expect("example source");
+    assert!(built >= written, "{} is older than {source}: {rebuild}", path.display());
     path
 }
 
