@@ -13,7 +13,8 @@ session, server and load generator in separate processes (issue 4).
          `write-limit` reference loop (the server's reads, n + 6 bytes of
          filler per 25-byte frame written at 64 KiB; with a `--format json`
          design, also `write-limit-json`, the same loop at JSON line sizes:
-         the most a JSON flood can reach with encoding free). Median MB/s,
+         a JSON flood with the server's reads and writes and encoding
+         free). Median MB/s,
          ratio, and server CPU seconds per GB of payload; with --perf, the
          top symbols of the server's CPU (`perf record`) in one run per
          client count.
@@ -149,8 +150,8 @@ def expansion(args):
     `args` flooded by tcp_load (printable text from 127.0.0.x peers): per
     frame of --max-read M bytes (25), a text line adds `<M:` and `>\n`, and
     --tag a peer of up to 17 characters and a space; a JSON line adds 80
-    bytes, the length's digits and the peer (the reference loops write no
-    more than the server at 25 bytes)."""
+    bytes, the length's digits and the peer (the reference loops write as
+    the server does at 25 bytes, whatever its --max-read)."""
     try:
         m = max(1, int(option(args, "--max-read") or 25))
     except ValueError:
@@ -164,6 +165,8 @@ def prepare_sink(payload_bytes):
     """The transcript file, preallocated for the most any design of this
     session writes, plus 5% and 64 MiB, so that no run grows it."""
     most = max(expansion(SERVER_ARGS + args) for args in [[], *DESIGNS.values()])
+    # The reference loops frame at 25 bytes whatever --max-read says.
+    most = max(most, expansion([]), expansion(["--format", "json"]) if json_designs() else 0)
     size = int(payload_bytes * most * 1.05) + (64 << 20)
     with open(SINK, "wb") as f:
         block = b"\0" * (1 << 20)
@@ -391,7 +394,7 @@ def flood_once(kind, conns, per_conn, tops=None):
 
 def run_flood(runs, results, clients, with_perf):
     # With a JSON design, the write-limit loop at JSON line sizes too: the
-    # most a JSON flood can reach with encoding free.
+    # JSON flood with the server's reads and writes and encoding free.
     kinds = ["server", *DESIGNS, "write-limit", *(["write-limit-json"] if json_designs() else [])]
     # (With --server-args "--format json", "server" itself writes JSON.)
     for conns in clients:
@@ -710,7 +713,7 @@ def render(results):
             args = " ".join(results.get("designs", {}).get(name, []))
             print(f"\n`simple_tcp_server {args}` ({name}):\n")
             # The write-limit loop at JSON line sizes, where it was measured:
-            # the most a JSON flood can reach, against the text server.
+            # a JSON flood with encoding free, against the text server.
             with_json_limit = writes_json(results.get("server_args", []) + results.get("designs", {}).get(name, [])) \
                 and any(f.get("write_limit_json") for f in results["flood"])
             json_cols = (" | write-limit loop at JSON line sizes: median (quartiles) | ratio of medians to it "

@@ -89,11 +89,29 @@ fn reference_server() -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}: {rebuild}", path.display()));
-    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/reference_server.rs");
-    let written = std::fs::metadata(source)
-        .and_then(|m| m.modified())
-        .expect("example source");
-    assert!(built >= written, "{} is older than {source}: {rebuild}", path.display());
+    // Its source, and the library's (its constants come from there).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = vec![root.join("examples").join("reference_server.rs")];
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("src directory").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                sources.push(p);
+            }
+        }
+    }
+    for source in sources {
+        let written = std::fs::metadata(&source).and_then(|m| m.modified()).expect("source");
+        assert!(
+            built >= written,
+            "{} is older than {}: {rebuild}",
+            path.display(),
+            source.display()
+        );
+    }
     path
 }
 
@@ -160,6 +178,45 @@ fn write_limit_json_writes_as_much_as_json_lines() {
     let text = server_frame_bytes(&[], is_text_frame);
     assert!(server > 3 * text, "JSON lines are about four times text lines");
     assert_eq!(loop_bytes("write-limit-json"), server);
+}
+
+/// One client sends 3 MB: the loop writes while it reads (past the 64 KiB
+/// threshold, window by window), and writes every frame's line. A read may
+/// end inside a frame, where the loop, as the server, cuts a short frame;
+/// the reads are not the server's, so the total is bounded, not exact: at
+/// least one line per whole frame, and at most one more per 1,000.
+fn floods_past_the_threshold(mode: &str, overhead: usize) {
+    const BIG: usize = 25 * 120_000;
+    let (mut child, stdout, addr) = start_loop(mode);
+    let mut stream = connect_greeted(addr);
+    let peer_len = stream.local_addr().expect("local address").to_string().len();
+    let per_frame = overhead + if mode == "write-limit-json" { peer_len } else { 0 };
+    stream.write_all(&payload(BIG, 0)).expect("send");
+    stream.shutdown(Shutdown::Write).expect("shutdown");
+    assert!(read_until_closed(&mut stream).is_empty());
+    // SAFETY: kill(2) on the PID of a child this test started and has not
+    // reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let status = child.wait().expect("reference_server exits");
+    assert!(status.success(), "reference_server {mode}: {status}");
+    stdout.wait_for(PATIENCE, |_| false);
+    let wrote = stdout.bytes().len();
+    let least = BIG + BIG / 25 * per_frame;
+    let most = least + BIG / 25 / 1000 * (per_frame + 25);
+    assert!(
+        (least..=most).contains(&wrote),
+        "{mode} wrote {wrote} bytes, expected {least}..={most}"
+    );
+}
+
+#[test]
+fn write_limit_floods_past_the_threshold() {
+    floods_past_the_threshold("write-limit", 6);
+}
+
+#[test]
+fn write_limit_json_floods_past_the_threshold() {
+    floods_past_the_threshold("write-limit-json", 82);
 }
 
 #[test]
