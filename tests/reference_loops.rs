@@ -13,12 +13,11 @@ mod util;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::process::ExitStatus;
 
 use simple_tcp_server::output::json::{EventKind, parse_line};
 use simple_tcp_server::output::text::parse_frame_line;
-use util::{Captured, PATIENCE, ServerProcess, bin, connect_greeted, die_with_the_test, read_until_closed};
+use util::{ChildProcess, PATIENCE, ServerProcess, bin, connect_greeted, listening_addr, read_until_closed};
 
 /// What each client sends, in one write, then closes: whole 25-byte frames
 /// and short last frames of 10 to 24 bytes and of 1 to 9 (whose length has
@@ -115,45 +114,33 @@ fn reference_server() -> PathBuf {
     path
 }
 
-/// Starts reference loop `mode` on port 0: the child, its stdout, and its
-/// address (from `Listening to:` on stderr).
-fn start_loop(mode: &str) -> (Child, Arc<Captured>, SocketAddr) {
-    let mut cmd = Command::new(reference_server());
-    cmd.args([mode, "127.0.0.1", "0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    die_with_the_test(&mut cmd);
-    let mut child = cmd.spawn().expect("start reference_server");
-    let stdout = Captured::spawn(child.stdout.take().expect("stdout pipe"));
-    let stderr = Captured::spawn(child.stderr.take().expect("stderr pipe"));
-    let started = stderr.wait_for(PATIENCE, |err| {
-        err.starts_with(b"Listening to:  ") && err.contains(&b'\n')
-    });
-    assert!(started, "reference_server {mode} did not start: {}", stderr.text());
-    let text = stderr.text();
-    let addr = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("Listening to:  "))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("bad address line in {text:?}"));
-    (child, stdout, addr)
+/// Starts reference loop `mode` on port 0: the child and its address
+/// (from `Listening to:` on stderr).
+fn start_loop(mode: &str) -> (ChildProcess, SocketAddr) {
+    let child = ChildProcess::start_program(&reference_server(), &[mode, "127.0.0.1", "0"], &[]);
+    let started = child.stderr.wait_for(PATIENCE, |err| err.contains(&b'\n'));
+    assert!(started, "reference_server {mode} did not start\n{}", child.context());
+    let text = child.stderr.text();
+    let line = text.lines().next().unwrap_or_default();
+    let addr = listening_addr(line).unwrap_or_else(|e| panic!("bad address line {line:?}: {e}"));
+    (child, addr)
 }
 
-/// The bytes loop `mode` writes for the payloads: once it has read and
-/// closed every connection, stops it by PID (it writes what it owes as it
-/// stops) and returns all it wrote.
+/// Stops a loop by PID (it writes what it owes as it stops): how it exited
+/// and how many bytes it wrote in all.
+fn stop_loop(mut child: ChildProcess) -> (ExitStatus, usize) {
+    child.signal(libc::SIGTERM);
+    // Waits for the pipes to close too: everything is in.
+    let status = child.wait_exit(PATIENCE);
+    (status, child.stdout.bytes().len())
+}
+
+/// The bytes loop `mode` writes for the payloads, once it has read and
+/// closed every connection.
 fn loop_bytes(mode: &str) -> usize {
-    let (mut child, stdout, addr) = start_loop(mode);
+    let (child, addr) = start_loop(mode);
     send_all(addr);
-    // SAFETY: kill(2) on the PID of a child this test started and has not
-    // reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    child.wait().expect("reference_server exits");
-    // The pipe closes when it exits: everything is in.
-    stdout.wait_for(PATIENCE, |_| false);
-    stdout.bytes().len()
+    stop_loop(child).1
 }
 
 fn is_text_frame(line: &[u8]) -> bool {
@@ -187,20 +174,15 @@ fn write_limit_json_writes_as_much_as_json_lines() {
 /// least one line per whole frame, and at most one more per 1,000.
 fn floods_past_the_threshold(mode: &str, overhead: usize) {
     const BIG: usize = 25 * 120_000;
-    let (mut child, stdout, addr) = start_loop(mode);
+    let (child, addr) = start_loop(mode);
     let mut stream = connect_greeted(addr);
     let peer_len = stream.local_addr().expect("local address").to_string().len();
     let per_frame = overhead + if mode == "write-limit-json" { peer_len } else { 0 };
     stream.write_all(&payload(BIG, 0)).expect("send");
     stream.shutdown(Shutdown::Write).expect("shutdown");
     assert!(read_until_closed(&mut stream).is_empty());
-    // SAFETY: kill(2) on the PID of a child this test started and has not
-    // reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let status = child.wait().expect("reference_server exits");
+    let (status, wrote) = stop_loop(child);
     assert!(status.success(), "reference_server {mode}: {status}");
-    stdout.wait_for(PATIENCE, |_| false);
-    let wrote = stdout.bytes().len();
     let least = BIG + BIG / 25 * per_frame;
     let most = least + BIG / 25 / 1000 * (per_frame + 25);
     assert!(

@@ -461,7 +461,7 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
 
 /// The address of the first transcript line: `Listening to:  ADDR`, or a
 /// JSON `listening` event.
-fn listening_addr(line: &str) -> Result<SocketAddr, String> {
+pub fn listening_addr(line: &str) -> Result<SocketAddr, String> {
     if let Some(addr) = line.strip_prefix("Listening to:  ") {
         return addr.parse().map_err(|e| format!("{e}"));
     }
@@ -561,7 +561,13 @@ impl ChildProcess {
     /// Starts one of this crate's binaries with piped stdio and extra
     /// environment variables.
     pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> ChildProcess {
-        let mut command = Command::new(bin(name));
+        ChildProcess::start_program(std::path::Path::new(bin(name)), args, env)
+    }
+
+    /// Starts `program` with piped stdio and extra environment variables.
+    pub fn start_program(program: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> ChildProcess {
+        let name = program.display();
+        let mut command = Command::new(program);
         die_with_the_test(&mut command);
         let mut child = command
             .args(args)
@@ -581,6 +587,16 @@ impl ChildProcess {
             stdout,
             stderr,
         }
+    }
+
+    /// Sends `signal` to the child.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill has no memory effects; the pid is our own child, which
+        // is not reaped before `wait_exit` (or drop), so it cannot have been
+        // reused.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
     }
 
     /// Writes to the child's stdin.
