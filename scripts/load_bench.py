@@ -14,10 +14,9 @@ session, server and load generator in separate processes (issue 4).
          filler per 25-byte frame written at 64 KiB; with a `--format json`
          design, also `write-limit-json`, the same loop at JSON line sizes:
          a JSON flood with the server's reads and writes and encoding
-         free). Median MB/s,
-         ratio, and server CPU seconds per GB of payload; with --perf, the
-         top symbols of the server's CPU (`perf record`) in one run per
-         client count.
+         free). Median MB/s, ratio, and server CPU seconds per GB of
+         payload; with --perf, the top symbols of the server's CPU (`perf
+         record`) in one run per client count.
 - chat:  tcp_load chat --conns 10000 --rate 50000, server CPU per message,
          two comparisons that each hold one thing equal: like for like, the
          server with `--coalesce 0` against the `bare` loop (the server's
@@ -141,7 +140,7 @@ def writes_json(args):
 def json_designs():
     """The simple_tcp_server kinds of this session that write JSON lines:
     "server" when --server-args asks for it, and --design names."""
-    return ([name for name in ("server",) if writes_json(SERVER_ARGS)]
+    return ((["server"] if writes_json(SERVER_ARGS) else [])
             + [name for name, args in DESIGNS.items() if writes_json(SERVER_ARGS + args)])
 
 
@@ -164,9 +163,11 @@ def expansion(args):
 def prepare_sink(payload_bytes):
     """The transcript file, preallocated for the most any design of this
     session writes, plus 5% and 64 MiB, so that no run grows it."""
-    most = max(expansion(SERVER_ARGS + args) for args in [[], *DESIGNS.values()])
-    # The reference loops frame at 25 bytes whatever --max-read says.
-    most = max(most, expansion([]), expansion(["--format", "json"]) if json_designs() else 0)
+    # The servers, and the reference loops (25-byte frames whatever
+    # --max-read says; at JSON line sizes when a design writes JSON).
+    writers = [SERVER_ARGS + args for args in [[], *DESIGNS.values()]]
+    writers += [[], *([["--format", "json"]] if json_designs() else [])]
+    most = max(expansion(args) for args in writers)
     size = int(payload_bytes * most * 1.05) + (64 << 20)
     with open(SINK, "wb") as f:
         block = b"\0" * (1 << 20)
@@ -393,10 +394,10 @@ def flood_once(kind, conns, per_conn, tops=None):
 
 
 def run_flood(runs, results, clients, with_perf):
-    # With a JSON design, the write-limit loop at JSON line sizes too: the
-    # JSON flood with the server's reads and writes and encoding free.
+    # With a JSON design (or --server-args "--format json"), the write-limit
+    # loop at JSON line sizes too: the JSON flood with the server's reads and
+    # writes and encoding free.
     kinds = ["server", *DESIGNS, "write-limit", *(["write-limit-json"] if json_designs() else [])]
-    # (With --server-args "--format json", "server" itself writes JSON.)
     for conns in clients:
         per_conn = f"{FLOOD_BYTES // conns}B"
         rates = {kind: [] for kind in kinds}
