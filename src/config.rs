@@ -123,23 +123,30 @@ pub struct Config {
     pub allow: Vec<ipnet::IpNet>,
     /// Who may not connect (`--deny`); a match here wins over `allow`.
     pub deny: Vec<ipnet::IpNet>,
-    /// Counts shared with the other worker processes of one supervisor
-    /// (`--workers`), so that `max_connections` holds across them; `None`
-    /// for a server on its own.
-    pub shared_count: Option<SharedCount>,
+    /// What a worker of `--workers` shares with its supervisor (the cap's
+    /// counts across workers, its published counters); `None` for a server
+    /// on its own.
+    pub worker: Option<WorkerShare>,
     /// Print `Listening to:` first (a worker leaves it to its supervisor).
     pub announce: bool,
 }
 
-/// Open-connection counts in memory shared between processes (see
-/// `crate::workers`): the cap is checked against `all`.
+/// What a worker of `--workers` shares with its supervisor and the other
+/// workers (memory mapped by all of them, see `crate::workers::shm`): the
+/// open-connection count of every worker, which the cap is checked against,
+/// and the slots where this worker's reactors publish their counters.
 #[derive(Debug, Clone, Copy)]
-pub struct SharedCount {
-    /// Connections open in every worker together.
-    pub all: &'static std::sync::atomic::AtomicUsize,
-    /// This worker's share of `all`, which the supervisor takes back off
-    /// `all` if the worker dies without closing them.
-    pub mine: &'static std::sync::atomic::AtomicUsize,
+pub struct WorkerShare {
+    /// Every worker's open connections, by worker id.
+    pub open: &'static [crate::workers::shm::WorkerSlot],
+    /// This worker's id (its slot in `open`).
+    pub id: usize,
+    /// Whether the cap can be reached before every worker runs out of
+    /// descriptors: only then is it checked against the sum of `open`
+    /// (else each worker's own open-file limit is the bound).
+    pub cap_binding: bool,
+    /// One slot per reactor of this worker, for its published counters.
+    pub published: &'static [crate::reactor::stats::Published],
 }
 
 /// The proxies trusted by default: this host only.
@@ -174,7 +181,7 @@ impl Default for Config {
             proxy_timeout: DEFAULT_PROXY_TIMEOUT,
             allow: Vec::new(),
             deny: Vec::new(),
-            shared_count: None,
+            worker: None,
             announce: true,
         }
     }

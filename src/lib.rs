@@ -25,6 +25,7 @@
 //! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
+//! - [`notify`]: systemd's readiness notifications, never blocking.
 //! - [`client`]: the blocking companion client (`tcp_client`).
 //! - [`load`]: the load generator behind `tcp_load`.
 //! - [`duration`]: parsing `300ms`, `5s`, `2m` on the command line.
@@ -42,6 +43,7 @@ pub mod limits;
 pub mod listen;
 pub mod load;
 pub mod net_error;
+pub mod notify;
 pub mod output;
 pub mod reactor;
 pub mod workers;

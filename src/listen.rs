@@ -95,6 +95,16 @@ pub unsafe fn activated() -> io::Result<Option<std::net::TcpListener>> {
             let listener = fds.take_tcp_listener(0)?.ok_or_else(|| {
                 io::Error::new(io::ErrorKind::InvalidInput, "the passed socket is not a TCP listener")
             })?;
+            // A TCP socket that is not listening (a connection, as
+            // `Accept=yes` passes, or a socket bound without `listen()`)
+            // would fail at the first client.
+            if !socket2::SockRef::from(&listener).is_listener()? {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the passed socket is not listening (Accept=yes, or no listen()): give the server a \
+                     listening socket (ListenStream= with Accept=no)",
+                ));
+            }
             listener.set_nonblocking(true)?;
             Ok(Some(listener))
         }

@@ -8,6 +8,8 @@ mod util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -248,4 +250,382 @@ fn gnu_timeout_drains_rather_than_killing() {
             );
         }
     }
+}
+
+/// Waits until the supervisor has said `n` times that a worker is ready.
+fn wait_ready(server: &ServerProcess, n: usize) {
+    let ok = server.stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches(" is ready (pid ").count() >= n
+    });
+    assert!(ok, "{n} workers never ready\n{}", server.context());
+}
+
+/// Clients that each send 64 KiB blocks until `stop` is set or the server
+/// goes away; they return how many bytes went out.
+fn flooders(addr: std::net::SocketAddr, n: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<usize>> {
+    // All greeted first: once they flood, a blocked output greets nobody.
+    let clients: Vec<TcpStream> = (0..n).map(|_| connect_greeted(addr)).collect();
+    clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| {
+            let stop = Arc::clone(stop);
+            thread::spawn(move || {
+                let block: Vec<u8> = format!("flooder {i} says hello\n")
+                    .bytes()
+                    .cycle()
+                    .take(64 * 1024)
+                    .collect();
+                let mut sent = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    match client.write(&block) {
+                        Ok(n) => sent += n,
+                        Err(_) => break,
+                    }
+                }
+                sent
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_drain_that_outlives_the_timeout_exits_1_and_counts_the_unfinished_connections() {
+    // Stdout is a pipe nobody reads: the drain cannot finish.
+    let (mut child, _stdout, stderr, addr) = util::start_unread(
+        std::path::Path::new(util::bin("simple_tcp_server")),
+        &["--workers", "2", "--shutdown-timeout", "2s"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = flooders(addr, 8, &stop);
+    let pid = child.id() as i32;
+    util::wait_until("the supervisor blocked on stdout", || util::blocked_writing_stdout(pid));
+    // SAFETY: kill has no memory effects; the child is ours, unreaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit\n{}", stderr.text());
+        thread::sleep(Duration::from_millis(5));
+    };
+    stop.store(true, Ordering::SeqCst);
+    clients.into_iter().for_each(|c| drop(c.join()));
+    stderr.wait_for(Duration::from_secs(5), |_| false);
+    let err = stderr.text();
+    assert_eq!(status.code(), Some(1), "the drain did not finish: exit 1\n{err}");
+    assert!(
+        err.contains("exiting with 8 connections not finished; summary so far: 8 connections"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_worker_that_ends_its_drain_unfinished_is_named_counted_and_makes_the_exit_1() {
+    let mut server = ServerProcess::start(&["--workers", "2", "--shutdown-timeout", "1s"]);
+    let workers = wait_children(server.pid(), 2);
+    wait_ready(&server, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = flooders(server.addr, 8, &stop);
+    server.wait_lines("Connection from:  ", 8);
+    // Stdout stops being read: the workers' drains cannot finish in time.
+    server.stdout.pause();
+    util::wait_until("the supervisor blocked on stdout", || {
+        util::blocked_writing_stdout(server.pid())
+    });
+    server.signal(libc::SIGTERM);
+    // The workers give up after their --shutdown-timeout; then stdout is
+    // read again, well within the supervisor's second of grace.
+    util::wait_until("both workers ended", || {
+        workers.iter().all(|&w| util::process_state(w) == 'Z')
+    });
+    server.stdout.resume();
+    let status = server.wait_exit(PATIENCE);
+    stop.store(true, Ordering::SeqCst);
+    let sent: usize = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    let err = server.stderr.text();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the drain did not finish: 8 connections not finished"),
+        "{err}"
+    );
+    for w in &workers {
+        assert!(
+            err.contains(&format!("(pid {w}) exited with status 1 before finishing its drain")),
+            "worker {w} named\n{err}"
+        );
+    }
+    // The summary adds up what each worker did, up to its last wakeup.
+    let summary = err.lines().find(|l| l.contains("summary: ")).expect("a summary");
+    assert!(summary.contains("summary: 8 connections (8 open at stop"), "{summary}");
+    let bytes: usize = summary
+        .split(" frames, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|b| b.parse().ok())
+        .expect("bytes in the summary");
+    assert!(bytes > 0 && bytes <= sent, "{bytes} of {sent}: {summary}");
+    assert_lines_whole(&server.stdout.bytes());
+}
+
+#[test]
+fn a_nonblocking_stdout_is_waited_for_and_every_byte_arrives() {
+    // A pipe whose write end is non-blocking, as some process managers
+    // hand out, read slowly.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&writer);
+    // SAFETY: F_GETFL/F_SETFL on a pipe this test owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
+    let mut command = std::process::Command::new(util::bin("simple_tcp_server"));
+    command
+        .args(["127.0.0.1", "0", "--workers", "2", "--tag"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    util::die_with_the_test(&mut command);
+    let mut child = command.spawn().expect("start");
+    let stderr = util::Captured::spawn(child.stderr.take().expect("stderr"));
+    // About 3 MB/s.
+    let slow = util::Captured::spawn(SlowReader(reader));
+    assert!(slow.wait_for(PATIENCE, |out| out.contains(&b'\n')), "{}", stderr.text());
+    let first = slow.text();
+    let addr = util::listening_addr(first.lines().next().unwrap_or_default()).expect("Listening line");
+    let sent = random_clients(addr, 16, 11, 400_000, 64 * 1024);
+    let ok = slow.wait_for(PATIENCE, |out| {
+        util::count_lines(out, "Closed connection:  ") == sent.len()
+    });
+    assert!(ok, "not every client was printed\n{}", stderr.text());
+    // SAFETY: kill has no memory effects; the child is ours, unreaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let status = child.wait().expect("wait");
+    slow.wait_for(Duration::from_secs(5), |_| false);
+    assert!(status.success(), "{status}\n{}", stderr.text());
+    let out = slow.bytes();
+    assert_lines_whole(&out);
+    let streams = streams_by_client(&out);
+    for (me, data) in &sent {
+        assert!(streams.get(me) == Some(data), "{me}: bytes lost or changed");
+    }
+}
+
+/// Reads at about 3 MB/s.
+struct SlowReader(std::io::PipeReader);
+
+impl Read for SlowReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        thread::sleep(Duration::from_millis(10));
+        let n = buf.len().min(32 * 1024);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+#[test]
+fn after_the_first_signal_new_clients_are_refused() {
+    let mut server = ServerProcess::start(&["--workers", "2", "--shutdown-timeout", "30s"]);
+    wait_children(server.pid(), 2);
+    wait_ready(&server, 2);
+    // A drain that lasts: clients flood and stdout is not read.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = flooders(server.addr, 4, &stop);
+    server.stdout.pause();
+    util::wait_until("the supervisor blocked on stdout", || {
+        util::blocked_writing_stdout(server.pid())
+    });
+    server.signal(libc::SIGTERM);
+    let noted = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"SIGTERM: stopping"));
+    assert!(noted, "{}", server.context());
+    // While the drain runs, nobody takes new clients: refused at once,
+    // not accepted by the kernel and reset later.
+    for _ in 0..20 {
+        match TcpStream::connect(server.addr) {
+            Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}"),
+            Ok(mut late) => {
+                late.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+                let mut byte = [0u8; 1];
+                panic!(
+                    "a client connected during the drain (then read {:?})\n{}",
+                    late.read(&mut byte),
+                    server.context()
+                );
+            }
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    server.stdout.resume();
+    server.wait_exit(PATIENCE);
+    clients.into_iter().for_each(|c| drop(c.join()));
+}
+
+#[test]
+fn a_worker_killed_again_and_again_is_restarted_and_the_others_serve_on() {
+    let server = ServerProcess::start(&["--workers", "3", "--tag"]);
+    wait_ready(&server, 3);
+    let mut clients: Vec<TcpStream> = (0..30).map(|_| connect_greeted(server.addr)).collect();
+    server.wait_lines("Connection from:  ", 30);
+    // Worker 1, each time right after it is ready again: six deaths, more
+    // than any count of quick exits, none of them before being ready.
+    for round in 0..6 {
+        let pid = ready_pid(&server, 1, round);
+        // SAFETY: kill has no memory effects; the worker is the server's
+        // child, ready (so alive) a moment ago.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        let restarted = server.stderr.wait_for(PATIENCE, |err| {
+            util::contains(err, format!("(pid {pid}) was killed by SIGKILL").as_bytes())
+        });
+        assert!(restarted, "{}", server.context());
+    }
+    ready_pid(&server, 1, 6);
+    // The supervisor serves on, with all three workers, and the clients of
+    // the others never noticed.
+    let survivors: Vec<&mut TcpStream> = clients.iter_mut().filter(|c| !was_cut(c)).collect();
+    let alive = survivors.len();
+    assert!((1..30).contains(&alive), "{alive} of 30 survived\n{}", server.context());
+    for (i, client) in survivors.into_iter().enumerate() {
+        client
+            .write_all(format!("still here {i:02}").as_bytes())
+            .expect("a survivor sends");
+    }
+    let heard = server.stdout.wait_for(PATIENCE, |out| {
+        String::from_utf8_lossy(out).matches("<13:still here ").count() == alive
+    });
+    assert!(heard, "{}", server.context());
+    assert_eq!(children(server.pid()).len(), 3);
+    assert!(
+        !server.stderr.text().contains("cannot get going"),
+        "{}",
+        server.context()
+    );
+    for _ in 0..12 {
+        connect_greeted(server.addr);
+    }
+}
+
+/// Whether `client`'s connection has been closed by the server's side (a
+/// worker that died: the kernel closed its sockets as it died).
+fn was_cut(client: &TcpStream) -> bool {
+    client
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let mut stream = client;
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
+}
+
+/// The PID of worker `id` once it is ready for the `(round + 1)`-th time.
+fn ready_pid(server: &ServerProcess, id: usize, round: usize) -> i32 {
+    let prefix = format!("worker {id} is ready (pid ");
+    let mut pid = None;
+    let ok = server.stderr.wait_for(PATIENCE, |err| {
+        let text = String::from_utf8_lossy(err);
+        pid = text
+            .match_indices(&prefix)
+            .nth(round)
+            .and_then(|(at, _)| text[at + prefix.len()..].split(')').next()?.parse().ok());
+        pid.is_some()
+    });
+    assert!(ok, "worker {id} not ready {} times\n{}", round + 1, server.context());
+    pid.unwrap_or_default()
+}
+
+#[test]
+fn a_stopped_or_dead_worker_strands_no_new_client() {
+    let server = ServerProcess::start(&["--workers", "3"]);
+    let workers = wait_children(server.pid(), 3);
+    wait_ready(&server, 3);
+    let greeted_within_a_second = |what: &str| {
+        for i in 0..60 {
+            let mut client = TcpStream::connect(server.addr).expect("connect");
+            client.set_read_timeout(Some(Duration::from_secs(1))).expect("timeout");
+            let mut greeting = [0u8; 10];
+            if let Err(e) = client.read_exact(&mut greeting) {
+                panic!(
+                    "{what}: client {i} not greeted within a second: {e}\n{}",
+                    server.context()
+                );
+            }
+        }
+    };
+    // SAFETY: kill has no memory effects; the worker is the server's child.
+    assert_eq!(unsafe { libc::kill(workers[1], libc::SIGSTOP) }, 0);
+    let noticed = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"was stopped by SIGSTOP"));
+    assert!(noticed, "{}", server.context());
+    greeted_within_a_second("one of three workers stopped");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(workers[1], libc::SIGCONT) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(workers[2], libc::SIGKILL) }, 0);
+    let noticed = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"restarting it in"));
+    assert!(noticed, "{}", server.context());
+    greeted_within_a_second("one of three workers killed");
+}
+
+#[test]
+fn a_killed_worker_is_named_and_its_counts_stay_in_the_summary_and_the_stats() {
+    let mut server = ServerProcess::start(&["--workers", "2", "--tag", "--stats", "100ms"]);
+    let workers = wait_children(server.pid(), 2);
+    wait_ready(&server, 2);
+    let mut clients: Vec<TcpStream> = (0..16).map(|_| connect_greeted(server.addr)).collect();
+    let mut total = 0;
+    for (i, client) in clients.iter_mut().enumerate() {
+        let msg = format!("client {i} says hello").repeat(i + 1);
+        client.write_all(msg.as_bytes()).expect("send");
+        total += msg.len();
+    }
+    let printed = server.stdout.wait_for(PATIENCE, |out| {
+        util::frames_of(out).iter().map(|(_, n, _)| n).sum::<usize>() == total
+    });
+    assert!(printed, "{}", server.context());
+    // A --stats line after the bytes were printed counts them all.
+    let counted = server.stderr.wait_for(PATIENCE, |err| {
+        util::contains(
+            err,
+            format!("accepted 16 closed 0 rejected 0 bytes_in {total} ").as_bytes(),
+        )
+    });
+    assert!(counted, "a total line for all workers\n{}", server.context());
+    assert!(server.stderr.text().contains(" | per worker "), "{}", server.context());
+    // SAFETY: kill has no memory effects; the worker is the server's child.
+    assert_eq!(unsafe { libc::kill(workers[0], libc::SIGKILL) }, 0);
+    let said = server.stderr.wait_for(PATIENCE, |err| {
+        util::contains(
+            err,
+            format!("worker 0 (pid {}) was killed by SIGKILL after", workers[0]).as_bytes(),
+        )
+    });
+    assert!(said, "{}", server.context());
+    // The kernel closed the dead worker's sockets when it died, before the
+    // supervisor reaped it: its clients see the end at once, the others
+    // see nothing.
+    let cut = clients.iter().filter(|c| was_cut(c)).count();
+    assert!(cut > 0, "no client was on the killed worker (16 clients, 2 workers)");
+    assert!(
+        server.stderr.text().contains(&format!(
+            "; {cut} connection{} closed with it;",
+            if cut == 1 { " was" } else { "s were" }
+        )),
+        "{}",
+        server.context()
+    );
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "{status}\n{}", server.context());
+    let err = server.stderr.text();
+    let summary = err.lines().find(|l| l.contains("summary: ")).expect("a summary");
+    assert!(
+        summary.contains(&format!("summary: 16 connections ({} open at stop", 16 - cut))
+            && summary.contains(&format!(" {total} bytes, {cut} lost with their worker")),
+        "the dead worker's counts are in: {summary}"
+    );
 }

@@ -236,14 +236,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     // A worker takes the descriptors its supervisor passed before it opens
     // anything else.
     let worker = match (args.worker_id, args.worker_count) {
         (Some(id), Some(count)) => {
-            // SAFETY: first thing in `run`: nothing has opened a file yet, so
+            // SAFETY: nothing in `run` has kept a file open yet, so
             // descriptors 3 to 5 are the supervisor's (and if there is no
             // supervisor, `take` finds them closed and says so).
-            let side = unsafe { WorkerSide::take(id, count) };
+            let side = unsafe { WorkerSide::take(id, count, threads) };
             Some(side.map_err(|e| format!("cannot take the supervisor's descriptors: {}", plain(&e)))?)
         }
         _ => None,
@@ -283,10 +287,6 @@ fn run(args: Args) -> Result<(), String> {
             );
         }
     }
-    let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     if workers.saturating_mul(threads) > MAX_REACTORS {
         return Err(format!(
             "--workers {workers} x --threads {threads} is more than {MAX_REACTORS} reactors in all"
@@ -328,7 +328,10 @@ fn run(args: Args) -> Result<(), String> {
         ..Config::default()
     };
 
-    if let Some(side) = worker {
+    if let Some(mut side) = worker {
+        // Only a cap below what the workers' open-file limits allow in all
+        // is checked across workers at each accept.
+        side.share.cap_binding = (cap as u64) < (fitting as u64).saturating_mul(args.worker_count.unwrap_or(1) as u64);
         return run_worker(side, config, soft_limit);
     }
     // Under systemd socket activation the listener is passed in, already
@@ -338,15 +341,15 @@ fn run(args: Args) -> Result<(), String> {
     // SAFETY: no thread has been started yet (the logger starts none), and
     // descriptor 3 and up are still the service manager's.
     let activated = unsafe { listen::activated() };
-    let listeners = match activated.map_err(|e| format!("socket activation: {}", plain(&e)))? {
+    let (listeners, owned) = match activated.map_err(|e| format!("socket activation: {}", plain(&e)))? {
         Some(listener) => {
             info!("using the listening socket passed by the service manager (LISTEN_FDS)");
-            vec![listener]
+            (vec![listener], false)
         }
-        None => bind(&args.host, args.port, config.backlog, per_process)?,
+        None => (bind(&args.host, args.port, config.backlog, per_process)?, true),
     };
     if workers > 1 {
-        return run_supervisor(listeners, workers, cap, &config);
+        return run_supervisor(listeners, owned, workers, cap, &config);
     }
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
@@ -354,14 +357,8 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
     // Under systemd (Type=notify), say when serving and when stopping; a
     // no-op elsewhere ($NOTIFY_SOCKET unset).
-    server.on_stop(|| {
-        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
-            warn!("cannot notify systemd (STOPPING=1): {e}");
-        }
-    });
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        warn!("cannot notify systemd (READY=1): {e}");
-    }
+    server.on_stop(simple_tcp_server::notify::stopping);
+    simple_tcp_server::notify::ready();
     info!(
         "serving up to {} connections on {} (open-file limit {soft_limit})",
         server.max_connections(),
@@ -391,11 +388,14 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 /// Runs as one of a supervisor's workers: serves its listener with the
-/// shared cap, prints no `Listening to:` line (the supervisor did), and
-/// reports its summary to the supervisor.
+/// shared cap, prints no `Listening to:` line (the supervisor did) and no
+/// `--stats` line (the supervisor adds up every worker's), publishes its
+/// counts in the shared memory, and tells the supervisor when it is ready,
+/// draining and done.
 fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(), String> {
     config.announce = false;
-    config.shared_count = Some(side.count);
+    config.stats_interval = None;
+    config.worker = Some(side.share);
     let listener = side
         .listener
         .try_clone()
@@ -404,6 +404,11 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(
     server
         .stop_on_signals_as(Exits::WorkerOfSupervisor)
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
+    let status = side.status_pipe().map_err(|e| format!("status pipe: {}", plain(&e)))?;
+    server.on_stop(move || {
+        // The supervisor steers new clients away from a draining worker.
+        let _ = (&status).write_all(workers::DRAINING);
+    });
     info!(
         "serving on {} (open-file limit {soft_limit})",
         match server.threads() {
@@ -416,19 +421,23 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
+    side.say(workers::READY)
+        .map_err(|e| format!("cannot tell the supervisor: {}", plain(&e)))?;
     let summary = server.run(stdout).map_err(|e| match OutputError::of(&e) {
         Some(e) => format!("cannot write the transcript to the supervisor: {}", plain(e)),
         None => format!("stopped: {}", plain(&e)),
     })?;
     debug!("summary: {summary}");
-    side.report(&summary)
-        .map_err(|e| format!("cannot report to the supervisor: {}", plain(&e)))
+    // The counts are in the shared memory: the supervisor reads them.
+    side.say(workers::DONE)
+        .map_err(|e| format!("cannot tell the supervisor: {}", plain(&e)))
 }
 
 /// Runs the supervisor of `workers` worker processes (see
 /// `simple_tcp_server::workers`).
 fn run_supervisor(
     listeners: Vec<std::net::TcpListener>,
+    owns_listeners: bool,
     workers: usize,
     cap: usize,
     config: &Config,
@@ -443,26 +452,35 @@ fn run_supervisor(
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
-    writeln!(stdout, "Listening to:  {local_addr}").map_err(|e| stdout_error(&e))?;
+    stdout
+        .write_all(&simple_tcp_server::output::listening_line(config.format, local_addr))
+        .map_err(|e| stdout_error(&e))?;
     info!("supervising {workers} workers, up to {cap} connections in all");
     let plan = workers::Plan {
         program,
         args,
         listeners,
+        owns_listeners,
         workers,
+        threads: config.threads,
         shutdown_timeout: config.shutdown_timeout,
+        stats_interval: config.stats_interval,
     };
-    // READY=1 comes from the supervisor once every worker runs.
-    match workers::supervise(plan, stdout) {
-        Ok(summary) => {
-            info!("summary: {summary}");
-            Ok(())
-        }
-        Err(e) => Err(match OutputError::of(&e) {
-            Some(e) => stdout_error(e),
-            None => format!("stopped: {}", plain(&e)),
-        }),
+    // READY=1 comes from the supervisor once every worker is ready.
+    let outcome = workers::supervise(plan, stdout).map_err(|e| match OutputError::of(&e) {
+        Some(e) => stdout_error(e),
+        None => format!("stopped: {}", plain(&e)),
+    })?;
+    info!("summary: {}", outcome.summary);
+    if outcome.unfinished_workers.is_empty() {
+        return Ok(());
     }
+    Err(format!(
+        "the drain did not finish: {} connection{} not finished ({})",
+        outcome.unfinished,
+        if outcome.unfinished == 1 { "" } else { "s" },
+        outcome.unfinished_workers.join("; ")
+    ))
 }
 
 /// Says what went wrong with stdout.

@@ -283,6 +283,15 @@ impl<'a, W: Write> Transcript<'a, W> {
     /// Writes the whole buffer while `sink`'s lock is held: another
     /// reactor's lines come before or after these, never inside them.
     fn write_out(&mut self, mut sink: MutexGuard<'_, W>) -> io::Result<()> {
+        // A forced exit (a second signal) waits for this batch if it can.
+        crate::reactor::shutdown::batch_started();
+        let result = self.write_batch(&mut sink);
+        crate::reactor::shutdown::batch_done();
+        result
+    }
+
+    /// Writes the whole buffer to `sink` (the lock held).
+    fn write_batch(&mut self, sink: &mut W) -> io::Result<()> {
         let mut done = 0;
         while done < self.buf.len() {
             match sink.write(&self.buf[done..]) {
@@ -301,6 +310,17 @@ impl<'a, W: Write> Transcript<'a, W> {
         self.pending_since = None;
         sink.flush()
     }
+}
+
+/// The `Listening to:  ADDR` line (or the JSON `listening` event, stamped
+/// now) in `format`: the first line of a transcript, for a process that
+/// writes it without a reactor (the supervisor of `--workers`).
+pub fn listening_line(format: Format, addr: SocketAddr) -> Vec<u8> {
+    let sink = Mutex::new(Vec::new());
+    let mut transcript = Transcript::new(&sink, crate::MAX_READ, false, false, format);
+    transcript.read_clock();
+    transcript.listening(addr);
+    std::mem::take(&mut transcript.buf)
 }
 
 /// The output's lock after a reactor panicked while holding it.

@@ -94,6 +94,20 @@ impl Core {
                     self.end_shortage();
                     return Ok(());
                 }
+                // The socket no longer listens: a process sharing it (the
+                // supervisor of `--workers`, at its first signal) shut it
+                // down. Those connected are still served.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    if self.shared.stop.load(Ordering::SeqCst) {
+                        debug!("accept: {e}: the listener was shut down");
+                    } else {
+                        warn!("accept: {e}: the listening socket was shut down; serving those connected");
+                    }
+                    if let Some(mut listener) = self.listener.take() {
+                        let _ = registry.deregister(&mut listener);
+                    }
+                    return Ok(());
+                }
                 Err(e) => match net_error::accept_action(&e) {
                     // That one client's problem: take the next.
                     AcceptAction::Retry => debug!("accept: {e}; next"),
@@ -280,12 +294,16 @@ impl Core {
                 (&self.shared.denied_burst, "denied by --allow/--deny")
             }
             Refusal::UntrustedProxy => {
-                self.stats.proxy_refused += 1;
-                (&self.shared.proxy_burst, "not a trusted proxy (--proxy-from)")
+                self.stats.proxy_untrusted += 1;
+                (&self.shared.untrusted_burst, "not a trusted proxy (--proxy-from)")
             }
             Refusal::BadHeader => {
-                self.stats.proxy_refused += 1;
+                self.stats.proxy_invalid += 1;
                 (&self.shared.proxy_burst, "no valid PROXY header")
+            }
+            Refusal::LateHeader => {
+                self.stats.proxy_timeout += 1;
+                (&self.shared.proxy_burst, "no PROXY header in time")
             }
         };
         if let Some(before) = self.shared.note(burst, self.now) {
@@ -306,6 +324,8 @@ pub(super) enum Refusal {
     Denied,
     /// Behind `--proxy-protocol`, the peer is not in `--proxy-from`.
     UntrustedProxy,
-    /// The PROXY header is missing, malformed, or late.
+    /// The PROXY header is missing or malformed.
     BadHeader,
+    /// The PROXY header did not come whole within `--proxy-timeout`.
+    LateHeader,
 }

@@ -25,7 +25,7 @@ mod connection;
 mod pool;
 mod proxy;
 pub mod shutdown;
-mod stats;
+pub mod stats;
 mod sweep;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -524,6 +524,7 @@ impl Core {
         budget: usize,
         out: &mut Transcript<'_, W>,
     ) -> io::Result<Option<Close>> {
+        let active = self.connections.len();
         let Some(conn) = self.connections.get_mut(key) else {
             return Ok(None);
         };
@@ -564,7 +565,13 @@ impl Core {
                     // Windows are whole frames, so the cut is the same.
                     for part in self.read_buf[..n].chunks(self.frame_window) {
                         self.stats.frames += out.frames(peer, part);
-                        out.flush_if_full()?;
+                        if out.pending() >= crate::output::FLUSH_AT {
+                            // A write that may block: what was counted is
+                            // published first (for whoever reads it while
+                            // this reactor waits on the output).
+                            self.shared.publish(self.id, &self.stats, active);
+                            out.flush_if_full()?;
+                        }
                     }
                     // A short read drained the socket (the kernel raises a
                     // new edge for every arrival), unless the peer has closed
@@ -606,19 +613,27 @@ impl Core {
         match &reason {
             Close::Eof | Close::Shutdown | Close::Refused => debug!("[{key}] {peer}: closed ({reason:?})"),
             Close::Error(e) => debug!("[{key}] {peer}: closed: {e}"),
-            Close::Idle => {
-                info!(
-                    "[{key}] {}: closed after {:?} without data (--idle-timeout)",
-                    peer,
-                    Duration::from_millis(u64::from(self.now_ms.wrapping_sub(conn.last_active)))
-                );
-                self.stats.idle_closed += 1;
-            }
+            Close::Idle => info!(
+                "[{key}] {}: closed after {:?} without data (--idle-timeout)",
+                peer,
+                Duration::from_millis(u64::from(self.now_ms.wrapping_sub(conn.last_active)))
+            ),
         }
-        // Only a client that was announced is announced closing.
+        // Only a client that was announced is announced closing (and
+        // counted as closed, by why).
         if !conn.has(PROXY_PENDING | QUIET) {
             out.closed(peer);
-            self.stats.closed += 1;
+            let stats = &mut self.stats;
+            stats.closed += 1;
+            match &reason {
+                Close::Eof => stats.closed_eof += 1,
+                Close::Error(e) if e.kind() == io::ErrorKind::ConnectionReset => stats.closed_reset += 1,
+                Close::Error(_) => stats.closed_error += 1,
+                Close::Idle => stats.closed_idle += 1,
+                Close::Shutdown => stats.closed_shutdown += 1,
+                // Refused connections are never announced.
+                Close::Refused => {}
+            }
         }
         self.last_churn = Some(self.now);
         // Dropping the stream closes the descriptor, which also removes it
@@ -661,6 +676,7 @@ impl Core {
             }
         }
         self.stats.open_at_stop = self.connections.iter().filter(|(_, c)| !c.has(QUIET)).count() as u64;
+        self.shared.publish(self.id, &self.stats, self.connections.len());
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(conn) = self.connections.get_mut(key) else {
@@ -677,6 +693,8 @@ impl Core {
             self.close(key, reason, out);
         }
         out.flush()?;
+        // The final counts, for whoever reads them (a worker's supervisor).
+        self.shared.publish(self.id, &self.stats, self.connections.len());
         Ok(self.stats)
     }
 }

@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info};
 
 use super::balance::{Balance, Client};
-use super::stats::Summary;
+use super::stats::{Published, Summary};
 use super::{Reactor, STOP, shutdown};
-use crate::config::{Config, SharedCount};
+use crate::config::{Config, WorkerShare};
 use crate::output::{OutputError, Transcript};
 
 /// Greetings longer than this are refused (the sent count is a `u32`).
@@ -94,21 +94,6 @@ impl StopFd {
     }
 }
 
-/// A reactor's counters as it last published them.
-#[derive(Debug, Default)]
-#[repr(align(128))] // a cache line (two, for the adjacent-line prefetcher) each
-struct Published {
-    accepted: AtomicU64,
-    closed: AtomicU64,
-    rejected: AtomicU64,
-    idle_closed: AtomicU64,
-    frames: AtomicU64,
-    bytes: AtomicU64,
-    active: AtomicU64,
-    denied: AtomicU64,
-    proxy_refused: AtomicU64,
-}
-
 /// Events that are logged once per burst (the first of a burst), and
 /// counted: a burst ends after [`Burst::QUIET`] without one.
 #[derive(Debug, Default)]
@@ -156,9 +141,9 @@ pub(super) struct Shared {
     pub(super) stop: AtomicBool,
     /// Connections open on all reactors together.
     pub(super) open: AtomicUsize,
-    /// With `--workers`: the counts shared with the other workers, which
-    /// the cap is checked against instead of `open`.
-    across: Option<SharedCount>,
+    /// With `--workers`: what this worker shares with the others (their
+    /// open counts, which the cap is checked against instead of `open`).
+    worker: Option<WorkerShare>,
     /// The cap on `open`.
     pub(super) max_connections: usize,
     /// Clients turned away at the cap since the server last had room (for
@@ -169,7 +154,10 @@ pub(super) struct Shared {
     pub(super) short_reactors: AtomicUsize,
     /// Clients denied by `--allow`/`--deny`, for logging per burst.
     pub(super) denied_burst: Burst,
-    /// Connections without a valid PROXY header, for logging per burst.
+    /// Connections from outside `--proxy-from`, for logging per burst.
+    pub(super) untrusted_burst: Burst,
+    /// Connections without a valid PROXY header (or none in time), for
+    /// logging per burst.
     pub(super) proxy_burst: Burst,
     /// The server's start, the clock of the bursts.
     epoch: Instant,
@@ -180,8 +168,9 @@ pub(super) struct Shared {
     wakers: Vec<StopFd>,
     /// How many clients each reactor serves, and the clients handed over.
     pub(super) balance: Balance,
-    /// Each reactor's counters, when `--stats` wants them.
-    published: Vec<Published>,
+    /// Each reactor's counters, when `--stats` (or a worker's supervisor)
+    /// wants them.
+    published: Slots,
     /// Whether reactors publish their counters.
     publishing: bool,
 }
@@ -190,15 +179,27 @@ impl Shared {
     /// Takes a slot under the cap, if one is free.
     #[inline]
     pub(super) fn try_open(&self) -> bool {
-        let count = self.across.map_or(&self.open, |c| c.all);
-        if count.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
-            count.fetch_sub(1, Ordering::Relaxed);
-            return false;
+        let Some(worker) = self.worker else {
+            if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_connections {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                return false;
+            }
+            return true;
+        };
+        // A worker counts the slot in its own count first, then checks the
+        // sum over all workers: one step that a death cannot tear (the
+        // supervisor clears a dead worker's count). Two workers taking the
+        // last slot at once may both back off; neither goes over the cap.
+        let mine = &worker.open[worker.id].open;
+        mine.fetch_add(1, Ordering::SeqCst);
+        if worker.cap_binding {
+            let all: u64 = worker.open.iter().map(|w| w.open.load(Ordering::SeqCst)).sum();
+            if all > self.max_connections as u64 {
+                mine.fetch_sub(1, Ordering::SeqCst);
+                return false;
+            }
         }
-        if let Some(across) = self.across {
-            across.mine.fetch_add(1, Ordering::Relaxed);
-            self.open.fetch_add(1, Ordering::Relaxed);
-        }
+        self.open.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -208,9 +209,8 @@ impl Shared {
     pub(super) fn release(&self, id: usize) {
         self.balance.closed(id);
         self.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(across) = self.across {
-            across.mine.fetch_sub(1, Ordering::Relaxed);
-            across.all.fetch_sub(1, Ordering::Relaxed);
+        if let Some(worker) = self.worker {
+            worker.open[worker.id].open.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -262,22 +262,12 @@ impl Shared {
     }
 
     /// Reactor `id` publishes its counters (relaxed stores into its own
-    /// cache line; nothing when `--stats` is off).
+    /// cache line; nothing when nobody reads them).
     #[inline]
     pub(super) fn publish(&self, id: usize, stats: &Summary, active: usize) {
-        if !self.publishing {
-            return;
+        if self.publishing {
+            self.published[id].store(stats, active as u64);
         }
-        let p = &self.published[id];
-        p.accepted.store(stats.accepted, Ordering::Relaxed);
-        p.closed.store(stats.closed, Ordering::Relaxed);
-        p.rejected.store(stats.rejected, Ordering::Relaxed);
-        p.idle_closed.store(stats.idle_closed, Ordering::Relaxed);
-        p.frames.store(stats.frames, Ordering::Relaxed);
-        p.bytes.store(stats.bytes, Ordering::Relaxed);
-        p.active.store(active as u64, Ordering::Relaxed);
-        p.denied.store(stats.denied, Ordering::Relaxed);
-        p.proxy_refused.store(stats.proxy_refused, Ordering::Relaxed);
     }
 
     /// Runs the stop hook, if there is one and it has not run.
@@ -296,7 +286,7 @@ impl Shared {
 
     /// The connections each reactor had open when it last published.
     pub(super) fn actives(&self) -> impl Iterator<Item = u64> + '_ {
-        self.published.iter().map(|p| p.active.load(Ordering::Relaxed))
+        self.published.iter().map(Published::active)
     }
 
     /// Every reactor's published counters added up, and the connections
@@ -304,21 +294,30 @@ impl Shared {
     pub(super) fn totals(&self) -> (Summary, u64) {
         let mut total = Summary::default();
         let mut active = 0;
-        for p in &self.published {
-            total.add(&Summary {
-                accepted: p.accepted.load(Ordering::Relaxed),
-                closed: p.closed.load(Ordering::Relaxed),
-                rejected: p.rejected.load(Ordering::Relaxed),
-                idle_closed: p.idle_closed.load(Ordering::Relaxed),
-                frames: p.frames.load(Ordering::Relaxed),
-                bytes: p.bytes.load(Ordering::Relaxed),
-                open_at_stop: 0,
-                denied: p.denied.load(Ordering::Relaxed),
-                proxy_refused: p.proxy_refused.load(Ordering::Relaxed),
-            });
-            active += p.active.load(Ordering::Relaxed);
+        for p in self.published.iter() {
+            total.add(&p.load());
+            active += p.active();
         }
         (total, active)
+    }
+}
+
+/// Where the reactors publish their counters: memory of their own, or a
+/// worker's slots in the memory its supervisor reads.
+#[derive(Debug)]
+enum Slots {
+    Own(Box<[Published]>),
+    Shared(&'static [Published]),
+}
+
+impl std::ops::Deref for Slots {
+    type Target = [Published];
+
+    fn deref(&self) -> &[Published] {
+        match self {
+            Slots::Own(slots) => slots,
+            Slots::Shared(slots) => slots,
+        }
     }
 }
 
@@ -395,18 +394,28 @@ impl Server {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             open: AtomicUsize::new(0),
-            across: config.shared_count,
+            worker: config.worker,
             max_connections,
             full_rejects: AtomicU64::new(0),
             short_reactors: AtomicUsize::new(0),
             denied_burst: Burst::default(),
+            untrusted_burst: Burst::default(),
             proxy_burst: Burst::default(),
             epoch: Instant::now(),
             on_stop: StopHook::default(),
             wakers,
             balance: Balance::new(threads),
-            published: (0..threads).map(|_| Published::default()).collect(),
-            publishing: config.stats_interval.is_some(),
+            published: match config.worker {
+                Some(worker) if worker.published.len() == threads => Slots::Shared(worker.published),
+                Some(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the worker's shared memory has no slot for every reactor",
+                    ));
+                }
+                None => Slots::Own((0..threads).map(|_| Published::default()).collect()),
+            },
+            publishing: config.stats_interval.is_some() || config.worker.is_some(),
         });
         let mut reactors = Vec::with_capacity(threads);
         for (id, poll) in polls.into_iter().enumerate() {

@@ -212,7 +212,7 @@ impl Core {
             if let Some(conn) = self.connections.get(key) {
                 let peer = conn.peer();
                 let detail = format!(": none within {:?} (--proxy-timeout)", self.config.proxy_timeout);
-                self.refuse(Refusal::BadHeader, peer, &detail);
+                self.refuse(Refusal::LateHeader, peer, &detail);
             }
             self.close(key, Close::Refused, out);
         }

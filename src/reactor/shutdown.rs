@@ -68,6 +68,72 @@ static STOPPER: OnceLock<Stopper> = OnceLock::new();
 /// may not allocate).
 static TIMEOUT_NOTE: OnceLock<String> = OnceLock::new();
 
+/// A write of whole lines to the transcript is under way (set around each
+/// batch by [`batch_started`] and [`batch_done`]).
+static WRITING: AtomicBool = AtomicBool::new(false);
+/// A forced exit waiting for the batch in flight: its status plus one (0:
+/// none).
+static EXIT_AFTER_BATCH: AtomicI32 = AtomicI32::new(0);
+
+/// How long a forced exit waits for the batch in flight when stdout can
+/// take bytes at that moment: a batch is at most about a megabyte, which a
+/// reader that keeps up takes in far less.
+const BATCH_GRACE: Duration = Duration::from_millis(100);
+
+/// Ends the process at once with `status`, from a signal handler, without
+/// cutting a line when that can be helped: when a batch of lines is being
+/// written and stdout can take bytes now, the exit waits until the batch is
+/// out ([`batch_done`] exits), but at most [`BATCH_GRACE`]; when stdout
+/// cannot take bytes (nobody reads it), it exits now, and the transcript
+/// may end inside a line, its last. Async-signal-safe.
+pub(crate) fn force_exit(status: i32) {
+    if WRITING.load(Ordering::SeqCst) && fd_writable(libc::STDOUT_FILENO) {
+        EXIT_AFTER_BATCH.store(status + 1, Ordering::SeqCst);
+        arm_timer(BATCH_GRACE.as_micros() as u64);
+        return;
+    }
+    signal_hook::low_level::exit(status);
+}
+
+/// A batch of whole lines is about to be written to the transcript.
+#[inline]
+pub(crate) fn batch_started() {
+    WRITING.store(true, Ordering::SeqCst);
+}
+
+/// The batch is written (or failed): if a forced exit was waiting for it,
+/// the process ends here, with no line cut.
+#[inline]
+pub(crate) fn batch_done() {
+    WRITING.store(false, Ordering::SeqCst);
+    let pending = EXIT_AFTER_BATCH.load(Ordering::SeqCst);
+    if pending > 0 {
+        signal_hook::low_level::exit(pending - 1);
+    }
+}
+
+/// A forced exit waited for its batch past [`BATCH_GRACE`]: it happens now.
+/// For the SIGALRM handlers. Async-signal-safe.
+pub(crate) fn exit_if_overdue() {
+    let pending = EXIT_AFTER_BATCH.load(Ordering::SeqCst);
+    if pending > 0 {
+        signal_hook::low_level::exit(pending - 1);
+    }
+}
+
+/// Whether `fd` can take bytes without blocking now. Async-signal-safe.
+fn fd_writable(fd: libc::c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `poll` reads and writes one pollfd through a pointer to a live
+    // local, and waits not at all.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready == 1 && pfd.revents & libc::POLLOUT != 0
+}
+
 /// Set when a second SIGINT/SIGTERM must not end the process (a worker:
 /// see [`Exits::WorkerOfSupervisor`]).
 static REPEATS_DRAIN: AtomicBool = AtomicBool::new(false);
@@ -125,13 +191,18 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -
                     return;
                 }
                 try_note(note);
-                signal_hook::low_level::exit(status);
+                force_exit(status);
+                return;
             }
             FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
             FIRST_SIGNAL.store(signal, Ordering::SeqCst);
             arm_timer(DRAIN_TIMEOUT_US.load(Ordering::SeqCst));
             if let Some(stopper) = STOPPER.get() {
                 let _ = stopper.stop();
+                if !REPEATS_DRAIN.load(Ordering::SeqCst) {
+                    // Said at once, even when the loop is blocked on stdout.
+                    note_stopping(signal, stopper.open() as u64);
+                }
             }
         };
         // SAFETY: the action only touches atomics, calls `clock_gettime`,
@@ -145,12 +216,13 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -
     if exits == Exits::WorkerOfSupervisor {
         let now = || {
             try_note(b"simple_tcp_server: told by the supervisor to exit at once, without finishing the drain\n");
-            signal_hook::low_level::exit(128 + EXIT_NOW);
+            force_exit(128 + EXIT_NOW);
         };
         // SAFETY: `poll`, `write` and `_exit` only: async-signal-safe.
         unsafe { signal_hook::low_level::register(EXIT_NOW, now) }?;
     }
     let on_alarm = || {
+        exit_if_overdue();
         if SIGNALLED.load(Ordering::SeqCst) && !DRAINED.load(Ordering::SeqCst) {
             let open = STOPPER.get().map_or(0, |stopper| stopper.open());
             let mut line = Line::new();
@@ -166,13 +238,32 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -
                 &b" connections not finished\n"[..]
             });
             try_note(line.as_bytes());
-            signal_hook::low_level::exit(EXIT_DRAIN_TIMEOUT);
+            force_exit(EXIT_DRAIN_TIMEOUT);
         }
     };
     // SAFETY: as above: atomics, a fixed buffer on the stack, a string
     // formatted before the handler was installed, `poll`, `write`, `_exit`.
     unsafe { signal_hook::low_level::register(SIGALRM, on_alarm) }?;
     Ok(())
+}
+
+/// Says on stderr, without blocking, that the first `signal` has started
+/// the drain of `open` connections and that a second one exits at once.
+/// Async-signal-safe.
+pub(crate) fn note_stopping(signal: i32, open: u64) {
+    let (name, again): (&[u8], &[u8]) = if signal == SIGINT {
+        (b"SIGINT", b" (press Ctrl-C again to exit at once)\n")
+    } else {
+        (b"SIGTERM", b" (another SIGTERM exits at once)\n")
+    };
+    let mut line = Line::new();
+    line.push(b"simple_tcp_server: ");
+    line.push(name);
+    line.push(b": stopping; draining ");
+    line.push_decimal(open);
+    line.push(if open == 1 { b" connection" } else { b" connections" });
+    line.push(again);
+    try_note(line.as_bytes());
 }
 
 /// The signal that started the drain, if one did.
@@ -206,15 +297,7 @@ pub(crate) fn arm_timer(micros: u64) {
 /// `PIPE_BUF` (4096) bytes, so that a pipe that polls writable takes it
 /// whole.
 pub(crate) fn try_note(line: &[u8]) {
-    let mut stderr = libc::pollfd {
-        fd: libc::STDERR_FILENO,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: `poll` reads and writes one pollfd through a pointer to a live
-    // local, and waits not at all.
-    let ready = unsafe { libc::poll(&mut stderr, 1, 0) };
-    if ready == 1 && stderr.revents & libc::POLLOUT != 0 {
+    if fd_writable(libc::STDERR_FILENO) {
         // SAFETY: `write` reads `line.len()` bytes from a live slice.
         let _ = unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };
     }
@@ -222,13 +305,13 @@ pub(crate) fn try_note(line: &[u8]) {
 
 /// A line built on the stack, without allocating (for signal handlers).
 pub(crate) struct Line {
-    buf: [u8; 256],
+    buf: [u8; 512],
     len: usize,
 }
 
 impl Line {
     pub(crate) fn new() -> Line {
-        Line { buf: [0; 256], len: 0 }
+        Line { buf: [0; 512], len: 0 }
     }
 
     pub(crate) fn push(&mut self, bytes: &[u8]) {
@@ -268,7 +351,7 @@ mod tests {
         line.push(b" ");
         line.push_decimal(18_446_744_073_709_551_615);
         assert_eq!(line.as_bytes(), b"open: 0 18446744073709551615");
-        line.push(&[b'x'; 300]);
-        assert_eq!(line.as_bytes().len(), 256, "a long line is cut, not overflowed");
+        line.push(&[b'x'; 600]);
+        assert_eq!(line.as_bytes().len(), 512, "a long line is cut, not overflowed");
     }
 }

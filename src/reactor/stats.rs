@@ -1,49 +1,101 @@
 //! Counting what the server does: the [`Summary`] that `run` returns (and
-//! the binary logs at exit), and the periodic `--stats` line.
+//! the binary logs at exit), the counters each reactor publishes once per
+//! wakeup for others to read ([`Published`]: the `--stats` line, the
+//! supervisor of `--workers`), and the periodic `--stats` line itself.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use log::info;
 
 use super::Core;
 
-/// Counts of what the server did, returned by [`super::Server::run`].
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// Connections accepted and served.
-    pub accepted: u64,
-    /// Connections closed (all of them, at the end of `run`).
-    pub closed: u64,
-    /// Connections turned away at the cap.
-    pub rejected: u64,
-    /// Connections closed for idling.
-    pub idle_closed: u64,
-    /// Frames printed.
-    pub frames: u64,
-    /// Bytes received and printed.
-    pub bytes: u64,
-    /// Connections still open when the server was stopped.
-    pub open_at_stop: u64,
+/// Declares [`Summary`]'s counters once: the struct, its field names in
+/// order, and its conversion to and from an array (what [`Published`]
+/// stores, and what a worker's counters are read back from).
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident, )*) => {
+        /// Counts of what the server did, returned by
+        /// [`super::Server::run`].
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct Summary {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+        }
+
+        impl Summary {
+            /// The counters' names, in the order of [`Summary::to_array`].
+            pub const NAMES: [&'static str; COUNTERS] = [$(stringify!($name),)*];
+
+            /// The counters as an array, in the order of [`Summary::NAMES`].
+            pub fn to_array(&self) -> [u64; COUNTERS] {
+                [$(self.$name,)*]
+            }
+
+            /// The counters from an array made by [`Summary::to_array`].
+            pub fn from_array(values: [u64; COUNTERS]) -> Summary {
+                let [$($name,)*] = values;
+                Summary { $($name,)* }
+            }
+        }
+
+        /// How many counters a [`Summary`] has.
+        pub const COUNTERS: usize = [$(stringify!($name),)*].len();
+    };
+}
+
+counters! {
+    /// Connections accepted and served (announced with `Connection from`).
+    accepted,
+    /// Connections closed (all the announced ones, at the end of `run`).
+    closed,
+    /// Of `closed`: the client closed (end of file).
+    closed_eof,
+    /// Of `closed`: the client reset the connection.
+    closed_reset,
+    /// Of `closed`: any other error on the socket.
+    closed_error,
+    /// Of `closed`: nothing received for `--idle-timeout`.
+    closed_idle,
+    /// Of `closed`: the server was stopping.
+    closed_shutdown,
+    /// Connections cut when the worker process serving them died (counted
+    /// by the supervisor of `--workers`; they have no `Closed connection`
+    /// line).
+    lost,
+    /// Clients turned away at the cap (`ERR server full`).
+    rejected,
     /// Clients closed without a greeting by `--allow`/`--deny`.
-    pub denied: u64,
-    /// Connections closed without a greeting behind `--proxy-protocol`: not
-    /// from a trusted proxy, or no valid PROXY header in time.
-    pub proxy_refused: u64,
+    denied,
+    /// Behind `--proxy-protocol`: connections from outside `--proxy-from`.
+    proxy_untrusted,
+    /// Behind `--proxy-protocol`: a header that is not a valid PROXY header
+    /// (or none before the connection closed).
+    proxy_invalid,
+    /// Behind `--proxy-protocol`: no whole header within `--proxy-timeout`.
+    proxy_timeout,
+    /// Frames printed.
+    frames,
+    /// Bytes received and printed.
+    bytes,
+    /// Connections still open when the server was stopped.
+    open_at_stop,
 }
 
 impl Summary {
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Summary) {
-        self.accepted += other.accepted;
-        self.closed += other.closed;
-        self.rejected += other.rejected;
-        self.idle_closed += other.idle_closed;
-        self.frames += other.frames;
-        self.bytes += other.bytes;
-        self.open_at_stop += other.open_at_stop;
-        self.denied += other.denied;
-        self.proxy_refused += other.proxy_refused;
+        let mut sum = self.to_array();
+        for (a, b) in sum.iter_mut().zip(other.to_array()) {
+            *a += b;
+        }
+        *self = Summary::from_array(sum);
+    }
+
+    /// Connections closed without a greeting behind `--proxy-protocol`,
+    /// for whatever reason.
+    pub fn proxy_refused(&self) -> u64 {
+        self.proxy_untrusted + self.proxy_invalid + self.proxy_timeout
     }
 }
 
@@ -52,37 +104,122 @@ impl std::fmt::Display for Summary {
         write!(
             f,
             "{} connections ({} open at stop, {} rejected, {} idle-closed), {} frames, {} bytes",
-            self.accepted, self.open_at_stop, self.rejected, self.idle_closed, self.frames, self.bytes
+            self.accepted, self.open_at_stop, self.rejected, self.closed_idle, self.frames, self.bytes
         )?;
+        if self.lost > 0 {
+            write!(f, ", {} lost with their worker", self.lost)?;
+        }
         if self.denied > 0 {
             write!(f, ", {} denied", self.denied)?;
         }
-        if self.proxy_refused > 0 {
-            write!(f, ", {} without a valid PROXY header", self.proxy_refused)?;
+        if self.proxy_untrusted > 0 {
+            write!(f, ", {} not from a trusted proxy", self.proxy_untrusted)?;
+        }
+        if self.proxy_invalid > 0 {
+            write!(f, ", {} without a valid PROXY header", self.proxy_invalid)?;
+        }
+        if self.proxy_timeout > 0 {
+            write!(f, ", {} without a PROXY header in time", self.proxy_timeout)?;
         }
         Ok(())
     }
 }
 
+/// A reactor's counters as it last published them (once per wakeup), in a
+/// cache line (two, for the adjacent-line prefetcher) of its own. It may
+/// live in memory shared between processes (a worker's, which its
+/// supervisor reads): any bytes are valid counters.
+#[derive(Debug, Default)]
+#[repr(C, align(128))]
+pub struct Published {
+    /// [`Summary::to_array`].
+    counts: [AtomicU64; COUNTERS],
+    /// Connections the reactor has open.
+    active: AtomicU64,
+}
+
+impl Published {
+    /// Publishes `stats` and the open connections (relaxed stores: readers
+    /// want recent counts, not a consistent cut).
+    #[inline]
+    pub fn store(&self, stats: &Summary, active: u64) {
+        for (slot, value) in self.counts.iter().zip(stats.to_array()) {
+            slot.store(value, Ordering::Relaxed);
+        }
+        self.active.store(active, Ordering::Relaxed);
+    }
+
+    /// The counters last published.
+    pub fn load(&self) -> Summary {
+        Summary::from_array(std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed)))
+    }
+
+    /// The open connections last published.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Back to zero (a slot of a worker about to be restarted).
+    pub fn clear(&self) {
+        self.store(&Summary::default(), 0);
+    }
+}
+
+/// Counters over all reactors (and workers) at one moment, and how fast
+/// they grew since the last line: the `--stats` line's text.
+pub fn stats_line(now: &Summary, active: u64, before: &Summary, secs: f64, spread: &str) -> String {
+    let secs = secs.max(1e-9);
+    let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+    format!(
+        "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} denied {} proxy_refused {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s{spread}",
+        active,
+        now.accepted,
+        now.closed,
+        now.rejected,
+        now.bytes,
+        now.frames,
+        now.denied,
+        now.proxy_refused(),
+        rate(now.accepted, before.accepted),
+        rate(now.closed, before.closed),
+        rate(now.bytes, before.bytes) / 1e6,
+        rate(now.frames, before.frames),
+    )
+}
+
 /// Periodic statistics (`--stats`).
 #[derive(Debug)]
-pub(super) struct StatsTimer {
-    pub(super) interval: Duration,
-    pub(super) next: Instant,
+pub struct StatsTimer {
+    /// Time between lines.
+    pub interval: Duration,
+    /// When the next line is due.
+    pub next: Instant,
     /// Counters at the previous line, for rates.
-    pub(super) last: Summary,
-    pub(super) last_at: Instant,
+    pub last: Summary,
+    /// When the previous line was logged.
+    pub last_at: Instant,
 }
 
 impl StatsTimer {
     /// A timer logging every `interval`, starting at `now`.
-    pub(super) fn new(interval: Duration, now: Instant) -> StatsTimer {
+    pub fn new(interval: Duration, now: Instant) -> StatsTimer {
         StatsTimer {
             interval,
             next: now + interval,
             last: Summary::default(),
             last_at: now,
         }
+    }
+
+    /// The line for `total` (with `active` open and `spread` after it) at
+    /// `now`; the timer moves on to the next interval.
+    pub fn line(&mut self, now: Instant, total: Summary, active: u64, spread: &str) -> String {
+        let secs = now.duration_since(self.last_at).as_secs_f64();
+        let line = stats_line(&total, active, &self.last, secs, spread);
+        self.last = total;
+        self.last_at = now;
+        self.next = now + self.interval;
+        line
     }
 }
 
@@ -91,10 +228,7 @@ impl Core {
     pub(super) fn log_stats(&mut self) {
         // This reactor's own counts are fresher than what it last published.
         self.shared.publish(self.id, &self.stats, self.connections.len());
-        let (s, active) = self.shared.totals();
-        let Some(timer) = self.stats_timer.as_mut() else { return };
-        let secs = self.now.duration_since(timer.last_at).as_secs_f64().max(1e-9);
-        let rate = |now: u64, then: u64| (now - then) as f64 / secs;
+        let (total, active) = self.shared.totals();
         // With several reactors, how the clients are spread over them.
         let mut spread = String::new();
         if self.shared.balance.len() > 1 {
@@ -103,23 +237,34 @@ impl Core {
                 let _ = write!(spread, " {count}");
             }
         }
-        info!(
-            "stats: active {} accepted {} closed {} rejected {} bytes_in {} frames {} denied {} proxy_refused {} | {:.0} accepts/s {:.0} closes/s {:.2} MB/s {:.0} frames/s{spread}",
-            active,
-            s.accepted,
-            s.closed,
-            s.rejected,
-            s.bytes,
-            s.frames,
-            s.denied,
-            s.proxy_refused,
-            rate(s.accepted, timer.last.accepted),
-            rate(s.closed, timer.last.closed),
-            rate(s.bytes, timer.last.bytes) / 1e6,
-            rate(s.frames, timer.last.frames),
-        );
-        timer.last = s;
-        timer.last_at = self.now;
-        timer.next = self.now + timer.interval;
+        let now = self.now;
+        let Some(timer) = self.stats_timer.as_mut() else { return };
+        info!("{}", timer.line(now, total, active, &spread));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_round_trip_through_arrays_and_published_slots() {
+        let mut s = Summary::default();
+        for (i, name) in Summary::NAMES.iter().enumerate() {
+            assert!(!name.is_empty());
+            let mut values = s.to_array();
+            values[i] = i as u64 + 1;
+            s = Summary::from_array(values);
+        }
+        assert_eq!(s.accepted, 1);
+        assert_eq!(s.open_at_stop, COUNTERS as u64);
+        let p = Published::default();
+        p.store(&s, 7);
+        assert_eq!((p.load(), p.active()), (s, 7));
+        p.clear();
+        assert_eq!((p.load(), p.active()), (Summary::default(), 0));
+        let mut twice = s;
+        twice.add(&s);
+        assert_eq!(twice.to_array(), s.to_array().map(|v| 2 * v));
     }
 }

@@ -120,7 +120,7 @@ mod tests {
             server.core.connections.contains(key),
             "closed a client that had just sent data"
         );
-        assert_eq!(server.core.stats.idle_closed, 0);
+        assert_eq!(server.core.stats.closed_idle, 0);
         let text = String::from_utf8(out.pending_bytes().to_vec()).expect("UTF-8");
         assert!(text.contains("<10:still here>\n"), "{text}");
         assert!(!text.contains("Closed connection"), "{text}");
@@ -129,7 +129,7 @@ mod tests {
         server.core.now_ms = 20_000;
         server.core.sweep_step(&mut out).expect("sweep");
         assert!(!server.core.connections.contains(key));
-        assert_eq!(server.core.stats.idle_closed, 1);
+        assert_eq!(server.core.stats.closed_idle, 1);
         assert_eq!(server.core.key_end, 0, "the sweep's walk shrinks with the connections");
     }
 }

@@ -5,40 +5,59 @@
 //! or `--threads` of them) under its own open-file limit.
 //!
 //! - **Descriptors**: a worker gets its listener as descriptor 3, a status
-//!   pipe as 4 (its summary, written at exit) and the shared counters as 5
-//!   (see [`shm`]). The supervisor keeps the listeners, so a worker that
-//!   dies is replaced on the same socket and no connection is refused.
+//!   pipe as 4 (it says `ready` once it serves, `draining` when it begins
+//!   to stop, `done` once its drain is complete and its last counts are
+//!   published) and the shared memory as 5 (see [`shm`]).
+//! - **Who gets new clients** (see [`steer`]): the kernel hashes each new
+//!   client to one worker's listener, but only over the workers that are
+//!   serving: a worker that is dead (waiting for its restart), stopped
+//!   (SIGSTOP, which the supervisor learns from `waitpid`), starting or
+//!   draining gets none, so no new client waits on it. The supervisor keeps
+//!   the listeners, so a worker that dies is replaced on the same socket.
 //! - **The transcript**: each worker writes whole-line batches to a pipe of
 //!   its own; the supervisor passes only whole lines on to its stdout (see
-//!   [`merge`]), so no line is split or interleaved, whatever stdout is. The
-//!   cost: every transcript byte crosses one more pipe, read and written
-//!   once more by the supervisor. A slow stdout slows the supervisor, then
-//!   the workers' pipes fill, then the workers slow their clients: nothing
-//!   is lost.
+//!   [`merge`]), so no line is split or interleaved, whatever stdout is (a
+//!   non-blocking pipe too: a write that would block waits until stdout
+//!   takes bytes). The cost: every transcript byte crosses one more pipe. A
+//!   slow stdout slows the supervisor, then the workers' pipes fill, then
+//!   the workers slow their clients: nothing is lost.
 //! - **The cap**: `--max-connections` counts every worker's connections in
 //!   shared memory; a client over it gets the `ERR server full` line from
 //!   whichever worker accepted it.
-//! - **Signals**: the first SIGINT/SIGTERM is passed to every worker (from
-//!   the signal handler, so even a supervisor blocked on stdout passes it
-//!   on), which drain; a second is passed on too and the supervisor exits
-//!   at once (130/143). A drain still running `--shutdown-timeout` after
-//!   the first signal (plus a second of grace) ends the supervisor with
-//!   status 1, and the workers with it.
-//! - **Failures**: a worker that dies is restarted with backoff (100 ms,
-//!   doubling to 10 s, back to 100 ms once a worker has lived 10 s), and
-//!   logged; its clients saw their connections closed. The summary adds up
-//!   the workers' own summaries.
+//! - **Signals**: the first SIGINT/SIGTERM stops the listeners at once (new
+//!   clients are refused; under socket activation the socket is systemd's
+//!   and stays open, and newcomers wait in its queue) and is passed to
+//!   every worker, which drain (from the signal handler, so even a
+//!   supervisor blocked on stdout passes it on); a second is passed on too
+//!   and the supervisor exits at once (130/143). A drain still running
+//!   `--shutdown-timeout` after the first signal (plus a second of grace)
+//!   ends the supervisor with status 1, and the workers with it.
+//! - **Failures**: a worker that dies after it was ready is restarted with
+//!   backoff (100 ms, doubling to 10 s, back to 100 ms once a worker has
+//!   lived 10 s), whatever killed it, and the others serve on; its clients
+//!   saw their connections closed, and stderr says how it died and how many
+//!   it held. A worker that exits before it is ready (bad arguments, a bind
+//!   or limit failure) five times in a row, or with a usage error once,
+//!   cannot get going: the supervisor stops.
+//! - **Counts**: the summary, `--stats` and the exit status add up every
+//!   worker, a dead one's counts up to its last wakeup. A worker that did
+//!   not finish its drain (its drain timed out, or it died while draining)
+//!   is named, its open connections are counted as not finished, and the
+//!   supervisor exits 1.
 
 pub mod merge;
 pub mod shm;
+pub mod steer;
 
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,11 +65,15 @@ use log::{debug, error, info, warn};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::config::SharedCount;
+use crate::config::WorkerShare;
 use crate::reactor::Summary;
-use crate::reactor::shutdown::{EXIT_NOW, Line, arm_timer, monotonic_ns, repeat_is_the_same, try_note};
+use crate::reactor::shutdown::{
+    EXIT_NOW, Line, arm_timer, batch_done, batch_started, exit_if_overdue, force_exit, monotonic_ns,
+    repeat_is_the_same, try_note,
+};
+use crate::reactor::stats::StatsTimer;
 use merge::LineMerger;
-use shm::Counters;
+use shm::Shm;
 
 /// The most workers one supervisor runs (the signal handler keeps their
 /// PIDs in a fixed table).
@@ -58,13 +81,16 @@ pub const MAX_WORKERS: usize = 1024;
 
 /// Where a worker finds its listener.
 pub const LISTENER_FD: RawFd = 3;
-/// Where a worker writes its summary when it exits.
+/// Where a worker says how it is doing (`ready`, `draining`, `done`).
 pub const STATUS_FD: RawFd = 4;
-/// Where a worker finds the shared counters.
-pub const COUNTERS_FD: RawFd = 5;
+/// Where a worker finds the shared memory.
+pub const SHARED_FD: RawFd = 5;
 
-/// The token of the supervisor's signal pipe (workers' pipes are their ids).
+/// The token of the supervisor's signal pipe. A worker's transcript pipe
+/// is its id; its status pipe, [`STATUS_TOKENS`] plus its id.
 const SIGNALS: Token = Token(usize::MAX);
+/// Where the status pipes' tokens start.
+const STATUS_TOKENS: usize = MAX_WORKERS;
 /// Bytes read from a worker's pipe at a time.
 const READ_CHUNK: usize = 256 * 1024;
 /// First pause before restarting a worker that died.
@@ -75,6 +101,20 @@ const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 const HEALTHY_LIFE: Duration = Duration::from_secs(10);
 /// Time the supervisor gives the workers past their own drain timeout.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// Exits before being ready, in a row, after which the supervisor gives
+/// up: a worker that cannot start (a broken binary, no descriptors) is no
+/// flapping to wait out.
+const MAX_EARLY_EXITS: u32 = 5;
+/// The status with which a worker says its arguments are wrong (clap's).
+const USAGE_ERROR: i32 = 2;
+
+/// What a worker writes on its status pipe once it serves.
+pub const READY: &[u8] = b"ready\n";
+/// What a worker writes when it begins to drain.
+pub const DRAINING: &[u8] = b"draining\n";
+/// What a worker writes once its drain is complete and its final counts
+/// are published.
+pub const DONE: &[u8] = b"done\n";
 
 /// What the supervisor runs.
 #[derive(Debug)]
@@ -84,22 +124,61 @@ pub struct Plan {
     /// The arguments every worker gets, after `--worker-id I
     /// --worker-count N` (so they may end with `-- HOST PORT`).
     pub args: Vec<OsString>,
-    /// One listener per worker (bound with `SO_REUSEPORT`), or one that
-    /// every worker polls.
+    /// One listener per worker (bound with `SO_REUSEPORT`, in worker
+    /// order), or one that every worker polls.
     pub listeners: Vec<std::net::TcpListener>,
+    /// Whether the listeners were bound here (not passed by a service
+    /// manager): then they stop listening at the first signal.
+    pub owns_listeners: bool,
     /// How many workers.
     pub workers: usize,
+    /// Reactors per worker (`--threads`).
+    pub threads: usize,
     /// The workers' `--shutdown-timeout`.
     pub shutdown_timeout: Duration,
+    /// `--stats`: the supervisor logs the line for all workers.
+    pub stats_interval: Option<Duration>,
+}
+
+/// How the workers ended.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every worker's counts added up (a dead one's up to its last
+    /// wakeup).
+    pub summary: Summary,
+    /// Connections that workers had open when they ended their drain
+    /// without finishing it.
+    pub unfinished: u64,
+    /// The workers that did not finish their drain, and how they ended.
+    pub unfinished_workers: Vec<String>,
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Started, not yet serving.
+    Starting,
+    /// Serving.
+    Ready,
+    /// Draining (told to stop, or stopping on its own).
+    Draining,
+    /// Its drain is done and its last counts published.
+    Done,
 }
 
 /// One worker's slot.
 #[derive(Debug)]
 struct Worker {
     id: usize,
-    child: Option<Child>,
+    /// The running process.
+    pid: Option<libc::pid_t>,
     stdout: Option<ChildStdout>,
     status: Option<File>,
+    /// Bytes of the status pipe not yet a whole line.
+    status_tail: Vec<u8>,
+    stage: Stage,
+    /// Stopped by SIGSTOP (or another stop signal), not continued yet.
+    stopped: bool,
     merger: LineMerger,
     /// Its pipe may hold more than one read took: read again next turn
     /// without waiting for an event (as the reactor's run queue).
@@ -107,29 +186,29 @@ struct Worker {
     started: Instant,
     backoff: Duration,
     restart_at: Option<Instant>,
-    /// Exits in a row within [`QUICK_EXIT`] of starting.
-    quick_exits: u32,
+    /// Exits before being ready, in a row.
+    early_exits: u32,
 }
 
-/// A worker that exits this soon after it started did not get going.
-const QUICK_EXIT: Duration = Duration::from_secs(1);
-/// Quick exits in a row after which the supervisor gives up: a worker that
-/// cannot start (bad arguments, a broken binary) is no flapping to wait out.
-const MAX_QUICK_EXITS: u32 = 5;
-/// The status with which a worker says its arguments are wrong (clap's).
-const USAGE_ERROR: i32 = 2;
+impl Worker {
+    /// Whether new clients may be steered to it.
+    fn serving(&self) -> bool {
+        self.pid.is_some() && self.stage == Stage::Ready && !self.stopped
+    }
+}
 
 /// Worker PIDs, for the signal handlers (0: none).
 static PIDS: [AtomicI32; MAX_WORKERS] = [const { AtomicI32::new(0) }; MAX_WORKERS];
+/// The listeners to stop at the first signal (-1: none).
+static LISTENERS: [AtomicI32; MAX_WORKERS] = [const { AtomicI32::new(-1) }; MAX_WORKERS];
 /// Set by the first SIGINT or SIGTERM.
 static SIGNALLED: AtomicBool = AtomicBool::new(false);
 /// When the first came, in monotonic nanoseconds.
 static FIRST_AT_NS: AtomicU64 = AtomicU64::new(0);
-/// Counts the handler's forwards, so that a reap can tell whether one ran
-/// while a PID was out of the table.
-static FORWARDS: AtomicU64 = AtomicU64::new(0);
 /// How long the drain may take, in microseconds.
 static DRAIN_US: AtomicU64 = AtomicU64::new(0);
+/// The shared memory, for the first signal's note.
+static SHARED: OnceLock<Shm> = OnceLock::new();
 
 /// Sends `signal` to every worker. Async-signal-safe.
 fn signal_workers(signal: i32) {
@@ -137,15 +216,30 @@ fn signal_workers(signal: i32) {
         let pid = pid.load(Ordering::SeqCst);
         if pid > 0 {
             // SAFETY: kill has no memory effects. A PID is in the table only
-            // while its process is unreaped (it is taken out before each
-            // reap and put back if the child still runs), so it is ours.
+            // while its process is unreaped (it is taken out before the
+            // reap), so it is ours.
             unsafe { libc::kill(pid, signal) };
         }
     }
 }
 
-/// The supervisor's signal handlers: pass SIGINT/SIGTERM on to the workers;
-/// exit at once on the second; exit 1 when the drain outlives its bound.
+/// The listeners stop listening: clients queued on them and new ones are
+/// refused (RST), in every process that shares them. Async-signal-safe.
+fn stop_listening() {
+    for fd in &LISTENERS {
+        let fd = fd.swap(-1, Ordering::SeqCst);
+        if fd >= 0 {
+            // SAFETY: shutdown takes no pointers; the descriptor is one of
+            // the plan's listeners, open until `supervise` returns (which
+            // empties this table first).
+            unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
+}
+
+/// The supervisor's signal handlers: on the first SIGINT/SIGTERM stop the
+/// listeners and pass it on to the workers; exit at once on the second;
+/// exit 1 when the drain outlives its bound.
 fn install_handlers(drain: Duration) -> io::Result<()> {
     use signal_hook::consts::{SIGALRM, SIGINT, SIGTERM};
     DRAIN_US.store(
@@ -173,25 +267,45 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
                 // drains a worker (it may get each one twice).
                 signal_workers(EXIT_NOW);
                 try_note(note);
-                signal_hook::low_level::exit(128 + signal);
+                force_exit(128 + signal);
+                return;
             }
             FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
-            FORWARDS.fetch_add(1, Ordering::SeqCst);
+            stop_listening();
             signal_workers(libc::SIGTERM);
             arm_timer(DRAIN_US.load(Ordering::SeqCst));
+            if let Some(shared) = SHARED.get() {
+                crate::reactor::shutdown::note_stopping(signal, shared.totals().1);
+            }
         };
-        // SAFETY: the action calls only `clock_gettime`, `kill`,
-        // `setitimer`, `poll`, `write` and `_exit` and touches only atomics:
-        // async-signal-safe.
+        // SAFETY: the action calls only `clock_gettime`, `shutdown`, `kill`,
+        // `setitimer`, `poll`, `write` and `_exit`, and touches only
+        // atomics and a buffer on its stack: async-signal-safe.
         unsafe { signal_hook::low_level::register(signal, action) }?;
     }
     let on_alarm = || {
+        exit_if_overdue();
         if SIGNALLED.load(Ordering::SeqCst) {
             let mut line = Line::new();
-            line.push(b"simple_tcp_server: the workers' drain took longer than --shutdown-timeout; exiting\n");
+            line.push(b"simple_tcp_server: the workers' drain took longer than --shutdown-timeout; exiting");
+            if let Some(shared) = SHARED.get() {
+                // What is known without the loop (which may be blocked on
+                // stdout): the counts the workers last published.
+                let (total, open) = shared.totals();
+                line.push(b" with ");
+                line.push_decimal(open);
+                line.push(b" connections not finished; summary so far: ");
+                line.push_decimal(total.accepted);
+                line.push(b" connections, ");
+                line.push_decimal(total.frames);
+                line.push(b" frames, ");
+                line.push_decimal(total.bytes);
+                line.push(b" bytes");
+            }
+            line.push(b"\n");
             try_note(line.as_bytes());
             signal_workers(libc::SIGKILL);
-            signal_hook::low_level::exit(1);
+            force_exit(1);
         }
     };
     // SAFETY: as above.
@@ -200,232 +314,685 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
 }
 
 /// Runs the workers until SIGINT/SIGTERM, passing their transcripts to
-/// `out`; returns their summaries added up. An error when `out` can no
-/// longer be written (the workers are then stopped), when a worker cannot
-/// get going (it exits at once, again and again, or says its arguments are
-/// wrong), or when the supervisor itself cannot go on.
-pub fn supervise(plan: Plan, mut out: File) -> io::Result<Summary> {
+/// `out` (after whatever the caller wrote: the `Listening to:` line);
+/// returns how they ended. An error when `out` can no longer be written
+/// (the workers are then stopped), when a worker cannot get going (it exits
+/// before it is ready again and again, or says its arguments are wrong),
+/// or when the supervisor itself cannot go on.
+pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
     if plan.workers == 0 || plan.workers > MAX_WORKERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("--workers must be 1 to {MAX_WORKERS}"),
         ));
     }
+    let (shared, shared_fd) = Shm::create(plan.workers, plan.threads.max(1))?;
+    let _ = SHARED.set(shared);
+    if plan.owns_listeners {
+        for (slot, listener) in LISTENERS.iter().zip(&plan.listeners) {
+            slot.store(listener.as_raw_fd(), Ordering::SeqCst);
+        }
+    }
     install_handlers(plan.shutdown_timeout)?;
-    let mut poll = Poll::new()?;
-    let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])?;
-    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-    let (counters, counters_fd) = Counters::create(plan.workers)?;
-    let now = Instant::now();
-    let mut workers: Vec<Worker> = (0..plan.workers)
-        .map(|id| Worker {
-            id,
-            child: None,
-            stdout: None,
-            status: None,
-            merger: LineMerger::default(),
-            more: false,
-            started: now,
-            backoff: MIN_RESTART_BACKOFF,
-            restart_at: Some(now),
-            quick_exits: 0,
-        })
-        .collect();
-    let mut events = Events::with_capacity(256);
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut lines = Vec::with_capacity(READ_CHUNK);
-    let mut total = Summary::default();
-    let mut stopping = false;
-    let mut announced_ready = false;
-    let mut told = false;
-    let mut failure: Option<io::Error> = None;
-    loop {
+    let mut supervisor = Supervisor::new(&plan, shared, shared_fd, out)?;
+    let result = supervisor.run();
+    // The listeners close when the plan is dropped: no handler may touch
+    // their descriptors after this.
+    for slot in &LISTENERS {
+        slot.store(-1, Ordering::SeqCst);
+    }
+    if result.is_ok() {
+        arm_timer(0);
+    }
+    result
+}
+
+/// The supervisor's state.
+struct Supervisor<'p> {
+    plan: &'p Plan,
+    shared: Shm,
+    shared_fd: OwnedFd,
+    out: File,
+    poll: Poll,
+    signals: signal_hook_mio::v1_0::Signals,
+    workers: Vec<Worker>,
+    buf: Vec<u8>,
+    lines: Vec<u8>,
+    stopping: bool,
+    told: bool,
+    announced_ready: bool,
+    /// The workers new clients are steered to (`None`: not steered yet).
+    steered: Option<Vec<usize>>,
+    stats: Option<StatsTimer>,
+    outcome: Outcome,
+}
+
+impl<'p> Supervisor<'p> {
+    fn new(plan: &'p Plan, shared: Shm, shared_fd: OwnedFd, out: File) -> io::Result<Supervisor<'p>> {
+        let poll = Poll::new()?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
-        if !stopping {
-            for worker in workers.iter_mut() {
-                if worker.restart_at.is_some_and(|at| at <= now) {
-                    worker.restart_at = None;
-                    if let Err(e) = spawn(&plan, worker, &counters_fd, poll.registry()) {
-                        warn!(
-                            "worker {}: cannot start: {e}; retrying in {:?}",
-                            worker.id, worker.backoff
-                        );
-                        worker.restart_at = Some(now + worker.backoff);
-                        worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
-                    }
+        let workers = (0..plan.workers)
+            .map(|id| Worker {
+                id,
+                pid: None,
+                stdout: None,
+                status: None,
+                status_tail: Vec::new(),
+                stage: Stage::Starting,
+                stopped: false,
+                merger: LineMerger::default(),
+                more: false,
+                started: now,
+                backoff: MIN_RESTART_BACKOFF,
+                restart_at: Some(now),
+                early_exits: 0,
+            })
+            .collect();
+        Ok(Supervisor {
+            plan,
+            shared,
+            shared_fd,
+            out,
+            poll,
+            signals,
+            workers,
+            buf: vec![0u8; READ_CHUNK],
+            lines: Vec::with_capacity(READ_CHUNK),
+            stopping: false,
+            told: false,
+            announced_ready: false,
+            steered: None,
+            stats: plan.stats_interval.map(|every| StatsTimer::new(every, now)),
+            outcome: Outcome::default(),
+        })
+    }
+
+    /// The loop: start workers that are due, pass transcripts on, follow
+    /// the workers' lives, until every worker has ended after a stop.
+    fn run(&mut self) -> io::Result<Outcome> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            if !self.stopping {
+                self.start_due(now);
+            }
+            if self.stopping && self.workers.iter().all(|w| w.pid.is_none() && w.stdout.is_none()) {
+                break;
+            }
+            let timeout = if self.workers.iter().any(|w| w.more) {
+                Some(Duration::ZERO)
+            } else {
+                let restart = self
+                    .workers
+                    .iter()
+                    .filter(|_| !self.stopping)
+                    .filter_map(|w| w.restart_at)
+                    .min();
+                let stats = self.stats.as_ref().map(|s| s.next);
+                restart
+                    .into_iter()
+                    .chain(stats)
+                    .min()
+                    .map(|at| at.saturating_duration_since(now))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
                 }
+                return Err(e);
             }
-            if !announced_ready && workers.iter().all(|w| w.child.is_some()) {
-                announced_ready = true;
-                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-                    warn!("cannot notify systemd (READY=1): {e}");
-                }
-            }
-        }
-        if stopping && workers.iter().all(|w| w.child.is_none() && w.stdout.is_none()) {
-            break;
-        }
-        let timeout = if workers.iter().any(|w| w.more) {
-            Some(Duration::ZERO)
-        } else if stopping {
-            None
-        } else {
-            workers
-                .iter()
-                .filter_map(|w| w.restart_at)
-                .min()
-                .map(|at| at.saturating_duration_since(now))
-        };
-        if let Err(e) = poll.poll(&mut events, timeout) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        let mut reap = false;
-        for event in events.iter() {
-            if event.token() == SIGNALS {
-                for signal in signals.pending() {
-                    match signal {
-                        libc::SIGCHLD => reap = true,
-                        _ if !stopping => {
-                            info!("signal {signal}: stopping the workers");
-                            stopping = true;
+            let mut children = false;
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => {
+                        for signal in self.signals.pending() {
+                            match signal {
+                                libc::SIGCHLD => children = true,
+                                _ if !self.stopping => {
+                                    info!("signal {signal}: stopping the workers");
+                                    self.stopping = true;
+                                }
+                                _ => {}
+                            }
                         }
-                        _ => {}
+                    }
+                    Token(t) if t >= STATUS_TOKENS => {
+                        if let Some(id) = t.checked_sub(STATUS_TOKENS) {
+                            self.read_status(id);
+                        }
+                    }
+                    Token(id) => {
+                        if let Some(worker) = self.workers.get_mut(id) {
+                            worker.more = true;
+                        }
                     }
                 }
-            } else if let Some(worker) = workers.get_mut(event.token().0) {
-                worker.more = true;
+            }
+            if self.stopping && !self.told {
+                self.tell_stop();
+            }
+            // One read per worker per turn, so that one flooding worker
+            // cannot hold the others' lines, the reaping or the stop back.
+            for i in 0..self.workers.len() {
+                if self.workers[i].more {
+                    let more = self.pass_chunk(i).inspect_err(|_| self.fail())?;
+                    self.workers[i].more = more;
+                }
+            }
+            if children {
+                self.children().inspect_err(|_| self.fail())?;
+            }
+            self.steer();
+            if !self.announced_ready && self.workers.iter().all(|w| w.stage == Stage::Ready) {
+                self.announced_ready = true;
+                crate::notify::ready();
+            }
+            self.log_stats(now);
+        }
+        let mut outcome = std::mem::take(&mut self.outcome);
+        for worker in &self.workers {
+            outcome.summary.add(&self.shared.retired(worker.id));
+        }
+        Ok(outcome)
+    }
+
+    /// Starts the workers whose (re)start is due.
+    fn start_due(&mut self, now: Instant) {
+        for i in 0..self.workers.len() {
+            if self.workers[i].restart_at.is_some_and(|at| at <= now) {
+                self.workers[i].restart_at = None;
+                if let Err(e) = self.spawn(i) {
+                    let worker = &mut self.workers[i];
+                    warn!(
+                        "worker {}: cannot start: {e}; retrying in {:?}",
+                        worker.id, worker.backoff
+                    );
+                    worker.restart_at = Some(now + worker.backoff);
+                    worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
+                }
             }
         }
-        if stopping && !told {
-            told = true;
-            if !SIGNALLED.swap(true, Ordering::SeqCst) {
-                // Stopping for another reason than a signal (a failure).
-                FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
-            }
-            // From here too (a repeat only drains a worker), in case the
-            // signal handler found a worker's PID out of its table.
-            signal_workers(libc::SIGTERM);
-            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
-                debug!("cannot notify systemd (STOPPING=1): {e}");
-            }
+    }
+
+    /// Tells every worker to stop (once): the signal handler did, unless
+    /// the supervisor stops for another reason; from here too, in case a
+    /// worker started after the handler ran.
+    fn tell_stop(&mut self) {
+        self.told = true;
+        if !SIGNALLED.swap(true, Ordering::SeqCst) {
+            // Stopping for another reason than a signal (a failure).
+            FIRST_AT_NS.store(monotonic_ns(), Ordering::SeqCst);
+            stop_listening();
         }
-        // One read per worker per turn, so that one flooding worker cannot
-        // hold the others' lines, the reaping or the stop back.
-        for worker in workers.iter_mut().filter(|w| w.more) {
-            match pass_chunk(worker, &mut buf, &mut lines, &mut out, poll.registry()) {
-                Ok(more) => worker.more = more,
+        // A repeat only drains a worker.
+        signal_workers(libc::SIGTERM);
+        crate::notify::stopping();
+    }
+
+    /// Nothing more can be done (the output failed, or a worker cannot get
+    /// going): stop everyone.
+    fn fail(&self) {
+        stop_listening();
+        signal_workers(libc::SIGTERM);
+    }
+
+    /// Starts worker `i`: this very binary (`/proc/self/exe`, which stays
+    /// valid when the file on disk is replaced or removed).
+    fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let plan = self.plan;
+        let id = self.workers[i].id;
+        let listener = if plan.listeners.len() == 1 {
+            &plan.listeners[0]
+        } else {
+            &plan.listeners[id]
+        };
+        let (status_read, status_write) = std::io::pipe()?;
+        let fds = [
+            listener.as_raw_fd(),
+            status_write.as_raw_fd(),
+            self.shared_fd.as_raw_fd(),
+        ];
+        let supervisor = std::process::id() as libc::pid_t;
+        let mut command = Command::new("/proc/self/exe");
+        // The worker's own options first: the user's may end with `-- HOST PORT`.
+        command
+            .arg0(&plan.program)
+            .arg("--worker-id")
+            .arg(id.to_string())
+            .arg("--worker-count")
+            .arg(plan.workers.to_string())
+            .args(&plan.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: between fork and exec the closure calls only `prctl`,
+        // `getppid`, `fcntl` and `dup2` (async-signal-safe) on descriptors the
+        // supervisor holds open for the whole spawn, and allocates nothing.
+        unsafe { command.pre_exec(move || place_fds(&fds, supervisor)) };
+        let mut child = command.spawn()?;
+        drop(status_write);
+        let pid = child.id() as libc::pid_t;
+        let registry = self.poll.registry();
+        let watched = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout pipe"))
+            .and_then(|stdout| {
+                set_nonblocking(stdout.as_raw_fd())?;
+                registry.register(&mut SourceFd(&stdout.as_raw_fd()), Token(id), Interest::READABLE)?;
+                let status = File::from(OwnedFd::from(status_read));
+                set_nonblocking(status.as_raw_fd())?;
+                registry.register(
+                    &mut SourceFd(&status.as_raw_fd()),
+                    Token(STATUS_TOKENS + id),
+                    Interest::READABLE,
+                )?;
+                Ok((stdout, status))
+            });
+        let (stdout, status) = match watched {
+            Ok(pipes) => pipes,
+            Err(e) => {
+                // A worker the supervisor cannot watch must not run untracked.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
+        // The process is followed by its PID from here (`waitid`), not by
+        // `child`, which never waits for it.
+        drop(child);
+        PIDS[id].store(pid, Ordering::SeqCst);
+        // A signal that came while this worker was starting must reach it too.
+        if SIGNALLED.load(Ordering::SeqCst) {
+            // SAFETY: kill has no memory effects; the child is ours, unreaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        info!("worker {id} started (pid {pid})");
+        let worker = &mut self.workers[i];
+        worker.pid = Some(pid);
+        worker.stdout = Some(stdout);
+        worker.status = Some(status);
+        worker.status_tail.clear();
+        worker.stage = Stage::Starting;
+        worker.stopped = false;
+        worker.started = Instant::now();
+        worker.more = false;
+        Ok(())
+    }
+
+    /// Reads what worker `id` says on its status pipe.
+    fn read_status(&mut self, id: usize) {
+        let Some(worker) = self.workers.get_mut(id) else { return };
+        let Some(status) = worker.status.as_mut() else { return };
+        let mut chunk = [0u8; 64];
+        loop {
+            match status.read(&mut chunk) {
+                Ok(0) => {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&status.as_raw_fd()));
+                    worker.status = None;
+                    break;
+                }
+                Ok(n) => worker.status_tail.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    failure = Some(crate::output::OutputError::wrap(e));
+                    warn!("worker {id}: reading its status: {e}");
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&status.as_raw_fd()));
+                    worker.status = None;
                     break;
                 }
             }
         }
-        if failure.is_some() {
-            // Nothing more can be printed: stop everyone.
-            signal_workers(libc::SIGTERM);
-            break;
+        while let Some(end) = worker.status_tail.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = worker.status_tail.drain(..=end).collect();
+            worker.stage = match &line[..] {
+                READY if worker.stage == Stage::Starting => {
+                    info!("worker {id} is ready (pid {})", worker.pid.unwrap_or(0));
+                    Stage::Ready
+                }
+                DRAINING if worker.stage != Stage::Done => {
+                    debug!("worker {id} is draining");
+                    Stage::Draining
+                }
+                DONE => Stage::Done,
+                _ => worker.stage,
+            };
         }
-        if reap || stopping {
-            for worker in workers.iter_mut() {
-                match reap_worker(
-                    worker, &counters, &mut total, stopping, &mut buf, &mut lines, &mut out, &poll,
-                ) {
-                    Ok(()) => {}
-                    Err(e) if crate::output::OutputError::of(&e).is_some() => failure = Some(e),
-                    Err(e) => {
-                        error!("{e}; stopping every worker");
-                        failure = Some(e);
+    }
+
+    /// Reads once from worker `i`'s pipe and passes its whole lines on.
+    /// `Ok(true)` when the pipe may hold more (the read filled the buffer);
+    /// at end of file the pipe is dropped. `Err` only when `out` fails.
+    fn pass_chunk(&mut self, i: usize) -> io::Result<bool> {
+        let worker = &mut self.workers[i];
+        let Some(stdout) = worker.stdout.as_mut() else {
+            return Ok(false);
+        };
+        loop {
+            match stdout.read(&mut self.buf) {
+                Ok(0) => {
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&stdout.as_raw_fd()));
+                    worker.stdout = None;
+                    if worker.merger.unfinished() > 0 {
+                        warn!(
+                            "worker {}: its transcript ended inside a line ({} bytes dropped, so that no line is split)",
+                            worker.id,
+                            worker.merger.unfinished()
+                        );
+                        worker.merger.clear();
                     }
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.lines.clear();
+                    worker.merger.push(&self.buf[..n], &mut self.lines);
+                    if !self.lines.is_empty() {
+                        write_lines(&mut self.out, &self.lines).map_err(crate::output::OutputError::wrap)?;
+                    }
+                    return Ok(n == self.buf.len());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("worker {}: reading its transcript: {e}", worker.id);
+                    let _ = self.poll.registry().deregister(&mut SourceFd(&stdout.as_raw_fd()));
+                    worker.stdout = None;
+                    return Ok(false);
                 }
             }
-            if failure.is_some() && !stopping {
-                stopping = true;
-                signal_workers(libc::SIGTERM);
-            }
-            if failure
-                .as_ref()
-                .is_some_and(|e| crate::output::OutputError::of(e).is_some())
-            {
-                break;
+        }
+    }
+
+    /// Follows what `waitid` says of the workers: stopped, continued, or
+    /// ended (then reaped). `Err` when `out` fails or a worker cannot get
+    /// going.
+    fn children(&mut self) -> io::Result<()> {
+        loop {
+            // Look first, without reaping: an ended worker's PID leaves the
+            // signal handlers' table before it is reaped (and could be
+            // reused).
+            let Some((pid, code, status)) = wait_child(libc::P_ALL, 0, libc::WNOWAIT)? else {
+                return Ok(());
+            };
+            let index = self.workers.iter().position(|w| w.pid == Some(pid));
+            match code {
+                libc::CLD_STOPPED => {
+                    let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
+                    if let Some(i) = index {
+                        self.workers[i].stopped = true;
+                        // Steered away before it is said.
+                        self.steer();
+                        warn!(
+                            "worker {i} (pid {pid}) was stopped by {}: new clients go to the others until it continues",
+                            signal_name(status)
+                        );
+                    }
+                }
+                libc::CLD_CONTINUED => {
+                    let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
+                    if let Some(i) = index {
+                        info!("worker {i} (pid {pid}) continues");
+                        self.workers[i].stopped = false;
+                    }
+                }
+                libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED => {
+                    if let Some(i) = index {
+                        PIDS[self.workers[i].id].store(0, Ordering::SeqCst);
+                    }
+                    // Reaped now; a zombie until here, so the PID was ours.
+                    wait_child(libc::P_PID, pid as libc::id_t, 0)?;
+                    if let Some(i) = index {
+                        self.reap(i, pid, code, status)?;
+                    }
+                }
+                // Traced by someone: nothing to follow.
+                _ => {
+                    let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
+                }
             }
         }
     }
-    if failure.is_none() {
-        arm_timer(0);
+
+    /// Worker `i` (`pid`) has ended (`code`, `status` as `waitid` said):
+    /// passes on the rest of its transcript, retires its counts, gives back
+    /// its connections' slots, and (unless stopping) schedules its restart.
+    /// `Err` when `out` fails, or when the worker cannot get going.
+    fn reap(&mut self, i: usize, pid: libc::pid_t, code: i32, status: i32) -> io::Result<()> {
+        let id = self.workers[i].id;
+        // Everything it wrote before it ended is in its pipes; the writers
+        // are gone, so reading to the end terminates.
+        if let Some(stdout) = self.workers[i].stdout.as_ref() {
+            let fd = stdout.as_raw_fd();
+            // SAFETY: F_GETFL/F_SETFL on the pipe we own.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+            while self.workers[i].stdout.is_some() {
+                self.pass_chunk(i)?;
+            }
+        }
+        self.workers[i].more = false;
+        if let Some(status) = self.workers[i].status.as_ref() {
+            let fd = status.as_raw_fd();
+            // SAFETY: as above, on the status pipe.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+            while self.workers[i].status.is_some() {
+                self.read_status(id);
+            }
+        }
+        self.workers[i].pid = None;
+        let how = describe_end(code, status);
+        let open = self.shared.open_of(id);
+        let worker = &mut self.workers[i];
+        let lived = worker.started.elapsed();
+        let stage = worker.stage;
+        if self.stopping {
+            if stage == Stage::Done {
+                self.shared.retire(id, 0, 0);
+                debug!("worker {id} (pid {pid}) drained and {how}");
+            } else {
+                // Those it had open when it ended were open at the stop, and
+                // not finished.
+                self.shared.retire(id, 0, open);
+                let what = format!(
+                    "worker {id} (pid {pid}) {how} before finishing its drain, {open} connection{} open",
+                    if open == 1 { "" } else { "s" }
+                );
+                warn!("{what}; its counts are those of its last wakeup");
+                self.outcome.unfinished += open;
+                self.outcome.unfinished_workers.push(what);
+            }
+            return Ok(());
+        }
+        // A death: its connections died with it (the kernel closed them).
+        self.shared.retire(id, open, 0);
+        self.steer();
+        let worker = &mut self.workers[i];
+        if stage == Stage::Starting {
+            worker.early_exits += 1;
+            if (code == libc::CLD_EXITED && status == USAGE_ERROR) || worker.early_exits >= MAX_EARLY_EXITS {
+                let e = io::Error::other(format!(
+                    "worker {id} cannot get going: it {how} before it was ready, {} time{} in a row",
+                    worker.early_exits,
+                    if worker.early_exits == 1 { "" } else { "s" }
+                ));
+                error!("{e}; stopping every worker");
+                self.stopping = true;
+                self.fail();
+                return Err(e);
+            }
+        } else {
+            worker.early_exits = 0;
+        }
+        if lived >= HEALTHY_LIFE {
+            worker.backoff = MIN_RESTART_BACKOFF;
+        }
+        warn!(
+            "worker {id} (pid {pid}) {how} after {lived:.1?}{}; {open} connection{} closed with it; restarting it in {:?}",
+            if stage == Stage::Starting {
+                ", before it was ready"
+            } else {
+                ""
+            },
+            if open == 1 { " was" } else { "s were" },
+            worker.backoff
+        );
+        worker.restart_at = Some(Instant::now() + worker.backoff);
+        worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
+        Ok(())
     }
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(total),
+
+    /// Points new clients at the workers that serve, when that set has
+    /// changed (one listener per worker only: a shared listener is polled
+    /// by every worker, so a missing one strands nobody).
+    fn steer(&mut self) {
+        if self.plan.listeners.len() < 2 || self.stopping {
+            return;
+        }
+        let mut serving: Vec<usize> = self.workers.iter().filter(|w| w.serving()).map(|w| w.id).collect();
+        if serving.is_empty() {
+            // Nobody serves: the kernel's own spread, so that clients wait
+            // for whichever worker comes back first.
+            serving = self.workers.iter().map(|w| w.id).collect();
+        }
+        if self.steered.as_ref() == Some(&serving) {
+            return;
+        }
+        match steer::steer(&self.plan.listeners[0], &serving) {
+            Ok(()) => {
+                debug!("new clients go to workers {serving:?}");
+                self.steered = Some(serving);
+            }
+            Err(e) => {
+                if self.steered.is_none() {
+                    warn!("cannot steer new clients away from stopped or dead workers: {e}");
+                }
+                self.steered = Some(serving);
+            }
+        }
+    }
+
+    /// Logs the `--stats` line for all workers, when it is due.
+    fn log_stats(&mut self, now: Instant) {
+        let Some(timer) = self.stats.as_mut() else { return };
+        if timer.next > now {
+            return;
+        }
+        let (total, active) = self.shared.totals();
+        let mut spread = String::from(" | per worker");
+        for worker in &self.workers {
+            let _ = write!(spread, " {}", self.shared.open_of(worker.id));
+        }
+        info!("{}", timer.line(now, total, active, &spread));
     }
 }
 
-/// Starts worker `worker.id`: this very binary (`/proc/self/exe`, which
-/// stays valid when the file on disk is replaced or removed).
-fn spawn(plan: &Plan, worker: &mut Worker, counters: &OwnedFd, registry: &mio::Registry) -> io::Result<()> {
-    let listener = if plan.listeners.len() == 1 {
-        &plan.listeners[0]
-    } else {
-        &plan.listeners[worker.id]
-    };
-    let (status_read, status_write) = std::io::pipe()?;
-    let fds = [listener.as_raw_fd(), status_write.as_raw_fd(), counters.as_raw_fd()];
-    let supervisor = std::process::id() as libc::pid_t;
-    let mut command = Command::new("/proc/self/exe");
-    // The worker's own options first: the user's may end with `-- HOST PORT`.
-    command
-        .arg0(&plan.program)
-        .arg("--worker-id")
-        .arg(worker.id.to_string())
-        .arg("--worker-count")
-        .arg(plan.workers.to_string())
-        .args(&plan.args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: between fork and exec the closure calls only `prctl`,
-    // `getppid`, `fcntl` and `dup2` (async-signal-safe) on descriptors the
-    // supervisor holds open for the whole spawn, and allocates nothing.
-    unsafe { command.pre_exec(move || place_fds(&fds, supervisor)) };
-    let mut child = command.spawn()?;
-    drop(status_write);
-    let watched = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no stdout pipe"))
-        .and_then(|stdout| {
-            set_nonblocking(stdout.as_raw_fd())?;
-            registry.register(&mut SourceFd(&stdout.as_raw_fd()), Token(worker.id), Interest::READABLE)?;
-            Ok(stdout)
-        });
-    let stdout = match watched {
-        Ok(stdout) => stdout,
-        Err(e) => {
-            // A worker the supervisor cannot watch must not run untracked.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
+/// One `waitid` for a child's change of state, without blocking, with
+/// `extra` flags: `(pid, code, status)`, or `None` when no child has
+/// changed.
+fn wait_child(
+    which: libc::idtype_t,
+    id: libc::id_t,
+    extra: libc::c_int,
+) -> io::Result<Option<(libc::pid_t, i32, i32)>> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid (waitid fills it).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | extra;
+        // SAFETY: waitid writes one siginfo_t through a pointer to a live
+        // local.
+        if unsafe { libc::waitid(which, id, &mut info, flags) } != 0 {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ECHILD) => return Ok(None),
+                _ => return Err(e),
+            }
         }
-    };
-    PIDS[worker.id].store(child.id() as i32, Ordering::SeqCst);
-    // A signal that came while this worker was starting must reach it too.
-    if SIGNALLED.load(Ordering::SeqCst) {
-        // SAFETY: kill has no memory effects; the child is ours, unreaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // SAFETY: waitid filled `info` for a child's change of state (or
+        // left si_pid zero: none).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some((pid, info.si_code, status)));
     }
-    info!("worker {} started (pid {})", worker.id, child.id());
-    worker.child = Some(child);
-    worker.stdout = Some(stdout);
-    worker.status = Some(File::from(OwnedFd::from(status_read)));
-    worker.started = Instant::now();
-    worker.more = false;
+}
+
+/// How a process ended, as `waitid` said, in words.
+fn describe_end(code: i32, status: i32) -> String {
+    match code {
+        libc::CLD_EXITED => format!("exited with status {status}"),
+        libc::CLD_DUMPED => format!("was killed by {} (core dumped)", signal_name(status)),
+        _ => format!("was killed by {}", signal_name(status)),
+    }
+}
+
+/// A signal's name, as `kill -l` spells it (with SIG).
+fn signal_name(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        _ => return format!("signal {signal}"),
+    };
+    name.to_string()
+}
+
+/// Writes a batch of whole lines to `out`, all of it: a write that would
+/// block (a non-blocking stdout, as some process managers hand out) waits
+/// until `out` takes bytes. A forced exit waits for the batch if it can.
+fn write_lines(out: &mut File, lines: &[u8]) -> io::Result<()> {
+    batch_started();
+    let result = write_all_waiting(out, lines);
+    batch_done();
+    result
+}
+
+/// `write_all`, waiting for `out` to take bytes when it would block.
+fn write_all_waiting(out: &mut File, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match out.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: out.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes one pollfd through a pointer
+                // to a live local. An error (EINTR) only means: try again.
+                unsafe { libc::poll(&mut pfd, 1, -1) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
-/// Puts the listener, the status pipe and the counters at descriptors 3, 4
-/// and 5 of the child (copies first, so that no source is overwritten
+/// Puts the listener, the status pipe and the shared memory at descriptors
+/// 3, 4 and 5 of the child (copies first, so that no source is overwritten
 /// before it is copied), and ties the child's life to the supervisor's.
 /// Runs between fork and exec.
 fn place_fds(fds: &[RawFd; 3], supervisor: libc::pid_t) -> io::Result<()> {
@@ -466,178 +1033,35 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads once from worker `worker`'s pipe and passes its whole lines on.
-/// `Ok(true)` when the pipe may hold more (the read filled the buffer); at
-/// end of file the pipe is dropped. `Err` only when `out` fails.
-fn pass_chunk(
-    worker: &mut Worker,
-    buf: &mut [u8],
-    lines: &mut Vec<u8>,
-    out: &mut File,
-    registry: &mio::Registry,
-) -> io::Result<bool> {
-    let Some(stdout) = worker.stdout.as_mut() else {
-        return Ok(false);
-    };
-    loop {
-        match stdout.read(buf) {
-            Ok(0) => {
-                let _ = registry.deregister(&mut SourceFd(&stdout.as_raw_fd()));
-                worker.stdout = None;
-                if worker.merger.unfinished() > 0 {
-                    warn!(
-                        "worker {}: its transcript ended inside a line ({} bytes dropped, so that no line is split)",
-                        worker.id,
-                        worker.merger.unfinished()
-                    );
-                    worker.merger.clear();
-                }
-                return Ok(false);
-            }
-            Ok(n) => {
-                lines.clear();
-                worker.merger.push(&buf[..n], lines);
-                if !lines.is_empty() {
-                    out.write_all(lines)?;
-                }
-                return Ok(n == buf.len());
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                warn!("worker {}: reading its transcript: {e}", worker.id);
-                let _ = registry.deregister(&mut SourceFd(&stdout.as_raw_fd()));
-                worker.stdout = None;
-                return Ok(false);
-            }
-        }
-    }
-}
-
-/// If worker `worker` has exited: passes on the rest of its transcript,
-/// adds its summary, gives back its share of the shared count, and (unless
-/// stopping) schedules its restart. `Err` when `out` fails, or when the
-/// worker cannot get going (the supervisor then stops).
-#[allow(clippy::too_many_arguments)]
-fn reap_worker(
-    worker: &mut Worker,
-    counters: &Counters,
-    total: &mut Summary,
-    stopping: bool,
-    buf: &mut [u8],
-    lines: &mut Vec<u8>,
-    out: &mut File,
-    poll: &Poll,
-) -> io::Result<()> {
-    let Some(child) = worker.child.as_mut() else {
-        return Ok(());
-    };
-    // Out of the signal handlers' table before the reap, so that no handler
-    // can signal a PID the kernel has given to someone else; back in if the
-    // child still runs.
-    let forwards = FORWARDS.load(Ordering::SeqCst);
-    let pid = PIDS[worker.id].swap(0, Ordering::SeqCst);
-    let status = match child.try_wait() {
-        Ok(Some(status)) => status,
-        Ok(None) => {
-            PIDS[worker.id].store(pid, Ordering::SeqCst);
-            if FORWARDS.load(Ordering::SeqCst) != forwards {
-                // A signal handler may have run while the PID was out of the
-                // table (a repeat only drains a worker).
-                // SAFETY: kill has no memory effects; the child is unreaped.
-                unsafe { libc::kill(pid, libc::SIGTERM) };
-            }
-            return Ok(());
-        }
-        Err(e) => {
-            PIDS[worker.id].store(pid, Ordering::SeqCst);
-            warn!("worker {}: cannot learn whether it exited: {e}", worker.id);
-            return Ok(());
-        }
-    };
-    worker.child = None;
-    // Everything it wrote before it exited is in the pipe; the writer is
-    // gone, so reading to the end terminates.
-    if let Some(stdout) = worker.stdout.as_ref() {
-        let fd = stdout.as_raw_fd();
-        // SAFETY: F_GETFL/F_SETFL on the pipe we own.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        // SAFETY: as above.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
-        while worker.stdout.is_some() {
-            pass_chunk(worker, buf, lines, out, poll.registry())?;
-        }
-    }
-    worker.more = false;
-    let mut report = String::new();
-    if let Some(mut status_pipe) = worker.status.take() {
-        let _ = status_pipe.read_to_string(&mut report);
-    }
-    match parse_report(&report) {
-        Some(summary) => total.add(&summary),
-        None => warn!(
-            "worker {}: exited ({status}) without a summary: its counts are not in the total",
-            worker.id
-        ),
-    }
-    // Its connections were closed by the kernel with it: give their slots
-    // back.
-    let left = counters.worker(worker.id).swap(0, Ordering::SeqCst);
-    if left > 0 {
-        counters.all().fetch_sub(left, Ordering::SeqCst);
-        debug!("worker {}: {left} connections closed with it", worker.id);
-    }
-    if stopping {
-        debug!("worker {} exited ({status})", worker.id);
-        return Ok(());
-    }
-    let lived = worker.started.elapsed();
-    worker.quick_exits = if lived < QUICK_EXIT { worker.quick_exits + 1 } else { 0 };
-    if status.code() == Some(USAGE_ERROR) || worker.quick_exits >= MAX_QUICK_EXITS {
-        return Err(io::Error::other(format!(
-            "worker {} cannot get going: it exited ({status}) {} time(s) in a row right after starting",
-            worker.id, worker.quick_exits
-        )));
-    }
-    if lived >= HEALTHY_LIFE {
-        worker.backoff = MIN_RESTART_BACKOFF;
-    }
-    warn!(
-        "worker {} exited ({status}) after {lived:.1?}; restarting it in {:?}",
-        worker.id, worker.backoff
-    );
-    worker.restart_at = Some(Instant::now() + worker.backoff);
-    worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
-    Ok(())
-}
-
-/// A worker's side: the listener, counters and status pipe its supervisor
-/// put at descriptors 3, 4 and 5.
+/// A worker's side: the listener, shared memory and status pipe its
+/// supervisor put at descriptors 3, 4 and 5.
 #[derive(Debug)]
 pub struct WorkerSide {
     /// The listener to serve (shared with the supervisor, which keeps it
     /// for the worker's replacement).
     pub listener: std::net::TcpListener,
-    /// The counts shared with the other workers.
-    pub count: SharedCount,
-    /// Where the summary goes at exit.
+    /// What the worker shares with the supervisor and the other workers
+    /// (`cap_binding` still to be decided by the caller).
+    pub share: WorkerShare,
+    /// Where the worker says how it is doing.
     status: File,
 }
 
 impl WorkerSide {
-    /// Takes descriptors 3, 4 and 5 as worker `id` of `count`.
+    /// Takes descriptors 3, 4 and 5 as worker `id` of `count`, each with
+    /// `reactors` reactors.
     ///
     /// # Safety
     ///
     /// Descriptors 3, 4 and 5 must be the ones a supervisor passed (a
-    /// listening TCP socket, the write end of a pipe, the counters' memory
+    /// listening TCP socket, the write end of a pipe, the shared memory
     /// file) and belong to nothing else in the process: call it once, at
     /// start, before anything else opens files.
-    pub unsafe fn take(id: usize, count: usize) -> io::Result<WorkerSide> {
+    pub unsafe fn take(id: usize, count: usize, reactors: usize) -> io::Result<WorkerSide> {
         if id >= count || count > MAX_WORKERS {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad worker id"));
         }
-        for fd in [LISTENER_FD, STATUS_FD, COUNTERS_FD] {
+        for fd in [LISTENER_FD, STATUS_FD, SHARED_FD] {
             // SAFETY: F_GETFD only reads the descriptor's flags.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
                 return Err(io::Error::new(
@@ -649,11 +1073,11 @@ impl WorkerSide {
         // SAFETY: the caller promises these are the supervisor's descriptors
         // (checked open above; the listener's kind is checked below) and
         // that nothing else in this process owns them.
-        let (listener, status, counters) = unsafe {
+        let (listener, status, shared) = unsafe {
             (
                 OwnedFd::from_raw_fd(LISTENER_FD),
                 OwnedFd::from_raw_fd(STATUS_FD),
-                OwnedFd::from_raw_fd(COUNTERS_FD),
+                OwnedFd::from_raw_fd(SHARED_FD),
             )
         };
         let socket = socket2::Socket::from(listener);
@@ -664,52 +1088,29 @@ impl WorkerSide {
             ));
         }
         socket.set_nonblocking(true)?;
-        let counters = Counters::open(&counters, count)?;
+        let shared = Shm::open(&shared, count, reactors)?;
         Ok(WorkerSide {
             listener: socket.into(),
-            count: SharedCount {
-                all: counters.all(),
-                mine: counters.worker(id),
+            share: WorkerShare {
+                open: shared.slots(),
+                id,
+                cap_binding: true,
+                published: shared.published(id),
             },
             status: File::from(status),
         })
     }
 
-    /// Hands the worker's summary to the supervisor.
-    pub fn report(mut self, summary: &Summary) -> io::Result<()> {
-        self.status.write_all(format_report(summary).as_bytes())
+    /// A handle on the status pipe, to say `draining` from the reactor that
+    /// begins the stop.
+    pub fn status_pipe(&self) -> io::Result<File> {
+        self.status.try_clone()
     }
-}
 
-/// A summary as a worker reports it.
-fn format_report(s: &Summary) -> String {
-    format!(
-        "summary accepted={} closed={} rejected={} idle_closed={} frames={} bytes={} open_at_stop={} denied={} proxy_refused={}\n",
-        s.accepted, s.closed, s.rejected, s.idle_closed, s.frames, s.bytes, s.open_at_stop, s.denied, s.proxy_refused
-    )
-}
-
-/// The summary in a worker's report, if it is one.
-fn parse_report(text: &str) -> Option<Summary> {
-    let line = text.lines().find(|l| l.starts_with("summary "))?;
-    let mut s = Summary::default();
-    for field in line.split_whitespace().skip(1) {
-        let (key, value) = field.split_once('=')?;
-        let value: u64 = value.parse().ok()?;
-        match key {
-            "accepted" => s.accepted = value,
-            "closed" => s.closed = value,
-            "rejected" => s.rejected = value,
-            "idle_closed" => s.idle_closed = value,
-            "frames" => s.frames = value,
-            "bytes" => s.bytes = value,
-            "open_at_stop" => s.open_at_stop = value,
-            "denied" => s.denied = value,
-            "proxy_refused" => s.proxy_refused = value,
-            _ => {}
-        }
+    /// Tells the supervisor `what` ([`READY`], [`DRAINING`], [`DONE`]).
+    pub fn say(&self, what: &[u8]) -> io::Result<()> {
+        (&self.status).write_all(what)
     }
-    Some(s)
 }
 
 #[cfg(test)]
@@ -717,20 +1118,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reports_round_trip() {
-        let s = Summary {
-            accepted: 1,
-            closed: 2,
-            rejected: 3,
-            idle_closed: 4,
-            frames: 5,
-            bytes: 6,
-            open_at_stop: 7,
-            denied: 8,
-            proxy_refused: 9,
-        };
-        assert_eq!(parse_report(&format_report(&s)), Some(s));
-        assert_eq!(parse_report(""), None);
-        assert_eq!(parse_report("summary accepted=x"), None);
+    fn ends_are_described_in_words() {
+        assert_eq!(describe_end(libc::CLD_EXITED, 1), "exited with status 1");
+        assert_eq!(describe_end(libc::CLD_KILLED, libc::SIGKILL), "was killed by SIGKILL");
+        assert_eq!(
+            describe_end(libc::CLD_DUMPED, libc::SIGSEGV),
+            "was killed by SIGSEGV (core dumped)"
+        );
+        assert_eq!(signal_name(64), "signal 64");
+    }
+
+    #[test]
+    fn a_nonblocking_output_that_is_full_is_waited_for() {
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        let mut out = File::from(OwnedFd::from(writer));
+        set_nonblocking(out.as_raw_fd()).expect("nonblocking");
+        // Four times what a pipe holds: the writes must wait, not fail.
+        let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let read = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while got.len() < expected.len() {
+                std::thread::sleep(Duration::from_micros(200));
+                let n = reader.read(&mut chunk).expect("read");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        });
+        write_all_waiting(&mut out, &data).expect("written whole");
+        assert_eq!(read.join().expect("reader"), data);
     }
 }

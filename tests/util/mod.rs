@@ -16,10 +16,16 @@ use simple_tcp_server::output::text::{parse_frame_line, unescape};
 /// Generous bound for anything a test waits for; a healthy run takes far less.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The path of one of this crate's binaries.
+/// The path of one of this crate's binaries. `SIMPLE_TCP_SERVER_BIN` names
+/// another build of the server to run the tests against (an older one, to
+/// see a test fail where the code it guards is missing).
 pub fn bin(name: &str) -> &'static str {
+    static OTHER_SERVER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     match name {
-        "simple_tcp_server" => env!("CARGO_BIN_EXE_simple_tcp_server"),
+        "simple_tcp_server" => OTHER_SERVER
+            .get_or_init(|| std::env::var("SIMPLE_TCP_SERVER_BIN").ok())
+            .as_deref()
+            .unwrap_or(env!("CARGO_BIN_EXE_simple_tcp_server")),
         "tcp_client" => env!("CARGO_BIN_EXE_tcp_client"),
         "tcp_load" => env!("CARGO_BIN_EXE_tcp_load"),
         other => panic!("unknown binary {other}"),
