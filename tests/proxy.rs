@@ -164,6 +164,39 @@ fn a_health_check_is_served_but_not_printed() {
 }
 
 #[test]
+fn malformed_headers_are_refused_at_once() {
+    // Refused the moment the bytes cannot become a header, long before
+    // --proxy-timeout.
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--proxy-timeout", "60s"]);
+    let udp = {
+        let mut header = v2("192.0.2.1:1", server.addr);
+        header[13] = 0x12;
+        header
+    };
+    let cases: [(&[u8], &str); 5] = [
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\rX", "CR followed by"),
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\n", "LF without CR"),
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 +1 2\r\n", "bad source port"),
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 +", "bad source port"),
+        (&udp, "a UDP client"),
+    ];
+    let started = std::time::Instant::now();
+    for (header, _) in &cases {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        stream.write_all(header).expect("send");
+        assert_eq!(read_until_closed(&mut stream), b"", "no greeting");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    assert_eq!(server.stdout.text().lines().count(), 1);
+    // One line per burst: the first refusal says what was wrong with it.
+    let stderr = server.stderr.text();
+    assert!(stderr.contains(cases[0].1), "{stderr}");
+}
+
+#[test]
 fn no_header_a_bad_header_or_an_untrusted_proxy_get_no_greeting() {
     let mut server = ServerProcess::start(&["--proxy-protocol", "--proxy-timeout", "200ms"]);
     // Malformed: an HTTP request where the header should be.
@@ -188,7 +221,7 @@ fn no_header_a_bad_header_or_an_untrusted_proxy_get_no_greeting() {
     let stderr = server.stderr.text();
     assert!(stderr.contains("3 without a valid PROXY header"), "{stderr}");
     assert!(
-        stderr.contains("(--proxy-timeout)") || stderr.contains("Header must start"),
+        stderr.contains("(--proxy-timeout)") || stderr.contains("not a PROXY header"),
         "{stderr}"
     );
 
