@@ -19,6 +19,9 @@
 //!   inverse (parsing and unescaping transcript lines) for tests and tools;
 //!   [`output::json`] writes the same events as JSON lines
 //!   (`--format json`) and reads them back.
+//! - [`proxy_header`]: the PROXY protocol header (v1 and v2) that
+//!   `--proxy-protocol` expects, parsed strictly (the reactor's `proxy`
+//!   room reads it off the connection).
 //! - [`workers`]: `--workers N`, a supervisor process and N worker
 //!   processes (each a whole server) past one process's descriptor cap: the
 //!   shared port, the merged transcript, the shared cap, restarts.
@@ -45,6 +48,7 @@ pub mod load;
 pub mod net_error;
 pub mod notify;
 pub mod output;
+pub mod proxy_header;
 pub mod reactor;
 pub mod workers;
 

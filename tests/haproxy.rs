@@ -33,7 +33,13 @@ impl Drop for Haproxy {
 /// Starts HAProxy on `frontend`, balancing over `v1_server` (send-proxy)
 /// and `v2_server` (send-proxy-v2).
 fn start_haproxy(frontend: SocketAddr, v1_server: SocketAddr, v2_server: SocketAddr) -> Haproxy {
-    let config = std::env::temp_dir().join(format!("simple_tcp_server-haproxy-{}.cfg", std::process::id()));
+    // One file per HAProxy (the tests run at the same time): named by its
+    // frontend's port too.
+    let config = std::env::temp_dir().join(format!(
+        "simple_tcp_server-haproxy-{}-{}.cfg",
+        std::process::id(),
+        frontend.port()
+    ));
     std::fs::write(
         &config,
         format!(
@@ -69,6 +75,29 @@ fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream
     Ok(stream)
 }
 
+/// Waits until `server` (logging at debug level) has taken `n` health
+/// checks of `haproxy` for the proxy's own connections.
+fn wait_for_checks(server: &ServerProcess, haproxy: &mut Haproxy, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    let quiet = |err: &[u8]| {
+        String::from_utf8_lossy(err)
+            .matches("PROXY header for the proxy itself")
+            .count()
+    };
+    while quiet(&server.stderr.bytes()) < n {
+        if let Ok(Some(status)) = haproxy.child.try_wait() {
+            panic!("haproxy exited ({status}):\n{}", haproxy.stderr.text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} health checks taken for the proxy's own\n{}\n--- haproxy:\n{}",
+            server.context(),
+            haproxy.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn clients_behind_haproxy_keep_their_addresses_and_bytes() {
     if !util::have_program(
@@ -86,19 +115,7 @@ fn clients_behind_haproxy_keep_their_addresses_and_bytes() {
     // HAProxy binds its frontend before it starts checking: it is up once
     // both servers have been health-checked (quietly).
     for server in [&v1, &v2] {
-        let deadline = Instant::now() + PATIENCE;
-        while !util::contains(&server.stderr.bytes(), b"PROXY header for the proxy itself") {
-            if let Ok(Some(status)) = haproxy.child.try_wait() {
-                panic!("haproxy exited ({status}):\n{}", haproxy.stderr.text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no health check reached the server\n{}\n--- haproxy:\n{}",
-                server.context(),
-                haproxy.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_checks(server, &mut haproxy, 1);
     }
 
     let mut rng = Rng::new(13);
@@ -166,6 +183,66 @@ fn clients_behind_haproxy_keep_their_addresses_and_bytes() {
         );
         assert!(
             !util::contains(&out, b"Connection from:  127.0.0.1:"),
+            "{}",
+            server.context()
+        );
+    }
+    drop(haproxy);
+}
+
+#[test]
+fn haproxy_health_checks_to_a_dual_stack_listener_are_not_printed() {
+    if !util::have_program(
+        "haproxy",
+        "sudo apt-get install -y haproxy",
+        "haproxy_health_checks_to_a_dual_stack_listener_are_not_printed",
+    ) {
+        return;
+    }
+    // Servers on `::`, checked by HAProxy over IPv4: their peer is
+    // [::ffff:127.0.0.1]:P, where the v1 check says "TCP4 127.0.0.1 ...".
+    let debug = [("RUST_LOG", "debug")];
+    let args: Vec<String> = ["::", "0", "--proxy-protocol", "--tag"].map(String::from).to_vec();
+    let v1 = ServerProcess::start_raw(&args, None, &debug);
+    let v2 = ServerProcess::start_raw(&args, None, &debug);
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let frontend = SocketAddr::new(loopback, util::free_port());
+    let mut haproxy = start_haproxy(
+        frontend,
+        SocketAddr::new(loopback, v1.addr.port()),
+        SocketAddr::new(loopback, v2.addr.port()),
+    );
+    for server in [&v1, &v2] {
+        wait_for_checks(server, &mut haproxy, 3);
+    }
+    // A client through HAProxy is still a client.
+    let mut client = connect_from(IpAddr::from([127, 0, 0, 2]), frontend).expect("connect through haproxy");
+    let mut greeting = [0u8; 10];
+    client.read_exact(&mut greeting).expect("the greeting, through haproxy");
+    client.write_all(b"hi").expect("send");
+    let me = client.local_addr().expect("addr");
+    drop(client);
+    let closed = format!("Closed connection:  {me}\n");
+    let deadline = Instant::now() + PATIENCE;
+    while !util::contains(&v1.stdout.bytes(), closed.as_bytes())
+        && !util::contains(&v2.stdout.bytes(), closed.as_bytes())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{me} never closed\n{}\n{}",
+            v1.context(),
+            v2.context()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let announced: usize = [&v1, &v2]
+        .iter()
+        .map(|server| util::count_lines(&server.stdout.bytes(), "Connection from:  "))
+        .sum();
+    assert_eq!(announced, 1, "only the client\n{}\n{}", v1.context(), v2.context());
+    for server in [&v1, &v2] {
+        assert!(
+            !util::contains(&server.stdout.bytes(), b"127.0.0.1"),
             "{}",
             server.context()
         );

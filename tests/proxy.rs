@@ -164,6 +164,98 @@ fn a_health_check_is_served_but_not_printed() {
 }
 
 #[test]
+fn a_health_check_on_a_dual_stack_listener_is_not_printed() {
+    // On `::`, an IPv4 peer is [::ffff:127.0.0.1]:P; HAProxy's v1 check
+    // names its connection as "TCP4 127.0.0.1 127.0.0.1 P PORT".
+    let server = ServerProcess::start_raw(&["::".into(), "0".into(), "--proxy-protocol".into()], None, &[]);
+    let port = server.addr.port();
+    for ip in [
+        IpAddr::from([127, 0, 0, 1]),
+        IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+    ] {
+        let mut check = TcpStream::connect((ip, port)).expect("connect");
+        check.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let me = check.local_addr().expect("addr");
+        let family = if ip.is_ipv4() { "TCP4" } else { "TCP6" };
+        let header = format!("PROXY {family} {ip} {ip} {} {port}\r\n", me.port());
+        check.write_all(header.as_bytes()).expect("send");
+        greeted(&mut check);
+        drop(check);
+    }
+    // A real client after them: its lines come, the checks' never did.
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut hello = format!("PROXY TCP4 10.0.0.1 127.0.0.1 1 {port}\r\n").into_bytes();
+    hello.extend_from_slice(b"hi");
+    client.write_all(&hello).expect("send");
+    greeted(&mut client);
+    drop(client);
+    server.wait_text("Closed connection:  10.0.0.1:1\n");
+    let out = server.stdout.text();
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("Listening to:  [::]:{port}").as_str(),
+            "Connection from:  10.0.0.1:1",
+            "<2:hi>",
+            "Closed connection:  10.0.0.1:1"
+        ],
+        "{}",
+        server.context()
+    );
+}
+
+#[test]
+fn a_denied_proxys_own_connections_get_no_greeting() {
+    // The proxy (127.0.0.1) is trusted to send headers, but denied as a
+    // client: its LOCAL and UNKNOWN connections are refused at the header.
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--deny", "127.0.0.1"]);
+    for header in [b"PROXY UNKNOWN\r\n".to_vec(), v2_local(server.addr)] {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        stream.write_all(&header).expect("send");
+        assert_eq!(read_until_closed(&mut stream), b"", "no greeting");
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    let out = server.stdout.text();
+    assert_eq!(out.lines().count(), 1, "nothing but the Listening line:\n{out}");
+}
+
+#[test]
+fn malformed_headers_are_refused_at_once() {
+    // Refused the moment the bytes cannot become a header, long before
+    // --proxy-timeout.
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--proxy-timeout", "60s"]);
+    let udp = {
+        let mut header = v2("192.0.2.1:1", server.addr);
+        header[13] = 0x12;
+        header
+    };
+    let cases: [(&[u8], &str); 5] = [
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\rX", "CR followed by"),
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\n", "LF without CR"),
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 +1 2\r\n", "bad source port"),
+        (b"PROXY TCP4 10.0.0.1 10.0.0.2 +", "bad source port"),
+        (&udp, "a UDP client"),
+    ];
+    let started = std::time::Instant::now();
+    for (header, _) in &cases {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        stream.write_all(header).expect("send");
+        assert_eq!(read_until_closed(&mut stream), b"", "no greeting");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    server.signal(libc::SIGTERM);
+    server.wait_exit(PATIENCE);
+    assert_eq!(server.stdout.text().lines().count(), 1);
+    // One line per burst: the first refusal says what was wrong with it.
+    let stderr = server.stderr.text();
+    assert!(stderr.contains(cases[0].1), "{stderr}");
+}
+
+#[test]
 fn no_header_a_bad_header_or_an_untrusted_proxy_get_no_greeting() {
     let mut server = ServerProcess::start(&["--proxy-protocol", "--proxy-timeout", "200ms"]);
     // Malformed: an HTTP request where the header should be.
@@ -192,7 +284,7 @@ fn no_header_a_bad_header_or_an_untrusted_proxy_get_no_greeting() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("(--proxy-timeout)") || stderr.contains("Header must start"),
+        stderr.contains("(--proxy-timeout)") || stderr.contains("not a PROXY header"),
         "{stderr}"
     );
 

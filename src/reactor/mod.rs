@@ -719,11 +719,23 @@ mod tests {
         config: Config,
         out: &mut Transcript<'_, Vec<u8>>,
     ) -> (Reactor, std::net::TcpStream, usize) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let loopback = std::net::Ipv4Addr::LOCALHOST.into();
+        reactor_with_client_on((loopback, 0).into(), loopback, config, out)
+    }
+
+    /// [`reactor_with_client`] with the reactor listening on `listen` and
+    /// the client connecting to `connect` (on the listener's port).
+    pub(super) fn reactor_with_client_on(
+        listen: std::net::SocketAddr,
+        connect: std::net::IpAddr,
+        config: Config,
+        out: &mut Transcript<'_, Vec<u8>>,
+    ) -> (Reactor, std::net::TcpStream, usize) {
+        let listener = std::net::TcpListener::bind(listen).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
         let server = Server::from_listener(listener, config).expect("server");
         let mut reactor = server.into_reactors().pop().expect("a reactor");
-        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let client = std::net::TcpStream::connect((connect, port)).expect("connect");
         let deadline = Instant::now() + Duration::from_secs(30);
         while reactor.core.connections.is_empty() {
             assert!(

@@ -7,6 +7,8 @@
 //! Only then is exactly the header consumed, and what follows it is read and
 //! framed like any client's bytes. While a header is pending, the
 //! connection's `last_active` is its accept time, for `--proxy-timeout`.
+//! The bytes are judged by [`crate::proxy_header::parse`], which refuses a
+//! malformed header as soon as it can no longer become a valid one.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -14,102 +16,20 @@ use std::time::Duration;
 
 use log::debug;
 use mio::Registry;
-use ppp::{HeaderResult, PartialResult, v1, v2};
 
 use super::accept::Refusal;
 use super::connection::{PEER_CLOSED, PROXY_PENDING, QUIET};
 use super::{Close, Core};
 use crate::output::Transcript;
+pub(super) use crate::proxy_header::MAX_HEADER;
+use crate::proxy_header::{Parsed, parse};
 
-/// The longest header accepted. A v1 header is at most 107 bytes; v2 is 16
-/// bytes and the addresses (12 or 36 bytes for IPv4/IPv6) plus whatever
-/// TLVs the proxy adds, which HAProxy keeps far below this.
-pub(super) const MAX_HEADER: usize = 4096;
-
-/// What the bytes at the start of a connection say.
-#[derive(Debug, PartialEq)]
-pub(super) enum Parsed {
-    /// Not a whole header yet: wait for more.
-    Incomplete,
-    /// A header of `len` bytes naming the client at `client`.
-    Proxy { client: SocketAddr, len: usize },
-    /// A header of `len` bytes for a connection of the proxy's own (v2
-    /// `LOCAL`, as in HAProxy's health checks, or v1 `UNKNOWN`): served
-    /// under the proxy's address.
-    Local { len: usize },
-    /// Not a PROXY header.
-    Invalid(String),
-}
-
-/// A v1 header starts so.
-const V1_PREFIX: &[u8] = b"PROXY ";
-/// The longest v1 header, CRLF included (the spec's 107 bytes).
-const V1_MAX: usize = 107;
-
-/// Parses the start of a connection, `bytes` (everything peeked so far).
-pub(super) fn parse(bytes: &[u8]) -> Parsed {
-    if bytes.is_empty() {
-        return Parsed::Incomplete;
-    }
-    // A v1 header is a line: whole exactly when its CRLF has come. (The
-    // parser would judge a line cut inside a port as a bad port, and one
-    // with fields missing before its CRLF as incomplete.)
-    if V1_PREFIX.starts_with(&bytes[..bytes.len().min(V1_PREFIX.len())]) {
-        return match bytes.windows(2).position(|w| w == b"\r\n") {
-            None if bytes.len() < V1_MAX => Parsed::Incomplete,
-            None => Parsed::Invalid(format!("no CRLF in the first {V1_MAX} bytes of a v1 header")),
-            Some(end) => match v1::Header::try_from(&bytes[..end + 2]) {
-                Ok(header) => v1_parsed(&header),
-                Err(e) => Parsed::Invalid(format!("not a PROXY header: {e}")),
-            },
-        };
-    }
-    let result = HeaderResult::parse(bytes);
-    if result.is_incomplete() {
-        return if bytes.len() >= MAX_HEADER {
-            Parsed::Invalid(format!("no complete header in {MAX_HEADER} bytes"))
-        } else {
-            Parsed::Incomplete
-        };
-    }
-    match result {
-        HeaderResult::V1(Ok(header)) => v1_parsed(&header),
-        HeaderResult::V2(Ok(header)) => {
-            let len = header.len();
-            match (header.command, header.addresses) {
-                (v2::Command::Local, _) => Parsed::Local { len },
-                (v2::Command::Proxy, v2::Addresses::IPv4(a)) => Parsed::Proxy {
-                    client: SocketAddr::from((a.source_address, a.source_port)),
-                    len,
-                },
-                (v2::Command::Proxy, v2::Addresses::IPv6(a)) => Parsed::Proxy {
-                    client: SocketAddr::from((a.source_address, a.source_port)),
-                    len,
-                },
-                // Unix sockets or an unspecified family: the spec says to
-                // use the connection's own addresses.
-                (v2::Command::Proxy, _) => Parsed::Local { len },
-            }
-        }
-        HeaderResult::V1(Err(e)) => Parsed::Invalid(format!("not a PROXY header: {e}")),
-        HeaderResult::V2(Err(e)) => Parsed::Invalid(format!("not a PROXY header: {e}")),
-    }
-}
-
-/// What a whole v1 header says.
-fn v1_parsed(header: &v1::Header<'_>) -> Parsed {
-    let len = header.header.len();
-    match header.addresses {
-        v1::Addresses::Tcp4(a) => Parsed::Proxy {
-            client: SocketAddr::from((a.source_address, a.source_port)),
-            len,
-        },
-        v1::Addresses::Tcp6(a) => Parsed::Proxy {
-            client: SocketAddr::from((a.source_address, a.source_port)),
-            len,
-        },
-        v1::Addresses::Unknown => Parsed::Local { len },
-    }
+/// Whether `a` and `b` are the same address and port, an IPv4-mapped IPv6
+/// address being its IPv4 address: on a dual-stack listener, the peer of a
+/// connection from 127.0.0.1 is `[::ffff:127.0.0.1]:P`, where a v1 header
+/// about it says `127.0.0.1 ... P`.
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.ip().to_canonical() == b.ip().to_canonical() && a.port() == b.port()
 }
 
 impl Core {
@@ -150,10 +70,14 @@ impl Core {
                 self.refuse(Refusal::BadHeader, proxy, &format!(": {why}"));
                 return Ok(Some(Close::Refused));
             }
-            // A header naming the very connection it came on is the proxy
-            // speaking for itself: HAProxy's v1 health checks do this.
-            Parsed::Proxy { client, len } if client == proxy => (len, None),
-            Parsed::Proxy { client, len } => (len, Some(client)),
+            Parsed::Proxy { client, server, len } => {
+                // A header naming the very connection it came on (its source
+                // the proxy's end, its destination this end) is the proxy
+                // speaking for itself: HAProxy's v1 health checks do this.
+                let own = same_endpoint(client, proxy)
+                    && conn.stream.local_addr().is_ok_and(|local| same_endpoint(server, local));
+                (len, (!own).then_some(client))
+            }
             Parsed::Local { len } => (len, None),
         };
         // The header is whole: take exactly it; what follows is the client's.
@@ -170,13 +94,20 @@ impl Core {
         }
         conn.flags &= !PROXY_PENDING;
         self.proxy_pending.remove(&key);
+        // --allow/--deny, the moment the header is whole: the client it
+        // names, or for the proxy's own connection the proxy itself.
+        let checked = client.unwrap_or(proxy);
+        if !self.access.is_open() && !self.access.permits(checked.ip()) {
+            conn.flags |= QUIET;
+            let detail = match client {
+                Some(_) => format!(" (through {proxy})"),
+                None => " (a proxy's own connection)".to_string(),
+            };
+            self.refuse(Refusal::Denied, checked, &detail);
+            return Ok(Some(Close::Refused));
+        }
         match client {
             Some(client) => {
-                if !self.access.is_open() && !self.access.permits(client.ip()) {
-                    conn.flags |= QUIET;
-                    self.refuse(Refusal::Denied, client, &format!(" (through {proxy})"));
-                    return Ok(Some(Close::Refused));
-                }
                 conn.set_peer(client);
                 debug!("[{key}] {proxy}: PROXY header for {client}");
             }
@@ -228,67 +159,164 @@ pub(super) fn proxy_check_period(timeout: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpStream};
+
     use super::*;
+    use crate::config::Config;
+    use crate::reactor::Reactor;
+    use crate::reactor::tests::{reactor_with_client_on, transcript, wait_queued};
 
-    fn v2(command: v2::Command, client: &str, server: &str) -> Vec<u8> {
-        let client: SocketAddr = client.parse().expect("addr");
-        let server: SocketAddr = server.parse().expect("addr");
-        v2::Builder::with_addresses(v2::Version::Two | command, v2::Protocol::Stream, (client, server))
-            .build()
-            .expect("a v2 header")
-    }
-
-    #[test]
-    fn v1_headers_whole_and_split() {
-        let header = b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 50000\r\n";
-        let mut stream = header.to_vec();
-        stream.extend_from_slice(b"hello");
-        let whole = Parsed::Proxy {
-            client: "127.0.0.2:40000".parse().expect("addr"),
-            len: header.len(),
+    /// A reactor behind `--proxy-protocol` (with `deny`) listening on
+    /// `listen`, and a client connected to it from `connect`.
+    fn proxied(
+        listen: IpAddr,
+        connect: IpAddr,
+        deny: &[&str],
+        out: &mut Transcript<'_, Vec<u8>>,
+    ) -> (Reactor, TcpStream, usize) {
+        let config = Config {
+            proxy_protocol: true,
+            deny: deny.iter().map(|net| net.parse().expect("net")).collect(),
+            ..Config::default()
         };
-        assert_eq!(parse(&stream), whole);
-        for cut in 1..header.len() {
-            assert_eq!(parse(&header[..cut]), Parsed::Incomplete, "cut at {cut}");
-        }
-        assert_eq!(
-            parse(b"PROXY TCP6 ::2 ::1 1 2\r\n"),
-            Parsed::Proxy {
-                client: "[::2]:1".parse().expect("addr"),
-                len: 24
-            }
-        );
-        assert_eq!(parse(b"PROXY UNKNOWN\r\n"), Parsed::Local { len: 15 });
+        let (server, client, key) = reactor_with_client_on((listen, 0).into(), connect, config, out);
+        client.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        (server, client, key)
+    }
+
+    /// Sends `header` and lets the reactor read it.
+    fn send_header(
+        server: &mut Reactor,
+        client: &mut TcpStream,
+        key: usize,
+        header: &[u8],
+        out: &mut Transcript<'_, Vec<u8>>,
+    ) -> Option<Close> {
+        client.write_all(header).expect("send");
+        wait_queued(server, key, header.len());
+        server
+            .core
+            .proxy_ready(key, server.poll.registry(), out)
+            .expect("proxy_ready")
+    }
+
+    /// A v1 header naming `client`'s own connection, as HAProxy's v1
+    /// health checks send (source: its end; destination: the server's).
+    fn v1_naming(client: &TcpStream) -> Vec<u8> {
+        let (me, server) = (client.local_addr().expect("addr"), client.peer_addr().expect("addr"));
+        let family = if me.ip().to_canonical().is_ipv4() {
+            "TCP4"
+        } else {
+            "TCP6"
+        };
+        format!(
+            "PROXY {family} {} {} {} {}\r\n",
+            me.ip().to_canonical(),
+            server.ip().to_canonical(),
+            me.port(),
+            server.port()
+        )
+        .into_bytes()
+    }
+
+    /// Reads the greeting.
+    fn greeted(client: &mut TcpStream) {
+        let mut greeting = [0u8; 10];
+        client.read_exact(&mut greeting).expect("greeting");
+        assert_eq!(&greeting, b"Let's GO!\n");
     }
 
     #[test]
-    fn v2_headers_whole_split_and_local() {
-        let header = v2(v2::Command::Proxy, "127.0.0.3:41000", "127.0.0.1:50000");
-        let mut stream = header.clone();
-        stream.extend_from_slice(b"data after");
-        assert_eq!(
-            parse(&stream),
-            Parsed::Proxy {
-                client: "127.0.0.3:41000".parse().expect("addr"),
-                len: header.len()
-            }
-        );
-        for cut in 1..header.len() {
-            assert_eq!(parse(&header[..cut]), Parsed::Incomplete, "cut at {cut}");
-        }
-        let v6 = v2(v2::Command::Proxy, "[2001:db8::7]:9", "[::1]:50000");
-        assert!(matches!(parse(&v6), Parsed::Proxy { client, .. } if client.to_string() == "[2001:db8::7]:9"));
-        let local = v2(v2::Command::Local, "127.0.0.1:1", "127.0.0.1:2");
-        assert_eq!(parse(&local), Parsed::Local { len: local.len() });
+    fn endpoints_compare_as_canonical_addresses() {
+        let v4: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().expect("addr");
+        assert!(same_endpoint(v4, mapped));
+        assert!(same_endpoint(mapped, v4));
+        assert!(!same_endpoint(v4, "[::ffff:127.0.0.1]:5001".parse().expect("addr")));
+        assert!(!same_endpoint(v4, "[::1]:5000".parse().expect("addr")));
+        assert!(!same_endpoint(v4, "127.0.0.2:5000".parse().expect("addr")));
     }
 
     #[test]
-    fn anything_else_is_refused() {
-        for junk in [&b"GET / HTTP/1.1\r\n"[..], b"hello\r\n", b"PROXY TCP4 1.2.3.4\r\n"] {
-            assert!(matches!(parse(junk), Parsed::Invalid(_)), "{junk:?}");
+    fn a_v1_health_check_on_a_dual_stack_listener_is_not_printed() {
+        let sink = std::sync::Mutex::new(Vec::new());
+        let mut out = transcript(&sink);
+        let any6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        for connect in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
+            let (mut server, mut client, key) = proxied(any6, connect, &[], &mut out);
+            if connect.is_ipv4() {
+                // The reactor sees the IPv4 client as IPv4-mapped.
+                let peer = server.core.connections[key].peer();
+                assert!(peer.to_string().starts_with("[::ffff:127.0.0.1]:"), "{peer}");
+            }
+            let header = v1_naming(&client);
+            let close = send_header(&mut server, &mut client, key, &header, &mut out);
+            assert!(close.is_none(), "{close:?}");
+            greeted(&mut client);
+            assert!(server.core.connections[key].has(QUIET), "not taken for the proxy's own");
+            let text = String::from_utf8_lossy(out.pending_bytes()).into_owned();
+            assert!(!text.contains("Connection from"), "{text}");
         }
-        // A line that never ends is refused once it is too long to be one.
-        let endless = vec![b'P'; MAX_HEADER];
-        assert!(matches!(parse(&endless), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn the_proxys_address_to_another_destination_is_a_client() {
+        // The proxy's own address and port as the source, but a destination
+        // other than this end: a client of the proxy's host (ports are
+        // shared across destinations), not the proxy speaking for itself.
+        let sink = std::sync::Mutex::new(Vec::new());
+        let mut out = transcript(&sink);
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (mut server, mut client, key) = proxied(loopback, loopback, &[], &mut out);
+        let me = client.local_addr().expect("addr");
+        let header = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} 7000\r\n", me.port());
+        let close = send_header(&mut server, &mut client, key, header.as_bytes(), &mut out);
+        assert!(close.is_none(), "{close:?}");
+        greeted(&mut client);
+        assert!(!server.core.connections[key].has(QUIET));
+        let text = String::from_utf8_lossy(out.pending_bytes()).into_owned();
+        assert!(text.contains(&format!("Connection from:  {me}\n")), "{text}");
+    }
+
+    #[test]
+    fn a_denied_proxys_own_connections_are_refused_at_once() {
+        let sink = std::sync::Mutex::new(Vec::new());
+        let mut out = transcript(&sink);
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let local = ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Local,
+            ppp::v2::Protocol::Stream,
+            (
+                "127.0.0.1:1".parse::<SocketAddr>().expect("addr"),
+                "127.0.0.1:2".parse::<SocketAddr>().expect("addr"),
+            ),
+        )
+        .build()
+        .expect("a v2 header");
+        for header in [b"PROXY UNKNOWN\r\n".to_vec(), local, Vec::new()] {
+            let (mut server, mut client, key) = proxied(loopback, loopback, &["127.0.0.1/32"], &mut out);
+            let header = if header.is_empty() { v1_naming(&client) } else { header };
+            let close = send_header(&mut server, &mut client, key, &header, &mut out);
+            assert!(matches!(close, Some(Close::Refused)), "{close:?}");
+            server.core.close(key, Close::Refused, &mut out);
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).expect("read");
+            assert_eq!(got, b"", "no greeting for {}", header.escape_ascii());
+        }
+        let text = String::from_utf8_lossy(out.pending_bytes()).into_owned();
+        assert_eq!(text, "", "nothing printed");
+    }
+
+    #[test]
+    fn an_allowed_proxys_own_connection_is_served_quietly() {
+        let sink = std::sync::Mutex::new(Vec::new());
+        let mut out = transcript(&sink);
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let (mut server, mut client, key) = proxied(loopback, loopback, &["10.0.0.0/8"], &mut out);
+        let close = send_header(&mut server, &mut client, key, b"PROXY UNKNOWN\r\n", &mut out);
+        assert!(close.is_none(), "{close:?}");
+        greeted(&mut client);
+        assert!(server.core.connections[key].has(QUIET));
     }
 }
