@@ -149,6 +149,37 @@ pub struct WorkerShare {
     pub published: &'static [crate::reactor::stats::Published],
 }
 
+impl WorkerShare {
+    /// Takes a connection slot under `cap`, if one is free: adds one to this
+    /// worker's own count, then (when the cap can bind) checks the sum over
+    /// all workers and backs off if it is past `cap`. One update that a
+    /// death cannot tear: whenever the worker dies, only its own count is
+    /// left, which the supervisor clears. Two workers taking the last slot
+    /// at once may both back off; neither goes over the cap.
+    #[inline]
+    pub fn take(&self, cap: usize) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mine = &self.open[self.id].open;
+        mine.fetch_add(1, SeqCst);
+        if self.cap_binding {
+            let all: u64 = self.open.iter().map(|w| w.open.load(SeqCst)).sum();
+            if all > cap as u64 {
+                mine.fetch_sub(1, SeqCst);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Gives back a slot taken by [`WorkerShare::take`].
+    #[inline]
+    pub fn release(&self) {
+        self.open[self.id]
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// The proxies trusted by default: this host only.
 pub fn loopback_nets() -> Vec<ipnet::IpNet> {
     vec![

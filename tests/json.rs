@@ -394,3 +394,23 @@ fn raw_with_json_is_a_usage_error() {
         assert!(server.stdout.text().is_empty());
     }
 }
+
+#[test]
+fn under_workers_every_line_is_json_from_the_first() {
+    let mut server = ServerProcess::start(&["--format", "json", "--workers", "2"]);
+    let mut clients: Vec<TcpStream> = (0..8).map(|_| connect_greeted(server.addr)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        send(client, format!("worker's client {i}").as_bytes());
+    }
+    drop(clients);
+    wait_events(&server, EventKind::Close, 8);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(PATIENCE).success(), "{}", server.context());
+    let out = server.stdout.bytes();
+    let evs = events(&out);
+    assert_eq!(evs[0].kind, EventKind::Listening, "{}", server.context());
+    assert_eq!(evs[0].addr, server.addr);
+    assert_eq!(count_events(&out, EventKind::Listening), 1);
+    assert_eq!(count_events(&out, EventKind::Frame), 8);
+    check_with_jq(&out, &evs);
+}

@@ -201,3 +201,54 @@ fn bytes_queued_when_the_server_acts_on_sigterm_are_all_printed() {
         &short[..short.len().min(5)]
     );
 }
+
+#[test]
+fn a_second_signal_exits_at_once_without_cutting_a_line_when_stdout_takes_bytes() {
+    // One-byte frames: what the kernel holds at the signal takes seconds to
+    // print, so the second signal comes while the drain writes.
+    for args in [
+        &["--tag", "--max-read", "1"][..],
+        &["--tag", "--max-read", "1", "--workers", "2"][..],
+    ] {
+        for round in 0..3 {
+            // Stdout read steadily, at about 64 MB/s.
+            let mut server = ServerProcess::start_throttled(args, 64 * 1024, Duration::from_millis(1));
+            let stop = Arc::new(AtomicBool::new(false));
+            let clients: Vec<TcpStream> = (0..8).map(|_| connect_greeted(server.addr)).collect();
+            let floods: Vec<_> = clients
+                .into_iter()
+                .map(|mut client| {
+                    let stop = Arc::clone(&stop);
+                    thread::spawn(move || {
+                        let block = b"a line of a flood, cut into frames anywhere\n".repeat(1500);
+                        while !stop.load(Ordering::SeqCst) && client.write_all(&block).is_ok() {}
+                    })
+                })
+                .collect();
+            // Mid-flood.
+            assert!(
+                server.stdout.wait_for(PATIENCE, |out| out.len() > 8 << 20),
+                "{}",
+                server.context()
+            );
+            server.signal(libc::SIGTERM);
+            let first = std::time::Instant::now();
+            let noted = server
+                .stderr
+                .wait_for(PATIENCE, |err| util::contains(err, b"signal 15: stopping"));
+            assert!(noted, "{}", server.context());
+            // A repeat within the same-signal window is the first one
+            // delivered twice: the second must come after it.
+            let window = simple_tcp_server::reactor::shutdown::SAME_SIGNAL_WINDOW * 2;
+            wait_until("the same-signal window to pass", || first.elapsed() > window);
+            server.signal(libc::SIGTERM);
+            let status = server.wait_exit(PATIENCE);
+            stop.store(true, Ordering::SeqCst);
+            floods.into_iter().for_each(|f| drop(f.join()));
+            assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{args:?} round {round}");
+            let out = server.stdout.bytes();
+            assert!(out.ends_with(b"\n"), "{args:?} round {round}: the last line was cut");
+            util::assert_lines_whole(&out);
+        }
+    }
+}

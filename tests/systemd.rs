@@ -154,3 +154,143 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Runs the server with `fd` (a socket of the test's) as descriptor 3 and
+/// `LISTEN_FDS=1` naming it, as a service manager passes a socket.
+fn run_with_passed_socket(fd: std::os::fd::RawFd, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    // LISTEN_PID must be the server's PID: the shell's, which exec keeps.
+    command
+        .arg("-c")
+        .arg(r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@""#)
+        .arg(util::bin("simple_tcp_server"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null());
+    // SAFETY: between fork and exec only dup2 (async-signal-safe), onto
+    // descriptor 3, from a descriptor the test keeps open.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    util::die_with_the_test(&mut command);
+    command.output().expect("run the server")
+}
+
+#[test]
+fn a_passed_socket_that_is_not_listening_is_refused_before_readiness() {
+    use std::os::fd::AsRawFd;
+    // Bound, never listened on.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
+        .expect("bind");
+    let out = run_with_passed_socket(socket.as_raw_fd(), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no Listening line: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("the passed socket is not listening"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+
+    // A connection, as `systemd-socket-activate --accept` (Accept=yes) passes.
+    if !util::have_program(
+        "systemd-socket-activate",
+        "sudo apt-get install -y systemd",
+        "a_passed_socket_that_is_not_listening_is_refused_before_readiness",
+    ) {
+        return;
+    }
+    let port = util::free_port();
+    let mut command = Command::new("systemd-socket-activate");
+    util::die_with_the_test(&mut command);
+    let child = command
+        .args(["--accept", "-l", &format!("127.0.0.1:{port}"), "-E", "RUST_LOG=info"])
+        .arg(util::bin("simple_tcp_server"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start systemd-socket-activate");
+    let mut child = Killed(child);
+    let stdout = Captured::spawn(child.0.stdout.take().expect("stdout"));
+    let stderr = Captured::spawn(child.0.stderr.take().expect("stderr"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let deadline = Instant::now() + PATIENCE;
+    let mut client = loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("systemd-socket-activate never listened: {e}\n{}", stderr.text()),
+        }
+    };
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut got = Vec::new();
+    let _ = client.read_to_end(&mut got);
+    assert!(got.is_empty(), "no greeting from a server given a connection: {got:?}");
+    let said = stderr.wait_for(PATIENCE, |err| {
+        util::contains(err, b"the passed socket is not listening")
+    });
+    assert!(said, "{}", stderr.text());
+    assert!(!stdout.text().contains("Listening to:"), "{}", stdout.text());
+}
+
+#[test]
+fn readiness_reaches_an_abstract_notify_socket() {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("simple_tcp_server-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
+    let notify = UnixDatagram::bind_addr(&addr).expect("bind the abstract socket");
+    notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut server = util::ServerProcess::start_with_env(&[], &[("NOTIFY_SOCKET", &format!("@{name}"))]);
+    let mut message = [0u8; 64];
+    let n = notify.recv(&mut message).expect("READY=1");
+    assert_eq!(&message[..n], b"READY=1", "{}", server.context());
+    server.signal(libc::SIGTERM);
+    let n = notify.recv(&mut message).expect("STOPPING=1");
+    assert_eq!(&message[..n], b"STOPPING=1");
+    assert!(server.wait_exit(PATIENCE).success());
+}
+
+#[test]
+fn a_notify_socket_that_nobody_reads_does_not_hold_the_start() {
+    let path = std::env::temp_dir().join(format!("simple_tcp_server-full-notify-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let notify = UnixDatagram::bind(&path).expect("notify socket");
+    // Its queue full, as a service manager that is not reading leaves it.
+    let filler = UnixDatagram::unbound().expect("socket");
+    filler.set_nonblocking(true).expect("nonblocking");
+    let mut queued = 0;
+    loop {
+        match filler.send_to(b"FILLER=1", &path) {
+            Ok(_) => queued += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("filling the notify socket: {e}"),
+        }
+        assert!(queued < 1_000_000, "the queue never filled");
+    }
+    let path_text = path.display().to_string();
+    for args in [&[][..], &["--workers", "2"][..]] {
+        let mut server = util::ServerProcess::start_with_env(args, &[("NOTIFY_SOCKET", &path_text)]);
+        let mut client = util::connect_greeted(server.addr);
+        client.write_all(b"served").expect("send");
+        drop(client);
+        server.wait_lines("Closed connection:  ", 1);
+        let warned = server
+            .stderr
+            .wait_for(PATIENCE, |err| util::contains(err, b"cannot notify systemd (READY=1)"));
+        assert!(warned, "{}", server.context());
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(PATIENCE).success(), "{}", server.context());
+    }
+    drop(notify);
+    let _ = std::fs::remove_file(&path);
+}

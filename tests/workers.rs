@@ -388,7 +388,7 @@ fn a_nonblocking_stdout_is_waited_for_and_every_byte_arrives() {
     let mut child = command.spawn().expect("start");
     let stderr = util::Captured::spawn(child.stderr.take().expect("stderr"));
     // About 3 MB/s.
-    let slow = util::Captured::spawn(SlowReader(reader));
+    let slow = util::Captured::spawn(util::Throttled::new(reader, 32 * 1024, Duration::from_millis(10)));
     assert!(slow.wait_for(PATIENCE, |out| out.contains(&b'\n')), "{}", stderr.text());
     let first = slow.text();
     let addr = util::listening_addr(first.lines().next().unwrap_or_default()).expect("Listening line");
@@ -407,17 +407,6 @@ fn a_nonblocking_stdout_is_waited_for_and_every_byte_arrives() {
     let streams = streams_by_client(&out);
     for (me, data) in &sent {
         assert!(streams.get(me) == Some(data), "{me}: bytes lost or changed");
-    }
-}
-
-/// Reads at about 3 MB/s.
-struct SlowReader(std::io::PipeReader);
-
-impl Read for SlowReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        thread::sleep(Duration::from_millis(10));
-        let n = buf.len().min(32 * 1024);
-        self.0.read(&mut buf[..n])
     }
 }
 

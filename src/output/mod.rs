@@ -296,7 +296,11 @@ impl<'a, W: Write> Transcript<'a, W> {
         while done < self.buf.len() {
             match sink.write(&self.buf[done..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
+                Ok(n) => {
+                    done += n;
+                    // A forced exit waits only for the line in flight.
+                    crate::reactor::shutdown::exit_after_line(&self.buf[done..], |line| sink.write(line));
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(OUTPUT_RETRY),
                 Err(e) => {

@@ -186,18 +186,8 @@ impl Shared {
             }
             return true;
         };
-        // A worker counts the slot in its own count first, then checks the
-        // sum over all workers: one step that a death cannot tear (the
-        // supervisor clears a dead worker's count). Two workers taking the
-        // last slot at once may both back off; neither goes over the cap.
-        let mine = &worker.open[worker.id].open;
-        mine.fetch_add(1, Ordering::SeqCst);
-        if worker.cap_binding {
-            let all: u64 = worker.open.iter().map(|w| w.open.load(Ordering::SeqCst)).sum();
-            if all > self.max_connections as u64 {
-                mine.fetch_sub(1, Ordering::SeqCst);
-                return false;
-            }
+        if !worker.take(self.max_connections) {
+            return false;
         }
         self.open.fetch_add(1, Ordering::Relaxed);
         true
@@ -210,7 +200,7 @@ impl Shared {
         self.balance.closed(id);
         self.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(worker) = self.worker {
-            worker.open[worker.id].open.fetch_sub(1, Ordering::SeqCst);
+            worker.release();
         }
     }
 

@@ -75,21 +75,22 @@ static WRITING: AtomicBool = AtomicBool::new(false);
 /// none).
 static EXIT_AFTER_BATCH: AtomicI32 = AtomicI32::new(0);
 
-/// How long a forced exit waits for the batch in flight when stdout can
-/// take bytes at that moment: a batch is at most about a megabyte, which a
-/// reader that keeps up takes in far less.
-const BATCH_GRACE: Duration = Duration::from_millis(100);
+/// How long a forced exit waits for the line in flight: a reader that
+/// takes bytes at all takes one line in far less; one that does not (a
+/// stdout nobody reads) holds the exit up no longer than this.
+const LINE_GRACE: Duration = Duration::from_millis(100);
 
 /// Ends the process at once with `status`, from a signal handler, without
 /// cutting a line when that can be helped: when a batch of lines is being
-/// written and stdout can take bytes now, the exit waits until the batch is
-/// out ([`batch_done`] exits), but at most [`BATCH_GRACE`]; when stdout
-/// cannot take bytes (nobody reads it), it exits now, and the transcript
-/// may end inside a line, its last. Async-signal-safe.
+/// written, the writer finishes the line in flight and exits
+/// ([`exit_after_line`], [`batch_done`]), but the exit waits at most
+/// [`LINE_GRACE`]; past it (nobody reads stdout) the process exits anyway,
+/// and the transcript may end inside a line, its last. With no write in
+/// flight it exits now. Async-signal-safe.
 pub(crate) fn force_exit(status: i32) {
-    if WRITING.load(Ordering::SeqCst) && fd_writable(libc::STDOUT_FILENO) {
+    if WRITING.load(Ordering::SeqCst) {
         EXIT_AFTER_BATCH.store(status + 1, Ordering::SeqCst);
-        arm_timer(BATCH_GRACE.as_micros() as u64);
+        arm_timer(LINE_GRACE.as_micros() as u64);
         return;
     }
     signal_hook::low_level::exit(status);
@@ -106,13 +107,34 @@ pub(crate) fn batch_started() {
 #[inline]
 pub(crate) fn batch_done() {
     WRITING.store(false, Ordering::SeqCst);
-    let pending = EXIT_AFTER_BATCH.load(Ordering::SeqCst);
-    if pending > 0 {
-        signal_hook::low_level::exit(pending - 1);
-    }
+    exit_if_overdue();
 }
 
-/// A forced exit waited for its batch past [`BATCH_GRACE`]: it happens now.
+/// For a writer that has written part of a batch: if a forced exit is
+/// waiting, writes `rest` (the unwritten part) up to and including its
+/// first newline with `write`, and ends the process; else returns at once.
+#[inline]
+pub(crate) fn exit_after_line(rest: &[u8], mut write: impl FnMut(&[u8]) -> io::Result<usize>) {
+    let pending = EXIT_AFTER_BATCH.load(Ordering::SeqCst);
+    if pending == 0 {
+        return;
+    }
+    let end = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
+    let mut line = &rest[..end];
+    while !line.is_empty() {
+        match write(line) {
+            Ok(0) => break,
+            Ok(n) => line = &line[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => break,
+        }
+    }
+    signal_hook::low_level::exit(pending - 1);
+}
+
+/// A forced exit waited for its line past [`LINE_GRACE`] (or its batch is
+/// done): it happens now.
 /// For the SIGALRM handlers. Async-signal-safe.
 pub(crate) fn exit_if_overdue() {
     let pending = EXIT_AFTER_BATCH.load(Ordering::SeqCst);

@@ -301,6 +301,59 @@ mod tests {
         assert!(Shm::open(&fd, 3, 1).is_err(), "a mismatched reactor count is refused");
     }
 
+    /// Worker `id`'s share of `shm`, with the cap checked at every take.
+    fn share(shm: &Shm, id: usize) -> crate::config::WorkerShare {
+        crate::config::WorkerShare {
+            open: shm.slots(),
+            id,
+            cap_binding: true,
+            published: shm.published(id),
+        }
+    }
+
+    #[test]
+    fn the_cap_holds_across_workers() {
+        let (shm, _fd) = Shm::create(2, 1).expect("create");
+        let (a, b) = (share(&shm, 0), share(&shm, 1));
+        assert!(a.take(3) && b.take(3) && a.take(3));
+        assert!(!b.take(3) && !a.take(3), "the cap counts every worker");
+        b.release();
+        assert!(a.take(3));
+        assert_eq!((shm.open_of(0), shm.open_of(1)), (3, 0));
+    }
+
+    #[test]
+    fn a_worker_that_dies_right_after_taking_a_slot_leaks_none() {
+        let (shm, _fd) = Shm::create(2, 1).expect("create");
+        let (dying, other) = (share(&shm, 0), share(&shm, 1));
+        assert!(dying.take(2));
+        // A worker process that takes its slot and dies at once, before
+        // anything else: the worst moment there is.
+        // SAFETY: the child only touches atomics in the shared mapping and
+        // calls _exit (no allocation, no lock: fine after fork in a
+        // threaded process).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let took = dying.take(2);
+            // SAFETY: _exit ends the child at once.
+            unsafe { libc::_exit(if took { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waitpid writes one int through a pointer to a live local.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child took a slot"
+        );
+        // Its slots count until the supervisor reaps it: the cap is full.
+        assert!(!other.take(2));
+        shm.retire(0, shm.open_of(0), 0);
+        // Then every slot is free again, none leaked.
+        assert!(other.take(2) && other.take(2));
+        assert!(!other.take(2));
+    }
+
     #[test]
     fn the_memory_file_cannot_be_shrunk_or_grown() {
         let (_shm, fd) = Shm::create(2, 1).expect("create");
@@ -318,10 +371,11 @@ mod tests {
 
     #[test]
     fn an_unsealed_file_is_refused() {
-        let file = std::fs::File::from(
-            // SAFETY: memfd_create reads a static NUL-terminated name.
-            unsafe { OwnedFd::from_raw_fd(libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC)) },
-        );
+        // SAFETY: memfd_create reads a static NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"t".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create");
+        // SAFETY: a fresh descriptor nobody else owns.
+        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         file.set_len(Shm::bytes(1, 1).expect("bytes") as u64).expect("size");
         assert!(Shm::open(&OwnedFd::from(file), 1, 1).is_err());
     }

@@ -139,6 +139,28 @@ impl Captured {
     }
 }
 
+/// A reader that takes at most `chunk` bytes per `pause`: a slow but
+/// steady consumer of a pipe.
+pub struct Throttled<R> {
+    inner: R,
+    chunk: usize,
+    pause: Duration,
+}
+
+impl<R: Read> Throttled<R> {
+    pub fn new(inner: R, chunk: usize, pause: Duration) -> Throttled<R> {
+        Throttled { inner, chunk, pause }
+    }
+}
+
+impl<R: Read> Read for Throttled<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.pause);
+        let n = buf.len().min(self.chunk);
+        self.inner.read(&mut buf[..n])
+    }
+}
+
 /// `127.0.0.1 0 ARGS...`
 fn local(args: &[&str]) -> Vec<String> {
     let mut full: Vec<String> = vec!["127.0.0.1".into(), "0".into()];
@@ -180,8 +202,23 @@ impl ServerProcess {
         ServerProcess::start_raw(&full, None, &[])
     }
 
+    /// Starts `simple_tcp_server 127.0.0.1 0 ARGS...` with its stdout read
+    /// at most `chunk` bytes per `pause`.
+    pub fn start_throttled(args: &[&str], chunk: usize, pause: Duration) -> ServerProcess {
+        ServerProcess::launch(&local(args), None, &[], Some((chunk, pause)))
+    }
+
     /// Starts the server with exactly `args`.
     pub fn start_raw(args: &[String], nofile: Option<u64>, env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::launch(args, nofile, env, None)
+    }
+
+    fn launch(
+        args: &[String],
+        nofile: Option<u64>,
+        env: &[(&str, &str)],
+        throttle: Option<(usize, Duration)>,
+    ) -> ServerProcess {
         raise_fd_limit();
         let mut cmd = Command::new(bin("simple_tcp_server"));
         cmd.args(args)
@@ -211,7 +248,11 @@ impl ServerProcess {
             }
         }
         let mut child = cmd.spawn().expect("start simple_tcp_server");
-        let stdout = Captured::spawn(child.stdout.take().expect("stdout pipe"));
+        let pipe = child.stdout.take().expect("stdout pipe");
+        let stdout = match throttle {
+            Some((chunk, pause)) => Captured::spawn(Throttled::new(pipe, chunk, pause)),
+            None => Captured::spawn(pipe),
+        };
         let stderr = Captured::spawn(child.stderr.take().expect("stderr pipe"));
         let mut server = ServerProcess {
             child,
