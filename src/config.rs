@@ -147,6 +147,9 @@ pub struct WorkerShare {
     pub cap_binding: bool,
     /// One slot per reactor of this worker, for its published counters.
     pub published: &'static [crate::reactor::stats::Published],
+    /// The socket on which the supervisor hands over clients that another
+    /// worker could not serve (open for the life of the process).
+    pub handoff: Option<std::os::fd::RawFd>,
 }
 
 impl WorkerShare {

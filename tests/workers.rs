@@ -542,22 +542,29 @@ fn a_stopped_or_dead_worker_strands_no_new_client() {
             }
         }
     };
+    // Clients come the moment the worker has stopped, before the
+    // supervisor may have noticed: those the kernel queues for the stopped
+    // worker are handed to the others.
     // SAFETY: kill has no memory effects; the worker is the server's child.
     assert_eq!(unsafe { libc::kill(workers[1], libc::SIGSTOP) }, 0);
+    util::wait_until("the worker stopped", || util::process_state(workers[1]) == 'T');
+    greeted_within_a_second("one of three workers stopped");
     let noticed = server
         .stderr
         .wait_for(PATIENCE, |err| util::contains(err, b"was stopped by SIGSTOP"));
     assert!(noticed, "{}", server.context());
-    greeted_within_a_second("one of three workers stopped");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(workers[1], libc::SIGCONT) }, 0);
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(workers[2], libc::SIGKILL) }, 0);
+    util::wait_until("the worker died", || {
+        std::fs::read_to_string(format!("/proc/{}/stat", workers[2])).is_err() || util::process_state(workers[2]) == 'Z'
+    });
+    greeted_within_a_second("one of three workers killed");
     let noticed = server
         .stderr
         .wait_for(PATIENCE, |err| util::contains(err, b"restarting it in"));
     assert!(noticed, "{}", server.context());
-    greeted_within_a_second("one of three workers killed");
 }
 
 #[test]
@@ -617,4 +624,37 @@ fn a_killed_worker_is_named_and_its_counts_stay_in_the_summary_and_the_stats() {
             && summary.contains(&format!(" {total} bytes, {cut} lost with their worker")),
         "the dead worker's counts are in: {summary}"
     );
+}
+
+#[test]
+fn clients_queued_for_a_worker_that_stopped_are_handed_to_the_others() {
+    let server = ServerProcess::start(&["--workers", "2"]);
+    let workers = wait_children(server.pid(), 2);
+    wait_ready(&server, 2);
+    // The supervisor is held too, so that it cannot steer clients away
+    // yet: the kernel queues about half of them for the stopped worker.
+    for pid in [server.pid(), workers[1]] {
+        // SAFETY: kill has no memory effects; both are this test's
+        // processes (the server and its child).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        util::wait_until("stopped", || util::process_state(pid) == 'T');
+    }
+    let clients: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(server.pid(), libc::SIGCONT) }, 0);
+    for (i, mut client) in clients.into_iter().enumerate() {
+        client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut greeting = [0u8; 10];
+        if let Err(e) = client.read_exact(&mut greeting) {
+            panic!("client {i} not greeted: {e}\n{}", server.context());
+        }
+    }
+    let said = server.stderr.wait_for(PATIENCE, |err| {
+        util::contains(err, b"clients queued for worker 1 were handed to the others")
+    });
+    assert!(said, "{}", server.context());
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(workers[1], libc::SIGCONT) }, 0);
 }

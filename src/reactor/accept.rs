@@ -180,6 +180,43 @@ impl Core {
         }
     }
 
+    /// Serves the clients a worker's supervisor handed over (accepted from
+    /// the listener of a worker that could not serve them): each is placed
+    /// as if this reactor had accepted it.
+    pub(super) fn receive_handed<W: Write>(&mut self, registry: &Registry, out: &mut Transcript<'_, W>) {
+        let Some(fd) = self.config.worker.and_then(|w| w.handoff) else {
+            return;
+        };
+        // SAFETY: the handoff descriptor stays open for the life of the
+        // worker process (its `WorkerSide` owns it).
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let mut fds = Vec::new();
+        match crate::workers::handoff::receive(&socket, &mut fds) {
+            Ok(true) => {}
+            Ok(false) => {
+                // The supervisor is gone: nothing more will come.
+                let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+            }
+            Err(e) => warn!("receiving handed-over clients: {e}"),
+        }
+        for fd in fds {
+            let stream = std::net::TcpStream::from(fd);
+            // Gone already: nothing to serve.
+            let Ok(peer) = stream.peer_addr() else { continue };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let stream = TcpStream::from_std(stream);
+            if self.shared.try_open() {
+                if let Some((stream, peer)) = self.shared.place(self.id, (stream, peer)) {
+                    self.add(stream, peer, registry, out);
+                }
+            } else {
+                self.reject(stream, peer);
+            }
+        }
+    }
+
     /// Serves clients another reactor accepted and handed to this one.
     pub(super) fn adopt<W: Write>(&mut self, clients: Vec<Client>, registry: &Registry, out: &mut Transcript<'_, W>) {
         for (stream, peer) in clients {

@@ -59,6 +59,9 @@ const LISTENER: Token = Token(usize::MAX);
 /// The reactor's waker: a [`Stopper`] or another reactor asks it to look at
 /// the shared stop flag.
 const STOP: Token = Token(usize::MAX - 1);
+/// A worker's handoff socket (reactor 0 only): clients its supervisor
+/// accepted for it.
+const HANDOFF: Token = Token(usize::MAX - 2);
 
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_CAPACITY: usize = 1024;
@@ -322,6 +325,7 @@ impl Core {
             woken += 1;
             match event.token() {
                 LISTENER => self.accept_ready(registry, out)?,
+                HANDOFF => self.receive_handed(registry, out),
                 STOP => {
                     self.shared.woken(self.id);
                     self.adopt(self.shared.balance.take(self.id), registry, out);

@@ -407,6 +407,13 @@ impl Server {
             },
             publishing: config.stats_interval.is_some() || config.worker.is_some(),
         });
+        if let Some(fd) = config.worker.and_then(|w| w.handoff) {
+            // Clients handed over by the supervisor come to reactor 0, which
+            // places them like the ones it accepts.
+            polls[0]
+                .registry()
+                .register(&mut mio::unix::SourceFd(&fd), super::HANDOFF, mio::Interest::READABLE)?;
+        }
         let mut reactors = Vec::with_capacity(threads);
         for (id, poll) in polls.into_iter().enumerate() {
             let listener = if listeners.len() == 1 {

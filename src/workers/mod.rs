@@ -7,13 +7,16 @@
 //! - **Descriptors**: a worker gets its listener as descriptor 3, a status
 //!   pipe as 4 (it says `ready` once it serves, `draining` when it begins
 //!   to stop, `done` once its drain is complete and its last counts are
-//!   published) and the shared memory as 5 (see [`shm`]).
+//!   published), the shared memory as 5 (see [`shm`]) and, as 6, a socket
+//!   on which the supervisor hands it clients (see [`handoff`]).
 //! - **Who gets new clients** (see [`steer`]): the kernel hashes each new
 //!   client to one worker's listener, but only over the workers that are
 //!   serving: a worker that is dead (waiting for its restart), stopped
 //!   (SIGSTOP, which the supervisor learns from `waitpid`), starting or
-//!   draining gets none, so no new client waits on it. The supervisor keeps
-//!   the listeners, so a worker that dies is replaced on the same socket.
+//!   draining gets none, so no new client waits on it; the clients the
+//!   kernel had already queued for it are accepted by the supervisor and
+//!   handed to the workers that serve. The supervisor keeps the listeners,
+//!   so a worker that dies is replaced on the same socket.
 //! - **The transcript**: each worker writes whole-line batches to a pipe of
 //!   its own; the supervisor passes only whole lines on to its stdout (see
 //!   [`merge`]), so no line is split or interleaved, whatever stdout is (a
@@ -45,6 +48,7 @@
 //!   is named, its open connections are counted as not finished, and the
 //!   supervisor exits 1.
 
+pub mod handoff;
 pub mod merge;
 pub mod shm;
 pub mod steer;
@@ -85,6 +89,8 @@ pub const LISTENER_FD: RawFd = 3;
 pub const STATUS_FD: RawFd = 4;
 /// Where a worker finds the shared memory.
 pub const SHARED_FD: RawFd = 5;
+/// Where a worker receives clients the supervisor hands over.
+pub const HANDOFF_FD: RawFd = 6;
 
 /// The token of the supervisor's signal pipe. A worker's transcript pipe
 /// is its id; its status pipe, [`STATUS_TOKENS`] plus its id.
@@ -107,6 +113,10 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 const MAX_EARLY_EXITS: u32 = 5;
 /// The status with which a worker says its arguments are wrong (clap's).
 const USAGE_ERROR: i32 = 2;
+/// How long after handing on a worker's queue the supervisor looks at it
+/// once more: a handshake under way when the worker stopped serving
+/// completes in far less on any network a client of this server is on.
+const RESCUE_AGAIN: Duration = Duration::from_millis(100);
 
 /// What a worker writes on its status pipe once it serves.
 pub const READY: &[u8] = b"ready\n";
@@ -188,6 +198,12 @@ struct Worker {
     restart_at: Option<Instant>,
     /// Exits before being ready, in a row.
     early_exits: u32,
+    /// The supervisor's end of the socket that hands clients to it.
+    handoff: Option<OwnedFd>,
+    /// When to look once more for clients queued on its listener while it
+    /// cannot serve them (a handshake under way when it stopped serving
+    /// may complete a moment later).
+    rescue_at: Option<Instant>,
 }
 
 impl Worker {
@@ -388,6 +404,8 @@ impl<'p> Supervisor<'p> {
                 backoff: MIN_RESTART_BACKOFF,
                 restart_at: Some(now),
                 early_exits: 0,
+                handoff: None,
+                rescue_at: None,
             })
             .collect();
         Ok(Supervisor {
@@ -431,9 +449,11 @@ impl<'p> Supervisor<'p> {
                     .filter_map(|w| w.restart_at)
                     .min();
                 let stats = self.stats.as_ref().map(|s| s.next);
+                let rescue = self.workers.iter().filter_map(|w| w.rescue_at).min();
                 restart
                     .into_iter()
                     .chain(stats)
+                    .chain(rescue)
                     .min()
                     .map(|at| at.saturating_duration_since(now))
             };
@@ -485,6 +505,11 @@ impl<'p> Supervisor<'p> {
                 self.children().inspect_err(|_| self.fail())?;
             }
             self.steer();
+            for i in 0..self.workers.len() {
+                if self.workers[i].rescue_at.is_some_and(|at| at <= Instant::now()) {
+                    self.rescue(i);
+                }
+            }
             if !self.announced_ready && self.workers.iter().all(|w| w.stage == Stage::Ready) {
                 self.announced_ready = true;
                 crate::notify::ready();
@@ -549,10 +574,12 @@ impl<'p> Supervisor<'p> {
             &plan.listeners[id]
         };
         let (status_read, status_write) = std::io::pipe()?;
+        let (handoff, worker_handoff) = handoff::pair()?;
         let fds = [
             listener.as_raw_fd(),
             status_write.as_raw_fd(),
             self.shared_fd.as_raw_fd(),
+            worker_handoff.as_raw_fd(),
         ];
         let supervisor = std::process::id() as libc::pid_t;
         let mut command = Command::new("/proc/self/exe");
@@ -573,6 +600,7 @@ impl<'p> Supervisor<'p> {
         unsafe { command.pre_exec(move || place_fds(&fds, supervisor)) };
         let mut child = command.spawn()?;
         drop(status_write);
+        drop(worker_handoff);
         let pid = child.id() as libc::pid_t;
         let registry = self.poll.registry();
         let watched = child
@@ -614,6 +642,7 @@ impl<'p> Supervisor<'p> {
         worker.pid = Some(pid);
         worker.stdout = Some(stdout);
         worker.status = Some(status);
+        worker.handoff = Some(handoff);
         worker.status_tail.clear();
         worker.stage = Stage::Starting;
         worker.stopped = false;
@@ -654,6 +683,7 @@ impl<'p> Supervisor<'p> {
                 }
                 DRAINING if worker.stage != Stage::Done => {
                     debug!("worker {id} is draining");
+                    worker.rescue_at = Some(Instant::now());
                     Stage::Draining
                 }
                 DONE => Stage::Done,
@@ -722,8 +752,10 @@ impl<'p> Supervisor<'p> {
                     let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
                     if let Some(i) = index {
                         self.workers[i].stopped = true;
-                        // Steered away before it is said.
+                        // Steered away, and its queue handed on, before it
+                        // is said.
                         self.steer();
+                        self.rescue(i);
                         warn!(
                             "worker {i} (pid {pid}) was stopped by {}: new clients go to the others until it continues",
                             signal_name(status)
@@ -810,7 +842,9 @@ impl<'p> Supervisor<'p> {
         }
         // A death: its connections died with it (the kernel closed them).
         self.shared.retire(id, open, 0);
+        self.workers[i].handoff = None;
         self.steer();
+        self.rescue(i);
         let worker = &mut self.workers[i];
         if stage == Stage::Starting {
             worker.early_exits += 1;
@@ -873,6 +907,76 @@ impl<'p> Supervisor<'p> {
                 }
                 self.steered = Some(serving);
             }
+        }
+    }
+
+    /// Worker `i` cannot serve (stopped, dead, draining): accepts the
+    /// clients the kernel queued on its listener before new ones were
+    /// steered away, and hands them to the workers that serve, in turn;
+    /// then looks once more a moment later, for a handshake that was under
+    /// way (one listener per worker only, and not while stopping).
+    fn rescue(&mut self, i: usize) {
+        let again = self.workers[i].rescue_at.take().is_none();
+        if self.plan.listeners.len() < 2 || self.stopping || self.workers[i].serving() {
+            return;
+        }
+        let id = self.workers[i].id;
+        let targets: Vec<usize> = (0..self.workers.len())
+            .filter(|&t| t != i && self.workers[t].serving() && self.workers[t].handoff.is_some())
+            .collect();
+        if targets.is_empty() {
+            // Nobody can take them: they wait for this worker.
+            return;
+        }
+        let listener = &self.plan.listeners[id];
+        let (mut handed, mut dropped, mut next) = (0, 0, 0);
+        loop {
+            let mut batch = Vec::with_capacity(handoff::PER_MESSAGE);
+            while batch.len() < handoff::PER_MESSAGE {
+                match listener.accept() {
+                    Ok((stream, _)) => batch.push(stream),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        debug!("worker {id}'s listener: accept: {e}");
+                        break;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let fds: Vec<RawFd> = batch.iter().map(AsRawFd::as_raw_fd).collect();
+            // To the workers that serve, in turn; the next one if one's
+            // queue is full.
+            let taker = (0..targets.len()).map(|k| (next + k) % targets.len()).find(|&k| {
+                self.workers[targets[k]]
+                    .handoff
+                    .as_ref()
+                    .is_some_and(|socket| handoff::send(socket, &fds).is_ok())
+            });
+            match taker {
+                Some(k) => {
+                    handed += batch.len();
+                    next = (k + 1) % targets.len();
+                }
+                None => dropped += batch.len(),
+            }
+            // The supervisor's copies close here; a worker has its own.
+            let full = batch.len() == handoff::PER_MESSAGE;
+            drop(batch);
+            if !full {
+                break;
+            }
+        }
+        if handed > 0 {
+            info!("{handed} clients queued for worker {id} were handed to the others");
+        }
+        if dropped > 0 {
+            warn!("{dropped} clients queued for worker {id} could not be handed over and were closed");
+        }
+        if again {
+            self.workers[i].rescue_at = Some(Instant::now() + RESCUE_AGAIN);
         }
     }
 
@@ -995,11 +1099,12 @@ fn write_all_waiting(out: &mut File, mut bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Puts the listener, the status pipe and the shared memory at descriptors
-/// 3, 4 and 5 of the child (copies first, so that no source is overwritten
-/// before it is copied), and ties the child's life to the supervisor's.
+/// Puts the listener, the status pipe, the shared memory and the handoff
+/// socket at descriptors 3 to 6 of the child (copies first, so that no
+/// source is overwritten before it is copied), and ties the child's life to
+/// the supervisor's.
 /// Runs between fork and exec.
-fn place_fds(fds: &[RawFd; 3], supervisor: libc::pid_t) -> io::Result<()> {
+fn place_fds(fds: &[RawFd; 4], supervisor: libc::pid_t) -> io::Result<()> {
     // A worker outlives no supervisor: if it goes, the worker drains.
     // SAFETY: prctl sets a flag of this process; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
@@ -1010,7 +1115,7 @@ fn place_fds(fds: &[RawFd; 3], supervisor: libc::pid_t) -> io::Result<()> {
     if unsafe { libc::getppid() } != supervisor {
         return Err(io::Error::other("the supervisor is gone"));
     }
-    let mut high = [0; 3];
+    let mut high = [0; 4];
     for (i, &fd) in fds.iter().enumerate() {
         // SAFETY: F_DUPFD_CLOEXEC copies an open descriptor to one >= 10.
         high[i] = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
@@ -1019,7 +1124,7 @@ fn place_fds(fds: &[RawFd; 3], supervisor: libc::pid_t) -> io::Result<()> {
         }
     }
     for (i, &fd) in high.iter().enumerate() {
-        // SAFETY: dup2 onto 3, 4, 5; the copy is not close-on-exec.
+        // SAFETY: dup2 onto 3 to 6; the copy is not close-on-exec.
         if unsafe { libc::dup2(fd, LISTENER_FD + i as RawFd) } < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -1037,8 +1142,8 @@ fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// A worker's side: the listener, shared memory and status pipe its
-/// supervisor put at descriptors 3, 4 and 5.
+/// A worker's side: the listener, status pipe, shared memory and handoff
+/// socket its supervisor put at descriptors 3 to 6.
 #[derive(Debug)]
 pub struct WorkerSide {
     /// The listener to serve (shared with the supervisor, which keeps it
@@ -1049,23 +1154,26 @@ pub struct WorkerSide {
     pub share: WorkerShare,
     /// Where the worker says how it is doing.
     status: File,
+    /// Where the supervisor hands it clients (`share.handoff` is its
+    /// descriptor, which the reactor polls: kept open here).
+    _handoff: OwnedFd,
 }
 
 impl WorkerSide {
-    /// Takes descriptors 3, 4 and 5 as worker `id` of `count`, each with
+    /// Takes descriptors 3 to 6 as worker `id` of `count`, each with
     /// `reactors` reactors.
     ///
     /// # Safety
     ///
-    /// Descriptors 3, 4 and 5 must be the ones a supervisor passed (a
-    /// listening TCP socket, the write end of a pipe, the shared memory
-    /// file) and belong to nothing else in the process: call it once, at
+    /// Descriptors 3 to 6 must be the ones a supervisor passed (a listening
+    /// TCP socket, the write end of a pipe, the shared memory file, a Unix
+    /// socket) and belong to nothing else in the process: call it once, at
     /// start, before anything else opens files.
     pub unsafe fn take(id: usize, count: usize, reactors: usize) -> io::Result<WorkerSide> {
         if id >= count || count > MAX_WORKERS {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad worker id"));
         }
-        for fd in [LISTENER_FD, STATUS_FD, SHARED_FD] {
+        for fd in [LISTENER_FD, STATUS_FD, SHARED_FD, HANDOFF_FD] {
             // SAFETY: F_GETFD only reads the descriptor's flags.
             if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
                 return Err(io::Error::new(
@@ -1077,11 +1185,12 @@ impl WorkerSide {
         // SAFETY: the caller promises these are the supervisor's descriptors
         // (checked open above; the listener's kind is checked below) and
         // that nothing else in this process owns them.
-        let (listener, status, shared) = unsafe {
+        let (listener, status, shared, handoff) = unsafe {
             (
                 OwnedFd::from_raw_fd(LISTENER_FD),
                 OwnedFd::from_raw_fd(STATUS_FD),
                 OwnedFd::from_raw_fd(SHARED_FD),
+                OwnedFd::from_raw_fd(HANDOFF_FD),
             )
         };
         let socket = socket2::Socket::from(listener);
@@ -1100,8 +1209,10 @@ impl WorkerSide {
                 id,
                 cap_binding: true,
                 published: shared.published(id),
+                handoff: Some(handoff.as_raw_fd()),
             },
             status: File::from(status),
+            _handoff: handoff,
         })
     }
 

@@ -308,6 +308,7 @@ mod tests {
             id,
             cap_binding: true,
             published: shm.published(id),
+            handoff: None,
         }
     }
 

@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""What `--workers` costs on the accept path and the data path, for two
+builds of the server measured in one interleaved session (this checkout's
+and another, e.g. an older commit's):
+
+    scripts/workers_bench.py --other PATH [--name NAME] [--runs 5]
+                             [--workers 4] [--conns 19000] [--flood-conns 100]
+                             [--flood-bytes 1GB] [--json-out PATH]
+
+Per run and build:
+1. `simple_tcp_server --workers W` (transcript to a file on tmpfs).
+2. accept: `tcp_load --procs 2 hold --conns C`: the connect rate (all C
+   connected and greeted, from tcp_load's `connect_secs`), and, while they
+   are held, how they are spread over the workers (each worker's sockets,
+   from /proc/PID/fd): the busiest worker's share against the mean.
+3. flood: `tcp_load flood --conns F` with B bytes in all: MB/s acknowledged.
+4. SIGTERM; the server must exit 0.
+
+Builds alternate within each run, so the machine's noise falls on both.
+Every run is bounded in time; only processes this script started are
+signalled, by PID. Standard library only; loopback only.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+TMPFS = "/dev/shm"
+STARTED = []
+
+
+def head_commit():
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if dirty else "")
+
+
+def stop_all():
+    for proc in STARTED:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+def children(pid):
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def sockets(pid):
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    n += 1
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return n
+
+
+def parse_bytes(text):
+    m = re.fullmatch(r"(\d+)\s*([KMG]?B)?", text.strip(), re.I)
+    if not m:
+        raise SystemExit(f"bad size {text!r}")
+    return int(m[1]) * {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}[(m[2] or "B").upper()]
+
+
+def tcp_load(port, *args, timeout=300):
+    cmd = [os.path.join(REL, "tcp_load"), "--port", str(port), "--json", "--quiet", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    STARTED.append(proc)
+    return proc, cmd
+
+
+def one_run(binary, args):
+    transcript = os.path.join(TMPFS, f"workers-bench-{os.getpid()}.out")
+    log = os.path.join(TMPFS, f"workers-bench-{os.getpid()}.err")
+    out, err = open(transcript, "wb"), open(log, "wb")
+    server = subprocess.Popen([binary, "127.0.0.1", "0", "--workers", str(args.workers), "--backlog", "4096"],
+                              stdout=out, stderr=err, env={**os.environ, "RUST_LOG": "info"})
+    STARTED.append(server)
+    try:
+        deadline = time.time() + 30
+        port = None
+        while port is None:
+            with open(transcript, "rb") as f:
+                m = re.match(rb"Listening to:  127\.0\.0\.1:(\d+)\n", f.readline())
+            if m:
+                port = int(m[1])
+            elif time.time() > deadline or server.poll() is not None:
+                raise SystemExit(f"the server did not start: {open(log).read()[-2000:]}")
+            else:
+                time.sleep(0.02)
+        while len(children(server.pid)) < args.workers:
+            if time.time() > deadline:
+                raise SystemExit("the workers did not start")
+            time.sleep(0.02)
+        time.sleep(0.3)
+        workers = children(server.pid)
+        base = {w: sockets(w) for w in workers}
+        hold, _ = tcp_load(port, "--procs", "2", "--timeout", "120s", "hold", "--conns", str(args.conns),
+                           "--hold", "3s")
+        # Sampled while held: every connection is up once the counts stop
+        # growing at the target.
+        spread = None
+        while hold.poll() is None:
+            counts = [sockets(w) - base[w] for w in workers]
+            if sum(counts) >= args.conns:
+                spread = counts
+                break
+            time.sleep(0.05)
+        hold_out, hold_err = hold.communicate(timeout=300)
+        report = json.loads(hold_out.decode().strip().splitlines()[-1])
+        if not report.get("ok") or spread is None:
+            raise SystemExit(f"hold was not clean: {report.get('reason')} {hold_err.decode()[-1000:]}")
+        flood, _ = tcp_load(port, "--timeout", "300s", "flood", "--conns", str(args.flood_conns),
+                            "--bytes", str(args.flood_bytes // args.flood_conns))
+        flood_out, flood_err = flood.communicate(timeout=600)
+        flood_report = json.loads(flood_out.decode().strip().splitlines()[-1])
+        if not flood_report.get("ok"):
+            raise SystemExit(f"flood was not clean: {flood_report.get('reason')} {flood_err.decode()[-1000:]}")
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=120)
+        if code != 0:
+            raise SystemExit(f"the server exited {code}: {open(log).read()[-2000:]}")
+        mean = sum(spread) / len(spread)
+        return {
+            "connect_per_sec": args.conns / report["connect_secs"],
+            "spread": spread,
+            "busiest_over_mean": max(spread) / mean,
+            "flood_mb_per_sec": flood_report["mb_per_sec"],
+        }
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        out.close()
+        err.close()
+        for path in (transcript, log):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--other", required=True, help="the other build's simple_tcp_server")
+    ap.add_argument("--name", default="other", help="what to call the other build")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--conns", type=int, default=19_000)
+    ap.add_argument("--flood-conns", type=int, default=100)
+    ap.add_argument("--flood-bytes", type=parse_bytes, default=parse_bytes("1GB"))
+    ap.add_argument("--json-out", default=os.path.join(ROOT, "target", "workers_bench.json"))
+    args = ap.parse_args()
+    signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
+    subprocess.run(["cargo", "build", "--release", "--bins", "-q"], cwd=ROOT, check=True)
+    designs = {"this": os.path.join(REL, "simple_tcp_server"), args.name: args.other}
+    runs = {name: [] for name in designs}
+    try:
+        for i in range(args.runs):
+            order = list(designs.items()) if i % 2 == 0 else list(reversed(designs.items()))
+            for name, binary in order:
+                r = one_run(binary, args)
+                runs[name].append(r)
+                print(f"run {i + 1} {name}: {r['connect_per_sec']:.0f} conn/s, spread {r['spread']} "
+                      f"(busiest {r['busiest_over_mean']:.3f}x the mean), flood {r['flood_mb_per_sec']:.0f} MB/s",
+                      file=sys.stderr)
+    finally:
+        stop_all()
+    med = {name: {key: statistics.median(r[key] for r in rs)
+                  for key in ("connect_per_sec", "busiest_over_mean", "flood_mb_per_sec")}
+           for name, rs in runs.items()}
+    other = args.name
+    result = {
+        "commit": head_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "scripts/workers_bench.py " + " ".join(sys.argv[1:]),
+        "workers": args.workers, "conns": args.conns, "flood_conns": args.flood_conns,
+        "flood_bytes": args.flood_bytes, "runs": runs, "medians": med,
+        "ratios": {key: med["this"][key] / med[other][key] for key in med["this"]},
+    }
+    with open(args.json_out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"| median of {args.runs} interleaved runs | this build | {other} | ratio |")
+    print("|---|---:|---:|---:|")
+    print(f"| accept: connections/s ({args.conns:,} held, --workers {args.workers}) | "
+          f"{med['this']['connect_per_sec']:,.0f} | {med[other]['connect_per_sec']:,.0f} | "
+          f"{result['ratios']['connect_per_sec']:.3f}x |")
+    print(f"| spread: busiest worker / mean | {med['this']['busiest_over_mean']:.3f} | "
+          f"{med[other]['busiest_over_mean']:.3f} | |")
+    print(f"| flood MB/s ({args.flood_conns} clients) | {med['this']['flood_mb_per_sec']:,.0f} | "
+          f"{med[other]['flood_mb_per_sec']:,.0f} | {result['ratios']['flood_mb_per_sec']:.3f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
