@@ -44,7 +44,7 @@ fn one_connection(server: SocketAddr) {
     let mut stream: TcpStream = socket.into();
     let mut greeting = [0u8; 10];
     stream.read_exact(&mut greeting).expect("greeting");
-    assert_eq!(&greeting, simple_tcp_server::GREETING);
+    assert_eq!(&greeting, simple_tcp_server::protocol::GREETING);
     stream.write_all(b"wong says: hello").expect("send");
     stream.shutdown(Shutdown::Write).expect("shutdown");
     let mut rest = Vec::new();

@@ -49,7 +49,7 @@ fn ingest(design: Design, clients: usize, per_client: u64) -> Duration {
             write_size: 256 * 1024,
         },
         in_flight: 512,
-        greeting_len: simple_tcp_server::GREETING.len(),
+        greeting_len: simple_tcp_server::protocol::GREETING.len(),
         server_pid: None,
         timeout: Duration::from_secs(120),
         progress: false,

@@ -259,7 +259,7 @@ impl Loop {
                 Ok((mut stream, peer)) => {
                     let entry = self.conns.vacant_entry();
                     registry.register(&mut stream, Token(entry.key()), Interest::READABLE)?;
-                    let _ = stream.write(simple_tcp_server::GREETING);
+                    let _ = stream.write(simple_tcp_server::protocol::GREETING);
                     let overhead = if self.mode.json {
                         JSON_OVERHEAD + peer.to_string().len().min(MAX_ADDR_LEN)
                     } else {

@@ -45,9 +45,9 @@ fn main() -> ExitCode {
     let host = args
         .first()
         .map(String::as_str)
-        .unwrap_or(simple_tcp_server::DEFAULT_HOST);
+        .unwrap_or(simple_tcp_server::protocol::DEFAULT_HOST);
     let port = match args.get(1).map(|p| p.parse::<u16>()) {
-        None => simple_tcp_server::DEFAULT_PORT,
+        None => simple_tcp_server::protocol::DEFAULT_PORT,
         Some(Ok(port)) => port,
         Some(Err(_)) => {
             eprintln!("tokio_server: bad port {:?}", args[1]);

@@ -194,8 +194,8 @@ pub fn loopback_nets() -> Vec<ipnet::IpNet> {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            max_read: crate::MAX_READ,
-            greeting: crate::GREETING.to_vec(),
+            max_read: crate::protocol::MAX_READ,
+            greeting: crate::protocol::GREETING.to_vec(),
             raw: false,
             tag: false,
             format: crate::output::Format::Text,

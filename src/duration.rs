@@ -28,7 +28,9 @@ fn parse_any(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("invalid duration `{text}`: expected a number and a unit, like 250ms, 5s, 2m"))?;
+        .map_err(|_| {
+            format!("invalid duration `{text}`: expected a number and a unit, like 500us, 250ms, 5s, 2m (a bare number is seconds)")
+        })?;
     let seconds_per_unit = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -38,7 +40,7 @@ fn parse_any(text: &str) -> Result<Duration, String> {
         "h" => 3600.0,
         other => {
             return Err(format!(
-                "invalid duration `{text}`: unknown unit `{other}` (use ms, s, m or h)"
+                "invalid duration `{text}`: unknown unit `{other}` (use us, ms, s, m or h; a bare number is seconds)"
             ));
         }
     };

@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //!
+//! - [`protocol`]: the chapter's constants: its port, host, frame size and
+//!   greeting.
 //! - [`config`]: everything the server can be told, with the defaults the
 //!   binary uses.
 //! - [`listen`]: resolving a host and binding a listener.
@@ -29,6 +31,8 @@
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
 //! - [`notify`]: systemd's readiness notifications, never blocking.
+//! - [`title`]: process titles, so that `ps` tells the supervisor from its
+//!   workers.
 //! - [`client`]: the blocking companion client (`tcp_client`).
 //! - [`load`]: the load generator behind `tcp_load`.
 //! - [`duration`]: parsing `300ms`, `5s`, `2m` on the command line.
@@ -48,21 +52,11 @@ pub mod load;
 pub mod net_error;
 pub mod notify;
 pub mod output;
+pub mod protocol;
 pub mod proxy_header;
 pub mod reactor;
+pub mod title;
 pub mod workers;
 
 pub use config::Config;
 pub use reactor::{Server, Stopper, Summary};
-
-/// The port the chapter's programs use.
-pub const DEFAULT_PORT: u16 = 50000;
-
-/// The host the server listens on when none is given.
-pub const DEFAULT_HOST: &str = "localhost";
-
-/// Bytes per frame: simple_tcp_server.go reads into a 25-byte buffer.
-pub const MAX_READ: usize = 25;
-
-/// What simple_tcp_server.go writes to every new client.
-pub const GREETING: &[u8] = b"Let's GO!\n";

@@ -17,6 +17,14 @@ pub fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// The machine's ephemeral port range (`net.ipv4.ip_local_port_range`),
+/// from which outgoing connections take their local ports, if `/proc` says.
+pub fn ephemeral_ports() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut ports = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((ports.next()??, ports.next()??))
+}
+
 /// A listening socket on `addr` with `backlog`, `SO_REUSEADDR` set (as Go
 /// sets it) and non-blocking.
 pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {

@@ -114,6 +114,16 @@ fn port_in_use_is_one_line() {
         )),
         "{stderr}"
     );
+    // A port the kernel handed out is in the ephemeral range: the error
+    // says why it may be taken with nothing listening, and what to do.
+    if let Some((lo, hi)) = simple_tcp_server::listen::ephemeral_ports()
+        && (lo..=hi).contains(&taken.local_addr().expect("addr").port())
+    {
+        assert!(
+            stderr.contains("ephemeral range") && stderr.contains("choose a port outside"),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -589,3 +589,35 @@ fn q_returns_at_once_even_if_the_server_keeps_the_connection_open() {
     drop(stop_tx);
     assert_eq!(peer.join().expect("peer"), b"n says: hi");
 }
+
+#[test]
+fn timeout_bounds_the_whole_connect_retries_included() {
+    // A listener whose backlog is full drops new handshakes: a connect to
+    // it never completes.
+    let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    listener
+        .bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().expect("addr").into())
+        .expect("bind");
+    listener.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr").as_socket().expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let _ = socket.connect(&addr.into());
+        fillers.push(socket);
+    }
+    let out = std::process::Command::new(util::bin("tcp_client"))
+        .args(["--timeout", "1s", "--name", "n", "127.0.0.1", &addr.port().to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tcp_client");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // One attempt used the whole second: no retry ran past it (each
+    // attempt bounded by --timeout alone made four, 4 s and more).
+    assert!(
+        stderr.ends_with(&format!("Error dialing tcp {addr}: timed out after 1s (--timeout)\n")),
+        "{stderr}"
+    );
+}

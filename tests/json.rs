@@ -248,7 +248,7 @@ fn all_byte_values_round_trip(max_read: usize) {
 
 #[test]
 fn all_byte_values_round_trip_in_any_write_split() {
-    all_byte_values_round_trip(simple_tcp_server::MAX_READ);
+    all_byte_values_round_trip(simple_tcp_server::protocol::MAX_READ);
 }
 
 #[test]
@@ -331,7 +331,7 @@ fn random_bytes_from_several_clients_round_trip() {
             EventKind::Connect => assert!(got.insert(e.addr, Vec::new()).is_none(), "{} connected twice", e.addr),
             EventKind::Frame => {
                 assert!(!closed.contains(&e.addr), "a frame of {} after its close", e.addr);
-                assert!((1..=simple_tcp_server::MAX_READ).contains(&e.bytes.len()));
+                assert!((1..=simple_tcp_server::protocol::MAX_READ).contains(&e.bytes.len()));
                 got.get_mut(&e.addr)
                     .unwrap_or_else(|| panic!("a frame of {} before its connect", e.addr))
                     .extend_from_slice(&e.bytes);

@@ -97,6 +97,27 @@ fn measures_a_server_with_four_reactors_as_one_process() {
 }
 
 #[test]
+fn measures_a_supervisor_with_its_workers() {
+    // `--workers 2`: the supervisor holds no connection; its workers do.
+    // The samples are of the whole process tree.
+    let server = ServerProcess::start(&["--workers", "2"]);
+    let ready = server.stderr.wait_for(util::PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches(" is ready (pid ").count() == 2
+    });
+    assert!(ready, "{}", server.context());
+    let json = tcp_load(&server, &["hold", "--conns", "2000", "--hold", "0s"]);
+    assert_eq!(field(&json, "greetings"), 2000.0, "{json}");
+    assert_eq!(field(&json, "server_processes"), 3.0, "{json}");
+    assert_eq!(field(&json, "server_threads"), 3.0, "{json}");
+    // The workers' growth, not the idle supervisor's few bytes.
+    let per_conn = field(&json, "rss_per_conn");
+    assert!(
+        (8.0..=96.0).contains(&per_conn),
+        "{per_conn} bytes per connection\n{json}"
+    );
+}
+
+#[test]
 fn flood_streams_every_byte_through() {
     let mut server = ServerProcess::start(&[]);
     let json = tcp_load(

@@ -658,3 +658,30 @@ fn clients_queued_for_a_worker_that_stopped_are_handed_to_the_others() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(workers[1], libc::SIGCONT) }, 0);
 }
+
+#[test]
+fn ps_tells_the_supervisor_from_its_workers() {
+    let server = ServerProcess::start(&["--workers", "2"]);
+    let mut workers = wait_children(server.pid(), 2);
+    wait_ready(&server, 2);
+    let proc_text = |pid: i32, what: &str| {
+        let bytes = std::fs::read(format!("/proc/{pid}/{what}")).expect("read /proc");
+        String::from_utf8_lossy(&bytes)
+            .trim_end_matches(['\0', '\n'])
+            .to_string()
+    };
+    assert!(
+        proc_text(server.pid(), "cmdline").starts_with("simple_tcp_server: supervisor of 2 workers"),
+        "{:?}",
+        proc_text(server.pid(), "cmdline")
+    );
+    assert_eq!(proc_text(server.pid(), "comm"), "stcp supervisor");
+    workers.sort_by_key(|&w| {
+        let comm = proc_text(w, "comm");
+        comm.clone()
+    });
+    for (id, &w) in workers.iter().enumerate() {
+        assert_eq!(proc_text(w, "cmdline"), format!("simple_tcp_server: worker {id}"));
+        assert_eq!(proc_text(w, "comm"), format!("stcp worker {id}"));
+    }
+}

@@ -16,9 +16,9 @@ use std::ops::{Deref, DerefMut, Range};
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
-use simple_tcp_server::MAX_READ;
 use simple_tcp_server::output::FLUSH_AT;
 use simple_tcp_server::output::text::Framer;
+use simple_tcp_server::protocol::MAX_READ;
 
 /// Bytes per read in every design: the reactor's read block, rounded down
 /// to whole frames as the reactor rounds it.

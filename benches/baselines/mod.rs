@@ -74,7 +74,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use simple_tcp_server::output::FLUSH_AT;
-use simple_tcp_server::{Config, GREETING, MAX_READ, Server};
+use simple_tcp_server::protocol::{GREETING, MAX_READ};
+use simple_tcp_server::{Config, Server};
 
 use lines::{ConnBuffers, Lines, OUT_CAPACITY, READ_LEN};
 

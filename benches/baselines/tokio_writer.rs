@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use simple_tcp_server::GREETING;
 use simple_tcp_server::output::FLUSH_AT;
+use simple_tcp_server::protocol::GREETING;
 use tokio::sync::{mpsc, watch};
 
 use super::lines::{Lines, OUT_CAPACITY, READ_LEN, windows};

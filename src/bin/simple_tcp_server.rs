@@ -28,22 +28,23 @@ use simple_tcp_server::{Config, Server, config, limits};
     version,
     about,
     after_help = "The transcript goes to stdout; diagnostics to stderr (RUST_LOG=debug for more).\n\
+                  Durations take a unit (500us, 250ms, 5s, 2m, 1h); a bare number is seconds.\n\
                   Examples:\n  simple_tcp_server                      # localhost:50000\n  \
                   simple_tcp_server 0.0.0.0 6000 --tag   # all interfaces, frames tagged with the client\n  \
                   simple_tcp_server 127.0.0.1 0          # any free port; the real one is printed"
 )]
 struct Args {
     /// Host name or address to listen on.
-    #[arg(default_value = simple_tcp_server::DEFAULT_HOST)]
+    #[arg(default_value = simple_tcp_server::protocol::DEFAULT_HOST)]
     host: String,
 
     /// Port to listen on; 0 picks a free one.
-    #[arg(default_value_t = simple_tcp_server::DEFAULT_PORT)]
+    #[arg(default_value_t = simple_tcp_server::protocol::DEFAULT_PORT)]
     port: u16,
 
     /// Bytes per frame: each `<LEN:TEXT>` line holds at most this many bytes
     /// (512 gives server.go's framing).
-    #[arg(long, value_name = "N", default_value_t = simple_tcp_server::MAX_READ,
+    #[arg(long, value_name = "N", default_value_t = simple_tcp_server::protocol::MAX_READ,
           value_parser = clap::value_parser!(u32).range(1..=1 << 20).map(|n| n as usize))]
     max_read: usize,
 
@@ -79,7 +80,7 @@ struct Args {
     /// Clients served at once; more are sent "ERR server full" and closed.
     /// Default: the open-file limit minus 32 (per worker, with --workers).
     /// The cap counts every reactor and every worker together.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..).map(|n| n as usize))]
+    #[arg(long, value_name = "N", value_parser = at_least_one)]
     max_connections: Option<usize>,
 
     /// Listen backlog (connections the kernel queues before they are accepted).
@@ -186,6 +187,15 @@ fn parse_net(text: &str) -> Result<IpNet, String> {
     text.parse::<std::net::IpAddr>()
         .map(IpNet::from)
         .map_err(|_| format!("`{text}` is not a network like 10.0.0.0/8, 2001:db8::/32 or 127.0.0.1"))
+}
+
+/// A whole number of at least 1 (clap's own range check would print the
+/// upper bound as 18446744073709551615).
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{text}` is not a whole number of at least 1")),
+    }
 }
 
 /// The most reactors (threads over all workers) one server runs: far past
@@ -421,6 +431,12 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
+    let id = side.share.id;
+    if let Err(e) =
+        simple_tcp_server::title::set(&format!("simple_tcp_server: worker {id}"), &format!("stcp worker {id}"))
+    {
+        debug!("cannot set the process title: {e}");
+    }
     side.say(workers::READY)
         .map_err(|e| format!("cannot tell the supervisor: {}", plain(&e)))?;
     let summary = server.run(stdout).map_err(|e| match OutputError::of(&e) {
@@ -456,6 +472,13 @@ fn run_supervisor(
         .write_all(&simple_tcp_server::output::listening_line(config.format, local_addr))
         .map_err(|e| stdout_error(&e))?;
     info!("supervising {workers} workers, up to {cap} connections in all");
+    // The arguments are read (above): their memory may now hold the title.
+    if let Err(e) = simple_tcp_server::title::set(
+        &format!("simple_tcp_server: supervisor of {workers} workers"),
+        "stcp supervisor",
+    ) {
+        debug!("cannot set the process title: {e}");
+    }
     let plan = workers::Plan {
         program,
         args,
@@ -500,7 +523,17 @@ fn bind(host: &str, port: u16, backlog: u32, threads: usize) -> Result<Vec<std::
     for addr in addrs {
         match listen::listen_many(addr, backlog, threads) {
             Ok(listeners) => return Ok(listeners),
-            Err(e) => last_error = Some(format!("cannot listen on {addr}: {}", plain(&e))),
+            Err(e) => {
+                let hint = match (e.kind(), listen::ephemeral_ports()) {
+                    (io::ErrorKind::AddrInUse, Some((lo, hi))) if (lo..=hi).contains(&port) => format!(
+                        " (port {port} is in this machine's ephemeral range {lo}-{hi}: an outgoing connection, or \
+                         its TIME-WAIT, may hold it with nothing listening; choose a port outside the range, or \
+                         wait a minute)"
+                    ),
+                    _ => String::new(),
+                };
+                last_error = Some(format!("cannot listen on {addr}: {}{hint}", plain(&e)));
+            }
         }
     }
     Err(last_error.unwrap_or_else(|| "no address to listen on".into()))

@@ -92,8 +92,9 @@ struct RetryArgs {
     /// its end (so a script can start the client before the server).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     wait: Option<Duration>,
-    /// Bound on each connect attempt and each write (chat), or on the whole
-    /// exchange (get).
+    /// Bound on the whole connect, every attempt and retry included (or
+    /// --wait, when longer), and on each write (chat); on the whole exchange
+    /// (get).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     timeout: Duration,
 }
@@ -181,9 +182,9 @@ fn main() -> ExitCode {
 
 /// `HOST PORT`, `HOST:PORT`, `[V6]:PORT`, `HOST` or nothing, as host and port.
 fn chat_target(target: Option<&str>, port: Option<u16>) -> Result<(String, u16), String> {
-    let target = target.unwrap_or(simple_tcp_server::DEFAULT_HOST);
+    let target = target.unwrap_or(simple_tcp_server::protocol::DEFAULT_HOST);
     let Some(port) = port else {
-        return client::split_host_port(target, simple_tcp_server::DEFAULT_PORT);
+        return client::split_host_port(target, simple_tcp_server::protocol::DEFAULT_PORT);
     };
     let has_port = if target.starts_with('[') {
         target.contains("]:")

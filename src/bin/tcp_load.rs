@@ -46,7 +46,7 @@ struct Common {
     #[arg(long, global = true, default_value = "127.0.0.1")]
     host: String,
     /// The server's port.
-    #[arg(long, global = true, default_value_t = simple_tcp_server::DEFAULT_PORT)]
+    #[arg(long, global = true, default_value_t = simple_tcp_server::protocol::DEFAULT_PORT)]
     port: u16,
     /// Loopback source addresses to spread connections over, per process.
     #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=4096))]
@@ -65,7 +65,7 @@ struct Common {
     #[arg(long, global = true, default_value_t = 512)]
     in_flight: usize,
     /// Bytes of greeting to expect per connection (0 for --no-greeting servers).
-    #[arg(long, global = true, default_value_t = simple_tcp_server::GREETING.len())]
+    #[arg(long, global = true, default_value_t = simple_tcp_server::protocol::GREETING.len())]
     greeting_len: usize,
     /// The server's process id: report its memory, threads and CPU from /proc.
     #[arg(long, global = true, value_name = "PID", value_parser = existing_pid)]
@@ -116,7 +116,7 @@ enum ModeCmd {
         #[arg(long, value_parser = positive)]
         conns: usize,
         /// Messages per second, over all connections.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_parser = positive_u64)]
         rate: u64,
         /// How long to send.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -129,7 +129,7 @@ enum ModeCmd {
         #[arg(long, default_value_t = 0)]
         hold: usize,
         /// Short-lived connections per second.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_parser = positive_u64)]
         rate: u64,
         /// How long to churn.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -142,6 +142,11 @@ fn positive(text: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("`{text}` is not a positive number")),
     }
+}
+
+/// A rate: a whole number of at least 1.
+fn positive_u64(text: &str) -> Result<u64, String> {
+    positive(text).map(|n| n as u64)
 }
 
 /// A process id that names a running process.

@@ -32,11 +32,17 @@ pub(super) fn connect_any(addrs: &[SocketAddr], timeout: Duration) -> io::Result
 
 /// Connects to `host:port`, retrying temporary errors with exponential
 /// backoff (and, with `policy.wait`, refused connections until the wait is
-/// over), each attempt bounded by `policy.timeout` and what is left before
+/// over). The whole connect, every attempt and pause, ends within
+/// `policy.timeout` (or `policy.wait`, when that is longer) and by
 /// `policy.deadline`.
 pub fn dial(host: &str, port: u16, policy: &RetryPolicy) -> Result<TcpStream, ClientError> {
     let addrs = resolve(host, port)?;
     let target = format!("tcp {}", addrs[0]);
+    let bound = std::time::Instant::now() + policy.timeout.max(policy.wait.unwrap_or_default());
+    let policy = &RetryPolicy {
+        deadline: Some(policy.deadline.map_or(bound, |d| d.min(bound))),
+        ..policy.clone()
+    };
     retry(policy, Op::Dial, &format!("dial {target}"), || {
         let bound = policy
             .attempt_timeout()

@@ -114,7 +114,7 @@ impl fmt::Display for ClientError {
                 if *attempts > 1 {
                     write!(f, " (after {attempts} attempts)")?;
                 }
-                if err.kind() == io::ErrorKind::ConnectionRefused && *port == crate::DEFAULT_PORT {
+                if err.kind() == io::ErrorKind::ConnectionRefused && *port == crate::protocol::DEFAULT_PORT {
                     write!(f, "; is the server running? start it with `simple_tcp_server`")?;
                 }
                 Ok(())

@@ -1,20 +1,61 @@
-//! The server's memory, threads and CPU time, from `/proc`.
+//! The server's memory, threads and CPU time, from `/proc`: of its whole
+//! process tree, so that a `--workers` supervisor counts with its workers.
 
 use std::io;
 
-/// What the server's process looked like, from /proc.
+/// What the server's processes looked like, from /proc.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ProcSample {
     /// Resident memory, bytes.
     pub rss: u64,
     /// Threads.
     pub threads: u64,
-    /// User + system CPU time, seconds.
+    /// User + system CPU time, seconds (with that of children that have
+    /// ended and been waited for).
     pub cpu_secs: f64,
+    /// Processes: the server's and its descendants' (a supervisor's
+    /// workers).
+    pub processes: u64,
 }
 
-/// Reads `/proc/PID/status` and `/proc/PID/stat`.
+/// Samples process `pid` and all its descendants, added up.
 pub fn sample_process(pid: i32) -> io::Result<ProcSample> {
+    let mut total = sample_one(pid)?;
+    let mut pending = children(pid);
+    while let Some(child) = pending.pop() {
+        // A child that ends meanwhile is simply not counted.
+        if let Ok(s) = sample_one(child) {
+            total.rss += s.rss;
+            total.threads += s.threads;
+            total.cpu_secs += s.cpu_secs;
+            total.processes += 1;
+            pending.extend(children(child));
+        }
+    }
+    Ok(total)
+}
+
+/// The children of process `pid` (from each process's parent in /proc).
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Reads `/proc/PID/status` and `/proc/PID/stat` of one process.
+fn sample_one(pid: i32) -> io::Result<ProcSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         status
@@ -31,13 +72,16 @@ pub fn sample_process(pid: i32) -> io::Result<ProcSample> {
         .ok_or_else(|| io::Error::other("bad /proc stat"))?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
+    // Fields 14 to 17 of stat (utime, stime, and the children's cutime,
+    // cstime: those waited for, such as a restarted worker) are 11 to 14
+    // after the name.
     // SAFETY: sysconf only reads a configuration value.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok(ProcSample {
         rss: field("VmRSS:") * 1024,
         threads: field("Threads:"),
-        cpu_secs: (ticks(11) + ticks(12)) as f64 / hz,
+        cpu_secs: (ticks(11) + ticks(12) + ticks(13) + ticks(14)) as f64 / hz,
+        processes: 1,
     })
 }
 
@@ -48,7 +92,20 @@ mod tests {
     #[test]
     fn samples_this_process() {
         let s = sample_process(std::process::id() as i32).expect("/proc");
-        assert!(s.rss > 0 && s.threads >= 1);
+        assert!(s.rss > 0 && s.threads >= 1 && s.processes >= 1);
+    }
+
+    #[test]
+    fn counts_the_children_too() {
+        let pid = std::process::id() as i32;
+        let before = sample_process(pid).expect("/proc");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let with = sample_process(pid).expect("/proc");
+        let _ = child.kill();
+        let _ = child.wait();
+        // Other tests may start and end children of this process too: the
+        // sleeping one is counted among them.
+        assert!(with.processes >= 2, "{before:?} {with:?}");
     }
 
     /// CPU time of the calling thread so far.

@@ -277,13 +277,17 @@ impl Report {
         if let (Some(before), Some(after)) = (self.server_before, self.server_after) {
             let _ = writeln!(
                 s,
-                "server RSS: {} kB before, {} kB after{}; threads: {}",
+                "server RSS: {} kB before, {} kB after{}; threads: {}{}",
                 before.rss / 1024,
                 after.rss / 1024,
                 self.rss_per_conn()
                     .map(|b| format!(" ({b:.1} bytes per connection)"))
                     .unwrap_or_default(),
-                after.threads
+                after.threads,
+                match after.processes {
+                    1 => String::new(),
+                    n => format!("; {n} processes (the server and its workers, all counted)"),
+                }
             );
         }
         match (&self.reason, self.ok) {
@@ -316,7 +320,7 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{}:{v}", json::string(k)))
             .collect();
-        let fields: [(&str, String); 31] = [
+        let fields: [(&str, String); 32] = [
             ("mode", json::string(&self.mode)),
             ("ok", self.ok.to_string()),
             ("reason", opt(self.reason.as_deref().map(json::string))),
@@ -343,6 +347,7 @@ impl Report {
             ("server_rss_after", opt(self.server_after.map(|p| p.rss))),
             ("rss_per_conn", num(self.rss_per_conn())),
             ("server_threads", opt(self.server_after.map(|p| p.threads))),
+            ("server_processes", opt(self.server_after.map(|p| p.processes))),
             ("server_cpu_secs", num(self.server_cpu_secs())),
             ("cpu_us_per_msg", num(self.cpu_us_per_msg)),
             ("server_cpu_util", num(self.server_cpu_util)),

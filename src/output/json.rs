@@ -61,7 +61,7 @@ pub const TS_LEN: usize = 27;
 const SCAN_CHUNK: usize = 64;
 
 /// The default frame size, whose lines get a fixed-size copy.
-const DEFAULT_FRAME: usize = crate::MAX_READ;
+const DEFAULT_FRAME: usize = crate::protocol::MAX_READ;
 
 /// What ends a frame line (the closing quote of `text` or `b64`).
 const FRAME_END: &[u8; 3] = b"\"}\n";

@@ -321,7 +321,7 @@ impl<'a, W: Write> Transcript<'a, W> {
 /// writes it without a reactor (the supervisor of `--workers`).
 pub fn listening_line(format: Format, addr: SocketAddr) -> Vec<u8> {
     let sink = Mutex::new(Vec::new());
-    let mut transcript = Transcript::new(&sink, crate::MAX_READ, false, false, format);
+    let mut transcript = Transcript::new(&sink, crate::protocol::MAX_READ, false, false, format);
     transcript.read_clock();
     transcript.listening(addr);
     std::mem::take(&mut transcript.buf)

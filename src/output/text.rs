@@ -55,7 +55,7 @@ const LINE_END: &[u8; 2] = b">\n";
 const SCAN_CHUNK: usize = 64;
 
 /// The default frame size, whose lines get a fast path.
-const DEFAULT_FRAME: usize = crate::MAX_READ;
+const DEFAULT_FRAME: usize = crate::protocol::MAX_READ;
 /// `<25:`, the start of every full default frame.
 const DEFAULT_PREFIX: &[u8; 4] = b"<25:";
 const _: () = assert!(DEFAULT_FRAME == 25, "DEFAULT_PREFIX spells the default frame size");

@@ -760,7 +760,13 @@ mod tests {
 
     /// A transcript into `sink`, framing as the default config does.
     pub(super) fn transcript(sink: &std::sync::Mutex<Vec<u8>>) -> Transcript<'_, Vec<u8>> {
-        Transcript::new(sink, crate::MAX_READ, false, false, crate::output::Format::Text)
+        Transcript::new(
+            sink,
+            crate::protocol::MAX_READ,
+            false,
+            false,
+            crate::output::Format::Text,
+        )
     }
 
     /// Waits until connection `key`'s socket has at least `n` bytes queued.
