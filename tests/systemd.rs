@@ -157,7 +157,7 @@ impl Drop for Killed {
 
 /// Runs the server with `fd` (a socket of the test's) as descriptor 3 and
 /// `LISTEN_FDS=1` naming it, as a service manager passes a socket.
-fn run_with_passed_socket(fd: std::os::fd::RawFd, args: &[&str]) -> std::process::Output {
+fn run_with_passed_socket(fd: std::os::fd::RawFd, args: &[&str], notify: &std::path::Path) -> std::process::Output {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new("sh");
     // LISTEN_PID must be the server's PID: the shell's, which exec keeps.
@@ -167,6 +167,7 @@ fn run_with_passed_socket(fd: std::os::fd::RawFd, args: &[&str]) -> std::process
         .arg(util::bin("simple_tcp_server"))
         .args(args)
         .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", notify)
         .stdin(Stdio::null());
     // SAFETY: between fork and exec only dup2 (async-signal-safe), onto
     // descriptor 3, from a descriptor the test keeps open.
@@ -190,7 +191,19 @@ fn a_passed_socket_that_is_not_listening_is_refused_before_readiness() {
     socket
         .bind(&"127.0.0.1:0".parse::<SocketAddr>().expect("addr").into())
         .expect("bind");
-    let out = run_with_passed_socket(socket.as_raw_fd(), &[]);
+    // A notify socket of our own: no READY=1 may come.
+    let notify_path = std::env::temp_dir().join(format!("simple_tcp_server-notready-{}", std::process::id()));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify.set_nonblocking(true).expect("nonblocking");
+    let out = run_with_passed_socket(socket.as_raw_fd(), &[], &notify_path);
+    let mut message = [0u8; 64];
+    let sent = notify.recv(&mut message);
+    let _ = std::fs::remove_file(&notify_path);
+    assert!(
+        sent.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing on the notify socket: {sent:?}"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -250,14 +263,16 @@ fn readiness_reaches_an_abstract_notify_socket() {
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("abstract name");
     let notify = UnixDatagram::bind_addr(&addr).expect("bind the abstract socket");
     notify.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let mut server = util::ServerProcess::start_with_env(&[], &[("NOTIFY_SOCKET", &format!("@{name}"))]);
-    let mut message = [0u8; 64];
-    let n = notify.recv(&mut message).expect("READY=1");
-    assert_eq!(&message[..n], b"READY=1", "{}", server.context());
-    server.signal(libc::SIGTERM);
-    let n = notify.recv(&mut message).expect("STOPPING=1");
-    assert_eq!(&message[..n], b"STOPPING=1");
-    assert!(server.wait_exit(PATIENCE).success());
+    for args in [&[][..], &["--workers", "2"][..]] {
+        let mut server = util::ServerProcess::start_with_env(args, &[("NOTIFY_SOCKET", &format!("@{name}"))]);
+        let mut message = [0u8; 64];
+        let n = notify.recv(&mut message).expect("READY=1");
+        assert_eq!(&message[..n], b"READY=1", "{args:?}\n{}", server.context());
+        server.signal(libc::SIGTERM);
+        let n = notify.recv(&mut message).expect("STOPPING=1");
+        assert_eq!(&message[..n], b"STOPPING=1", "{args:?}");
+        assert!(server.wait_exit(PATIENCE).success(), "{args:?}\n{}", server.context());
+    }
 }
 
 #[test]

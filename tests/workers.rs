@@ -260,6 +260,16 @@ fn wait_ready(server: &ServerProcess, n: usize) {
     assert!(ok, "{n} workers never ready\n{}", server.context());
 }
 
+/// Waits until `n` workers have said that they serve (each logs it just
+/// before it tells the supervisor it is ready; any build of the server
+/// logs it, so a test that waits for it runs against an older build too).
+fn wait_serving(server: &ServerProcess, n: usize) {
+    let ok = server.stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches("] serving on ").count() >= n
+    });
+    assert!(ok, "{n} workers never served\n{}", server.context());
+}
+
 /// Clients that each send 64 KiB blocks until `stop` is set or the server
 /// goes away; they return how many bytes went out.
 fn flooders(addr: std::net::SocketAddr, n: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<usize>> {
@@ -325,7 +335,7 @@ fn a_drain_that_outlives_the_timeout_exits_1_and_counts_the_unfinished_connectio
 fn a_worker_that_ends_its_drain_unfinished_is_named_counted_and_makes_the_exit_1() {
     let mut server = ServerProcess::start(&["--workers", "2", "--shutdown-timeout", "1s"]);
     let workers = wait_children(server.pid(), 2);
-    wait_ready(&server, 2);
+    wait_serving(&server, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = flooders(server.addr, 8, &stop);
     server.wait_lines("Connection from:  ", 8);
@@ -414,7 +424,7 @@ fn a_nonblocking_stdout_is_waited_for_and_every_byte_arrives() {
 fn after_the_first_signal_new_clients_are_refused() {
     let mut server = ServerProcess::start(&["--workers", "2", "--shutdown-timeout", "30s"]);
     wait_children(server.pid(), 2);
-    wait_ready(&server, 2);
+    wait_serving(&server, 2);
     // A drain that lasts: clients flood and stdout is not read.
     let stop = Arc::new(AtomicBool::new(false));
     let clients = flooders(server.addr, 4, &stop);
@@ -528,7 +538,7 @@ fn ready_pid(server: &ServerProcess, id: usize, round: usize) -> i32 {
 fn a_stopped_or_dead_worker_strands_no_new_client() {
     let server = ServerProcess::start(&["--workers", "3"]);
     let workers = wait_children(server.pid(), 3);
-    wait_ready(&server, 3);
+    wait_serving(&server, 3);
     let greeted_within_a_second = |what: &str| {
         for i in 0..60 {
             let mut client = TcpStream::connect(server.addr).expect("connect");
@@ -571,7 +581,7 @@ fn a_stopped_or_dead_worker_strands_no_new_client() {
 fn a_killed_worker_is_named_and_its_counts_stay_in_the_summary_and_the_stats() {
     let mut server = ServerProcess::start(&["--workers", "2", "--tag", "--stats", "100ms"]);
     let workers = wait_children(server.pid(), 2);
-    wait_ready(&server, 2);
+    wait_serving(&server, 2);
     let mut clients: Vec<TcpStream> = (0..16).map(|_| connect_greeted(server.addr)).collect();
     let mut total = 0;
     for (i, client) in clients.iter_mut().enumerate() {
@@ -630,7 +640,7 @@ fn a_killed_worker_is_named_and_its_counts_stay_in_the_summary_and_the_stats() {
 fn clients_queued_for_a_worker_that_stopped_are_handed_to_the_others() {
     let server = ServerProcess::start(&["--workers", "2"]);
     let workers = wait_children(server.pid(), 2);
-    wait_ready(&server, 2);
+    wait_serving(&server, 2);
     // The supervisor is held too, so that it cannot steer clients away
     // yet: the kernel queues about half of them for the stopped worker.
     for pid in [server.pid(), workers[1]] {
@@ -683,5 +693,124 @@ fn ps_tells_the_supervisor_from_its_workers() {
     for (id, &w) in workers.iter().enumerate() {
         assert_eq!(proc_text(w, "cmdline"), format!("simple_tcp_server: worker {id}"));
         assert_eq!(proc_text(w, "comm"), format!("stcp worker {id}"));
+    }
+}
+
+#[test]
+fn a_stop_while_a_worker_starts_is_a_clean_stop() {
+    // SIGTERM the moment a worker has been started, before it can have set
+    // up its handlers: it drains (it has nothing) instead of dying of the
+    // signal, and the supervisor exits 0.
+    for round in 0..5 {
+        let mut server = ServerProcess::start(&["--workers", "2"]);
+        let mut pid = None;
+        let started = server.stderr.wait_for(PATIENCE, |err| {
+            let text = String::from_utf8_lossy(err);
+            pid = text
+                .split("worker 1 started (pid ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next()?.parse::<i32>().ok());
+            pid.is_some()
+        });
+        assert!(started, "{}", server.context());
+        // The stop reaches the new worker at once (as a terminal's Ctrl-C
+        // reaches the whole process group), and the supervisor.
+        // SAFETY: kill has no memory effects; the worker is the server's
+        // child, just started.
+        unsafe { libc::kill(pid.unwrap_or_default(), libc::SIGTERM) };
+        server.signal(libc::SIGTERM);
+        let status = server.wait_exit(PATIENCE);
+        assert!(status.success(), "round {round}: {status}\n{}", server.context());
+        assert!(
+            server.stderr.text().contains("summary: 0 connections"),
+            "{}",
+            server.context()
+        );
+    }
+}
+
+#[test]
+fn clients_queued_while_no_worker_served_go_to_the_first_that_serves_again() {
+    let server = ServerProcess::start(&["--workers", "2"]);
+    let workers = wait_children(server.pid(), 2);
+    wait_serving(&server, 2);
+    // Both stopped: nobody can take the clients the kernel queues.
+    for &w in &[workers[1], workers[0]] {
+        // SAFETY: kill has no memory effects; the workers are the server's
+        // children.
+        assert_eq!(unsafe { libc::kill(w, libc::SIGSTOP) }, 0);
+        util::wait_until("stopped", || util::process_state(w) == 'T');
+    }
+    let noticed = server.stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches("was stopped by SIGSTOP").count() == 2
+    });
+    assert!(noticed, "{}", server.context());
+    let clients: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(server.addr).expect("connect"))
+        .collect();
+    // Worker 0 comes back: every client is its, those queued for the still
+    // stopped worker 1 included.
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(workers[0], libc::SIGCONT) }, 0);
+    for (i, mut client) in clients.into_iter().enumerate() {
+        client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut greeting = [0u8; 10];
+        if let Err(e) = client.read_exact(&mut greeting) {
+            panic!("client {i} not greeted: {e}\n{}", server.context());
+        }
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(workers[1], libc::SIGCONT) }, 0);
+}
+
+#[test]
+fn when_stdout_goes_away_the_workers_still_drain_and_the_summary_counts_them() {
+    let mut command = std::process::Command::new(util::bin("simple_tcp_server"));
+    command
+        .args(["127.0.0.1", "0", "--workers", "2"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    util::die_with_the_test(&mut command);
+    let mut child = command.spawn().expect("start");
+    let stderr = util::Captured::spawn(child.stderr.take().expect("stderr"));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        stdout.read_exact(&mut byte).expect("the Listening line");
+        first.push(byte[0]);
+    }
+    let addr = util::listening_addr(String::from_utf8_lossy(&first).trim_end()).expect("address");
+    let ready = stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches("] serving on ").count() >= 2
+    });
+    assert!(ready, "{}", stderr.text());
+    let mut clients: Vec<TcpStream> = (0..6).map(|_| connect_greeted(addr)).collect();
+    // Nobody reads stdout any more.
+    drop(stdout);
+    for client in clients.iter_mut() {
+        client.write_all(b"after stdout went away").expect("send");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit\n{}", stderr.text());
+        thread::sleep(Duration::from_millis(5));
+    };
+    stderr.wait_for(Duration::from_secs(5), |_| false);
+    let err = stderr.text();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("stdout was closed"), "{err}");
+    // Every worker drained before the supervisor ended: their clients were
+    // closed, and the summary counts all six.
+    assert!(err.contains("summary: 6 connections"), "{err}");
+    for client in clients.iter_mut() {
+        client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut rest = Vec::new();
+        assert!(client.read_to_end(&mut rest).is_ok() || rest.is_empty());
     }
 }

@@ -255,7 +255,7 @@ fn run(args: Args) -> Result<(), String> {
     let worker = match (args.worker_id, args.worker_count) {
         (Some(id), Some(count)) => {
             // SAFETY: nothing in `run` has kept a file open yet, so
-            // descriptors 3 to 5 are the supervisor's (and if there is no
+            // descriptors 3 to 6 are the supervisor's (and if there is no
             // supervisor, `take` finds them closed and says so).
             let side = unsafe { WorkerSide::take(id, count, threads) };
             Some(side.map_err(|e| format!("cannot take the supervisor's descriptors: {}", plain(&e)))?)
@@ -468,9 +468,11 @@ fn run_supervisor(
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
-    stdout
-        .write_all(&simple_tcp_server::output::listening_line(config.format, local_addr))
-        .map_err(|e| stdout_error(&e))?;
+    simple_tcp_server::output::write_all_waiting(
+        &mut stdout,
+        &simple_tcp_server::output::listening_line(config.format, local_addr),
+    )
+    .map_err(|e| stdout_error(&e))?;
     info!("supervising {workers} workers, up to {cap} connections in all");
     // The arguments are read (above): their memory may now hold the title.
     if let Err(e) = simple_tcp_server::title::set(
@@ -490,11 +492,14 @@ fn run_supervisor(
         stats_interval: config.stats_interval,
     };
     // READY=1 comes from the supervisor once every worker is ready.
-    let outcome = workers::supervise(plan, stdout).map_err(|e| match OutputError::of(&e) {
-        Some(e) => stdout_error(e),
-        None => format!("stopped: {}", plain(&e)),
-    })?;
+    let outcome = workers::supervise(plan, stdout).map_err(|e| format!("stopped: {}", plain(&e)))?;
     info!("summary: {}", outcome.summary);
+    if let Some(e) = outcome.failure {
+        return Err(match OutputError::of(&e) {
+            Some(e) => stdout_error(e),
+            None => plain(&e),
+        });
+    }
     if outcome.unfinished_workers.is_empty() {
         return Ok(());
     }

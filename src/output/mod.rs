@@ -327,6 +327,41 @@ pub fn listening_line(format: Format, addr: SocketAddr) -> Vec<u8> {
     std::mem::take(&mut transcript.buf)
 }
 
+/// Writes a batch of whole lines to `out`, all of it: a write that would
+/// block (a non-blocking stdout, as some process managers hand out) waits
+/// until `out` takes bytes. A forced exit (a second signal) waits for the
+/// line in flight only.
+pub fn write_all_waiting(out: &mut std::fs::File, mut bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    crate::reactor::shutdown::batch_started();
+    let result = loop {
+        if bytes.is_empty() {
+            break Ok(());
+        }
+        match out.write(bytes) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                crate::reactor::shutdown::exit_after_line(bytes, |line| out.write(line));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut pfd = libc::pollfd {
+                    fd: out.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes one pollfd through a pointer
+                // to a live local. An error (EINTR) only means: try again.
+                unsafe { libc::poll(&mut pfd, 1, -1) };
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    crate::reactor::shutdown::batch_done();
+    result
+}
+
 /// The output's lock after a reactor panicked while holding it.
 fn poisoned() -> io::Error {
     io::Error::other("another reactor failed while writing the transcript")
@@ -418,6 +453,34 @@ mod tests {
         });
         assert_eq!(written, (first + second) as u64);
         assert_eq!(sink.lock().expect("lock").len(), first + second);
+    }
+
+    #[test]
+    fn a_nonblocking_output_that_is_full_is_waited_for() {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        let mut out = std::fs::File::from(OwnedFd::from(writer));
+        // SAFETY: F_GETFL/F_SETFL on a pipe this test owns.
+        unsafe {
+            let fd = out.as_raw_fd();
+            libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK);
+        }
+        // Four times what a pipe holds: the writes must wait, not fail.
+        let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let read = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while got.len() < expected.len() {
+                std::thread::sleep(Duration::from_micros(200));
+                let n = reader.read(&mut chunk).expect("read");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            got
+        });
+        write_all_waiting(&mut out, &data).expect("written whole");
+        assert_eq!(read.join().expect("reader"), data);
     }
 
     #[test]

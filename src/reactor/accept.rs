@@ -98,7 +98,9 @@ impl Core {
                 // supervisor of `--workers`, at its first signal) shut it
                 // down. Those connected are still served.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    if self.shared.stop.load(Ordering::SeqCst) {
+                    // A worker's supervisor shuts the listener down at its
+                    // first signal, which comes to the worker just after.
+                    if self.shared.stop.load(Ordering::SeqCst) || self.config.worker.is_some() {
                         debug!("accept: {e}: the listener was shut down");
                     } else {
                         warn!("accept: {e}: the listening socket was shut down; serving those connected");

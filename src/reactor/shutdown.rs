@@ -266,6 +266,26 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -
     // SAFETY: as above: atomics, a fixed buffer on the stack, a string
     // formatted before the handler was installed, `poll`, `write`, `_exit`.
     unsafe { signal_hook::low_level::register(SIGALRM, on_alarm) }?;
+    // A supervisor starts its workers with SIGINT and SIGTERM blocked, so
+    // that a stop during the start waits for these handlers: now they are
+    // in. (Threads started later inherit this mask.)
+    unblock_stop_signals()
+}
+
+/// Unblocks SIGINT and SIGTERM for the calling thread.
+fn unblock_stop_signals() -> io::Result<()> {
+    // SAFETY: sigemptyset, sigaddset and pthread_sigmask work on a local
+    // set; no old mask is asked for.
+    let rc = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, SIGINT);
+        libc::sigaddset(&mut set, SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
     Ok(())
 }
 

@@ -86,8 +86,10 @@ impl Summary {
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Summary) {
         let mut sum = self.to_array();
+        // Wrapping: counters read from memory another process writes may
+        // hold anything, and this runs in signal handlers.
         for (a, b) in sum.iter_mut().zip(other.to_array()) {
-            *a += b;
+            *a = a.wrapping_add(b);
         }
         *self = Summary::from_array(sum);
     }

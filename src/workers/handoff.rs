@@ -121,6 +121,10 @@ pub fn receive(socket: &impl AsRawFd, out: &mut Vec<OwnedFd>) -> io::Result<bool
         if n == 0 {
             return Ok(false);
         }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            // Out of descriptors: the kernel closed what did not fit.
+            log::warn!("clients handed over were lost: no descriptor left to receive them");
+        }
         // SAFETY: the kernel filled `msg`'s control part; the CMSG macros
         // walk it within `msg_controllen`, and every descriptor in an
         // SCM_RIGHTS message is a fresh one of this process's, ours to own.

@@ -72,8 +72,7 @@ use mio::{Events, Interest, Poll, Token};
 use crate::config::WorkerShare;
 use crate::reactor::Summary;
 use crate::reactor::shutdown::{
-    EXIT_NOW, Line, arm_timer, batch_done, batch_started, exit_if_overdue, force_exit, monotonic_ns,
-    repeat_is_the_same, try_note,
+    EXIT_NOW, Line, arm_timer, exit_if_overdue, force_exit, monotonic_ns, repeat_is_the_same, try_note,
 };
 use crate::reactor::stats::StatsTimer;
 use merge::LineMerger;
@@ -161,6 +160,10 @@ pub struct Outcome {
     pub unfinished: u64,
     /// The workers that did not finish their drain, and how they ended.
     pub unfinished_workers: Vec<String>,
+    /// What stopped the supervisor other than a signal, if anything: the
+    /// output failed, or a worker could not get going. The workers were
+    /// stopped and drained first.
+    pub failure: Option<io::Error>,
 }
 
 /// Where a worker is in its life.
@@ -318,6 +321,14 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
                 line.push_decimal(total.bytes);
                 line.push(b" bytes");
             }
+            line.push(b"; still draining:");
+            for pid in &PIDS {
+                let pid = pid.load(Ordering::SeqCst);
+                if pid > 0 {
+                    line.push(b" pid ");
+                    line.push_decimal(pid as u64);
+                }
+            }
             line.push(b"\n");
             try_note(line.as_bytes());
             signal_workers(libc::SIGKILL);
@@ -331,10 +342,11 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
 
 /// Runs the workers until SIGINT/SIGTERM, passing their transcripts to
 /// `out` (after whatever the caller wrote: the `Listening to:` line);
-/// returns how they ended. An error when `out` can no longer be written
-/// (the workers are then stopped), when a worker cannot get going (it exits
-/// before it is ready again and again, or says its arguments are wrong),
-/// or when the supervisor itself cannot go on.
+/// returns how they ended. When `out` can no longer be written, or a
+/// worker cannot get going (it exits before it is ready again and again,
+/// or says its arguments are wrong), every worker is stopped and drained,
+/// and the outcome says what failed. An error only when the supervisor
+/// itself cannot go on.
 pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
     if plan.workers == 0 || plan.workers > MAX_WORKERS {
         return Err(io::Error::new(
@@ -379,6 +391,8 @@ struct Supervisor<'p> {
     announced_ready: bool,
     /// The workers new clients are steered to (`None`: not steered yet).
     steered: Option<Vec<usize>>,
+    /// The output failed: the workers' lines are read and dropped.
+    out_broken: bool,
     stats: Option<StatsTimer>,
     outcome: Outcome,
 }
@@ -422,6 +436,7 @@ impl<'p> Supervisor<'p> {
             told: false,
             announced_ready: false,
             steered: None,
+            out_broken: false,
             stats: plan.stats_interval.map(|every| StatsTimer::new(every, now)),
             outcome: Outcome::default(),
         })
@@ -493,16 +508,19 @@ impl<'p> Supervisor<'p> {
             if self.stopping && !self.told {
                 self.tell_stop();
             }
+            if self.stopping && self.outcome.failure.is_some() {
+                // Stopping after a failure: nothing may start again.
+                self.workers.iter_mut().for_each(|w| w.restart_at = None);
+            }
             // One read per worker per turn, so that one flooding worker
             // cannot hold the others' lines, the reaping or the stop back.
             for i in 0..self.workers.len() {
                 if self.workers[i].more {
-                    let more = self.pass_chunk(i).inspect_err(|_| self.fail())?;
-                    self.workers[i].more = more;
+                    self.workers[i].more = self.pass_chunk(i);
                 }
             }
             if children {
-                self.children().inspect_err(|_| self.fail())?;
+                self.children()?;
             }
             self.steer();
             for i in 0..self.workers.len() {
@@ -529,7 +547,17 @@ impl<'p> Supervisor<'p> {
             if self.workers[i].restart_at.is_some_and(|at| at <= now) {
                 self.workers[i].restart_at = None;
                 if let Err(e) = self.spawn(i) {
+                    // As an exit before being ready: it did not get going.
                     let worker = &mut self.workers[i];
+                    worker.early_exits += 1;
+                    if worker.early_exits >= MAX_EARLY_EXITS {
+                        let e = io::Error::other(format!(
+                            "worker {} cannot get going: it cannot be started ({e}), {} times in a row",
+                            worker.id, worker.early_exits
+                        ));
+                        self.give_up(e);
+                        return;
+                    }
                     warn!(
                         "worker {}: cannot start: {e}; retrying in {:?}",
                         worker.id, worker.backoff
@@ -557,10 +585,16 @@ impl<'p> Supervisor<'p> {
     }
 
     /// Nothing more can be done (the output failed, or a worker cannot get
-    /// going): stop everyone.
-    fn fail(&self) {
-        stop_listening();
-        signal_workers(libc::SIGTERM);
+    /// going): every worker is stopped and drained, then the supervisor
+    /// ends with `e`.
+    fn give_up(&mut self, e: io::Error) {
+        if crate::output::OutputError::of(&e).is_none() {
+            error!("{e}; stopping every worker");
+        }
+        if self.outcome.failure.is_none() {
+            self.outcome.failure = Some(e);
+        }
+        self.stopping = true;
     }
 
     /// Starts worker `i`: this very binary (`/proc/self/exe`, which stays
@@ -594,9 +628,10 @@ impl<'p> Supervisor<'p> {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: between fork and exec the closure calls only `prctl`,
-        // `getppid`, `fcntl` and `dup2` (async-signal-safe) on descriptors the
-        // supervisor holds open for the whole spawn, and allocates nothing.
+        // SAFETY: between fork and exec the closure calls only `sigprocmask`
+        // and its set's helpers, `prctl`, `getppid`, `fcntl` and `dup2`
+        // (async-signal-safe) on descriptors the supervisor holds open for
+        // the whole spawn, and allocates nothing.
         unsafe { command.pre_exec(move || place_fds(&fds, supervisor)) };
         let mut child = command.spawn()?;
         drop(status_write);
@@ -692,13 +727,14 @@ impl<'p> Supervisor<'p> {
         }
     }
 
-    /// Reads once from worker `i`'s pipe and passes its whole lines on.
-    /// `Ok(true)` when the pipe may hold more (the read filled the buffer);
-    /// at end of file the pipe is dropped. `Err` only when `out` fails.
-    fn pass_chunk(&mut self, i: usize) -> io::Result<bool> {
+    /// Reads once from worker `i`'s pipe and passes its whole lines on (or,
+    /// once the output has failed, drops them). `true` when the pipe may
+    /// hold more (the read filled the buffer); at end of file the pipe is
+    /// dropped.
+    fn pass_chunk(&mut self, i: usize) -> bool {
         let worker = &mut self.workers[i];
         let Some(stdout) = worker.stdout.as_mut() else {
-            return Ok(false);
+            return false;
         };
         loop {
             match stdout.read(&mut self.buf) {
@@ -713,85 +749,90 @@ impl<'p> Supervisor<'p> {
                         );
                         worker.merger.clear();
                     }
-                    return Ok(false);
+                    return false;
                 }
                 Ok(n) => {
                     self.lines.clear();
                     worker.merger.push(&self.buf[..n], &mut self.lines);
-                    if !self.lines.is_empty() {
-                        write_lines(&mut self.out, &self.lines).map_err(crate::output::OutputError::wrap)?;
+                    if !self.lines.is_empty()
+                        && !self.out_broken
+                        && let Err(e) = crate::output::write_all_waiting(&mut self.out, &self.lines)
+                    {
+                        // Nothing more can be printed: the workers are
+                        // stopped, and what they still write is dropped.
+                        self.out_broken = true;
+                        self.give_up(crate::output::OutputError::wrap(e));
                     }
-                    return Ok(n == self.buf.len());
+                    return n == self.buf.len();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     warn!("worker {}: reading its transcript: {e}", worker.id);
                     let _ = self.poll.registry().deregister(&mut SourceFd(&stdout.as_raw_fd()));
                     worker.stdout = None;
-                    return Ok(false);
+                    return false;
                 }
             }
         }
     }
 
     /// Follows what `waitid` says of the workers: stopped, continued, or
-    /// ended (then reaped). `Err` when `out` fails or a worker cannot get
-    /// going.
+    /// ended (then reaped). `Err` only when `waitid` itself fails.
     fn children(&mut self) -> io::Result<()> {
-        loop {
-            // Look first, without reaping: an ended worker's PID leaves the
-            // signal handlers' table before it is reaped (and could be
-            // reused).
-            let Some((pid, code, status)) = wait_child(libc::P_ALL, 0, libc::WNOWAIT)? else {
-                return Ok(());
+        // Stops and continues, each acted on as the call that consumes it
+        // reports it.
+        while let Some((pid, code, status)) = wait_child(libc::P_ALL, 0, libc::WSTOPPED | libc::WCONTINUED)? {
+            let Some(i) = self.workers.iter().position(|w| w.pid == Some(pid)) else {
+                continue;
             };
-            let index = self.workers.iter().position(|w| w.pid == Some(pid));
             match code {
                 libc::CLD_STOPPED => {
-                    let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
-                    if let Some(i) = index {
-                        self.workers[i].stopped = true;
-                        // Steered away, and its queue handed on, before it
-                        // is said.
-                        self.steer();
-                        self.rescue(i);
-                        warn!(
-                            "worker {i} (pid {pid}) was stopped by {}: new clients go to the others until it continues",
-                            signal_name(status)
-                        );
-                    }
+                    self.workers[i].stopped = true;
+                    // Steered away, and its queue handed on, before it is
+                    // said.
+                    self.steer();
+                    self.rescue(i);
+                    let others = if self.workers.iter().any(Worker::serving) {
+                        "new clients go to the others until it continues"
+                    } else {
+                        "no other worker serves: new clients wait for one"
+                    };
+                    warn!(
+                        "worker {i} (pid {pid}) was stopped by {}: {others}",
+                        signal_name(status)
+                    );
                 }
                 libc::CLD_CONTINUED => {
-                    let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
-                    if let Some(i) = index {
-                        info!("worker {i} (pid {pid}) continues");
-                        self.workers[i].stopped = false;
-                    }
-                }
-                libc::CLD_EXITED | libc::CLD_KILLED | libc::CLD_DUMPED => {
-                    if let Some(i) = index {
-                        PIDS[self.workers[i].id].store(0, Ordering::SeqCst);
-                    }
-                    // Reaped now; a zombie until here, so the PID was ours.
-                    wait_child(libc::P_PID, pid as libc::id_t, 0)?;
-                    if let Some(i) = index {
-                        self.reap(i, pid, code, status)?;
-                    }
+                    info!("worker {i} (pid {pid}) continues");
+                    self.workers[i].stopped = false;
                 }
                 // Traced by someone: nothing to follow.
-                _ => {
-                    let _ = wait_child(libc::P_PID, pid as libc::id_t, 0);
-                }
+                _ => {}
             }
         }
+        // Ends: looked at first without reaping, so that the PID leaves the
+        // signal handlers' table while it is still ours (a zombie).
+        while let Some((pid, _, _)) = wait_child(libc::P_ALL, 0, libc::WEXITED | libc::WNOWAIT)? {
+            let index = self.workers.iter().position(|w| w.pid == Some(pid));
+            if let Some(i) = index {
+                PIDS[self.workers[i].id].store(0, Ordering::SeqCst);
+            }
+            let Some((_, code, status)) = wait_child(libc::P_PID, pid as libc::id_t, libc::WEXITED)? else {
+                continue;
+            };
+            if let Some(i) = index {
+                self.reap(i, pid, code, status);
+            }
+        }
+        Ok(())
     }
 
     /// Worker `i` (`pid`) has ended (`code`, `status` as `waitid` said):
     /// passes on the rest of its transcript, retires its counts, gives back
-    /// its connections' slots, and (unless stopping) schedules its restart.
-    /// `Err` when `out` fails, or when the worker cannot get going.
-    fn reap(&mut self, i: usize, pid: libc::pid_t, code: i32, status: i32) -> io::Result<()> {
+    /// its connections' slots, and (unless stopping) schedules its restart,
+    /// or gives up on a worker that cannot get going.
+    fn reap(&mut self, i: usize, pid: libc::pid_t, code: i32, status: i32) {
         let id = self.workers[i].id;
         // Everything it wrote before it ended is in its pipes; the writers
         // are gone, so reading to the end terminates.
@@ -802,7 +843,7 @@ impl<'p> Supervisor<'p> {
             // SAFETY: as above.
             unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) };
             while self.workers[i].stdout.is_some() {
-                self.pass_chunk(i)?;
+                self.pass_chunk(i);
             }
         }
         self.workers[i].more = false;
@@ -823,9 +864,11 @@ impl<'p> Supervisor<'p> {
         let lived = worker.started.elapsed();
         let stage = worker.stage;
         if self.stopping {
-            if stage == Stage::Done {
+            // A worker still starting when the stop came had no client yet:
+            // nothing of it was left unfinished.
+            if stage == Stage::Done || (stage == Stage::Starting && open == 0) {
                 self.shared.retire(id, 0, 0);
-                debug!("worker {id} (pid {pid}) drained and {how}");
+                debug!("worker {id} (pid {pid}) {how} at the stop");
             } else {
                 // Those it had open when it ended were open at the stop, and
                 // not finished.
@@ -838,7 +881,7 @@ impl<'p> Supervisor<'p> {
                 self.outcome.unfinished += open;
                 self.outcome.unfinished_workers.push(what);
             }
-            return Ok(());
+            return;
         }
         // A death: its connections died with it (the kernel closed them).
         self.shared.retire(id, open, 0);
@@ -854,13 +897,19 @@ impl<'p> Supervisor<'p> {
                     worker.early_exits,
                     if worker.early_exits == 1 { "" } else { "s" }
                 ));
-                error!("{e}; stopping every worker");
-                self.stopping = true;
-                self.fail();
-                return Err(e);
+                self.give_up(e);
+                return;
             }
         } else {
             worker.early_exits = 0;
+        }
+        if stage == Stage::Done && code == libc::CLD_EXITED && status == 0 {
+            // Told to stop on its own (a signal to it alone), and drained:
+            // no failure, no backoff.
+            info!("worker {id} (pid {pid}) drained and exited after {lived:.1?}; starting it again");
+            worker.backoff = MIN_RESTART_BACKOFF;
+            worker.restart_at = Some(Instant::now());
+            return;
         }
         if lived >= HEALTHY_LIFE {
             worker.backoff = MIN_RESTART_BACKOFF;
@@ -877,14 +926,15 @@ impl<'p> Supervisor<'p> {
         );
         worker.restart_at = Some(Instant::now() + worker.backoff);
         worker.backoff = (worker.backoff * 2).min(MAX_RESTART_BACKOFF);
-        Ok(())
     }
 
     /// Points new clients at the workers that serve, when that set has
     /// changed (one listener per worker only: a shared listener is polled
     /// by every worker, so a missing one strands nobody).
     fn steer(&mut self) {
-        if self.plan.listeners.len() < 2 || self.stopping {
+        // Once stopping (or signalled: the listeners may be shut down
+        // already), nobody gets new clients.
+        if self.plan.listeners.len() < 2 || self.stopping || SIGNALLED.load(Ordering::SeqCst) {
             return;
         }
         let mut serving: Vec<usize> = self.workers.iter().filter(|w| w.serving()).map(|w| w.id).collect();
@@ -895,6 +945,12 @@ impl<'p> Supervisor<'p> {
         }
         if self.steered.as_ref() == Some(&serving) {
             return;
+        }
+        // Who serves has changed: the queues of those who do not are looked
+        // at again (clients that found nobody to go to before may now).
+        let now = Instant::now();
+        for worker in self.workers.iter_mut().filter(|w| !w.serving()) {
+            worker.rescue_at = Some(worker.rescue_at.map_or(now, |at| at.min(now)));
         }
         match steer::steer(&self.plan.listeners[0], &serving) {
             Ok(()) => {
@@ -917,7 +973,11 @@ impl<'p> Supervisor<'p> {
     /// way (one listener per worker only, and not while stopping).
     fn rescue(&mut self, i: usize) {
         let again = self.workers[i].rescue_at.take().is_none();
-        if self.plan.listeners.len() < 2 || self.stopping || self.workers[i].serving() {
+        if self.plan.listeners.len() < 2
+            || self.stopping
+            || SIGNALLED.load(Ordering::SeqCst)
+            || self.workers[i].serving()
+        {
             return;
         }
         let id = self.workers[i].id;
@@ -925,7 +985,8 @@ impl<'p> Supervisor<'p> {
             .filter(|&t| t != i && self.workers[t].serving() && self.workers[t].handoff.is_some())
             .collect();
         if targets.is_empty() {
-            // Nobody can take them: they wait for this worker.
+            // Nobody can take them now: looked at again when someone can
+            // (see `steer`), or when this worker serves again.
             return;
         }
         let listener = &self.plan.listeners[id];
@@ -995,21 +1056,20 @@ impl<'p> Supervisor<'p> {
     }
 }
 
-/// One `waitid` for a child's change of state, without blocking, with
-/// `extra` flags: `(pid, code, status)`, or `None` when no child has
-/// changed.
+/// One `waitid` for a child's change of state among `flags` (`WEXITED`,
+/// `WSTOPPED`, `WCONTINUED`, `WNOWAIT`), without blocking: `(pid, code,
+/// status)`, or `None` when no child has changed so.
 fn wait_child(
     which: libc::idtype_t,
     id: libc::id_t,
-    extra: libc::c_int,
+    flags: libc::c_int,
 ) -> io::Result<Option<(libc::pid_t, i32, i32)>> {
     loop {
         // SAFETY: an all-zero siginfo_t is valid (waitid fills it).
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let flags = libc::WEXITED | libc::WSTOPPED | libc::WCONTINUED | libc::WNOHANG | extra;
         // SAFETY: waitid writes one siginfo_t through a pointer to a live
         // local.
-        if unsafe { libc::waitid(which, id, &mut info, flags) } != 0 {
+        if unsafe { libc::waitid(which, id, &mut info, flags | libc::WNOHANG) } != 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
@@ -1062,49 +1122,25 @@ fn signal_name(signal: i32) -> String {
     name.to_string()
 }
 
-/// Writes a batch of whole lines to `out`, all of it: a write that would
-/// block (a non-blocking stdout, as some process managers hand out) waits
-/// until `out` takes bytes. A forced exit waits for the batch if it can.
-fn write_lines(out: &mut File, lines: &[u8]) -> io::Result<()> {
-    batch_started();
-    let result = write_all_waiting(out, lines);
-    batch_done();
-    result
-}
-
-/// `write_all`, waiting for `out` to take bytes when it would block.
-fn write_all_waiting(out: &mut File, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match out.write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                bytes = &bytes[n..];
-                // A forced exit waits only for the line in flight.
-                crate::reactor::shutdown::exit_after_line(bytes, |line| out.write(line));
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd {
-                    fd: out.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: poll reads and writes one pollfd through a pointer
-                // to a live local. An error (EINTR) only means: try again.
-                unsafe { libc::poll(&mut pfd, 1, -1) };
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Puts the listener, the status pipe, the shared memory and the handoff
 /// socket at descriptors 3 to 6 of the child (copies first, so that no
 /// source is overwritten before it is copied), and ties the child's life to
 /// the supervisor's.
 /// Runs between fork and exec.
 fn place_fds(fds: &[RawFd; 4], supervisor: libc::pid_t) -> io::Result<()> {
+    // SIGINT and SIGTERM wait (blocked) until the worker has installed its
+    // handlers, which unblock them: a stop that comes while it starts
+    // drains it, instead of killing it.
+    // SAFETY: sigemptyset, sigaddset and sigprocmask work on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     // A worker outlives no supervisor: if it goes, the worker drains.
     // SAFETY: prctl sets a flag of this process; no memory is passed.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
@@ -1113,7 +1149,7 @@ fn place_fds(fds: &[RawFd; 4], supervisor: libc::pid_t) -> io::Result<()> {
     // The supervisor may have died before the flag was set.
     // SAFETY: getppid has no arguments.
     if unsafe { libc::getppid() } != supervisor {
-        return Err(io::Error::other("the supervisor is gone"));
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
     }
     let mut high = [0; 4];
     for (i, &fd) in fds.iter().enumerate() {
@@ -1241,27 +1277,5 @@ mod tests {
             "was killed by SIGSEGV (core dumped)"
         );
         assert_eq!(signal_name(64), "signal 64");
-    }
-
-    #[test]
-    fn a_nonblocking_output_that_is_full_is_waited_for() {
-        let (mut reader, writer) = std::io::pipe().expect("pipe");
-        let mut out = File::from(OwnedFd::from(writer));
-        set_nonblocking(out.as_raw_fd()).expect("nonblocking");
-        // Four times what a pipe holds: the writes must wait, not fail.
-        let data: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
-        let expected = data.clone();
-        let read = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while got.len() < expected.len() {
-                std::thread::sleep(Duration::from_micros(200));
-                let n = reader.read(&mut chunk).expect("read");
-                got.extend_from_slice(&chunk[..n]);
-            }
-            got
-        });
-        write_all_waiting(&mut out, &data).expect("written whole");
-        assert_eq!(read.join().expect("reader"), data);
     }
 }
