@@ -129,6 +129,9 @@ pub struct Config {
     pub worker: Option<WorkerShare>,
     /// Print `Listening to:` first (a worker leaves it to its supervisor).
     pub announce: bool,
+    /// Publish the reactors' counters for a reader (the metrics endpoint:
+    /// see [`crate::Server::metrics_source`]), as `--stats` does.
+    pub publish_counters: bool,
 }
 
 /// What a worker of `--workers` shares with its supervisor and the other
@@ -217,6 +220,7 @@ impl Default for Config {
             deny: Vec::new(),
             worker: None,
             announce: true,
+            publish_counters: false,
         }
     }
 }

@@ -30,6 +30,8 @@
 //! - [`net_error`]: Go's `net.Error` classification (temporary, timeout,
 //!   permanent) and what the accept loop does with each error.
 //! - [`limits`]: the open-file limit, raised at start as Go does.
+//! - [`metrics`]: `--metrics`, the Prometheus endpoint, on a thread of its
+//!   own.
 //! - [`notify`]: systemd's readiness notifications, never blocking.
 //! - [`title`]: process titles, so that `ps` tells the supervisor from its
 //!   workers.
@@ -49,6 +51,7 @@ pub mod duration;
 pub mod limits;
 pub mod listen;
 pub mod load;
+pub mod metrics;
 pub mod net_error;
 pub mod notify;
 pub mod output;

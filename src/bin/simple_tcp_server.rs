@@ -157,6 +157,12 @@ struct Args {
     #[arg(long, value_name = "CIDR", value_parser = parse_net, help_heading = "Who may connect")]
     deny: Vec<IpNet>,
 
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9464, from a thread of its own; with --workers, the
+    /// supervisor serves every worker's.
+    #[arg(long, value_name = "ADDR", help_heading = "Operating it")]
+    metrics: Option<std::net::SocketAddr>,
+
     /// Worker processes, each a whole server (with --threads reactors) under
     /// its own open-file limit, behind one supervisor that shares the port,
     /// merges their transcripts line by line and restarts a worker that
@@ -335,7 +341,17 @@ fn run(args: Args) -> Result<(), String> {
         proxy_timeout: args.proxy_timeout,
         allow: args.allow,
         deny: args.deny,
+        publish_counters: args.metrics.is_some(),
         ..Config::default()
+    };
+    // The metrics endpoint is the supervisor's (or the one process's), not
+    // a worker's.
+    let metrics = match (args.metrics, &worker) {
+        (Some(addr), None) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("--metrics: cannot listen on {addr}: {}", plain(&e)))?,
+        ),
+        _ => None,
     };
 
     if let Some(mut side) = worker {
@@ -359,12 +375,18 @@ fn run(args: Args) -> Result<(), String> {
         None => (bind(&args.host, args.port, config.backlog, per_process)?, true),
     };
     if workers > 1 {
-        return run_supervisor(listeners, owned, workers, cap, &config);
+        return run_supervisor(listeners, owned, workers, cap, &config, metrics);
     }
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
         .stop_on_signals()
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
+    if let Some(listener) = metrics {
+        let addr = listener.local_addr().map_err(|e| plain(&e))?;
+        simple_tcp_server::metrics::http::spawn(listener, server.metrics_source())
+            .map_err(|e| format!("--metrics: {}", plain(&e)))?;
+        info!("metrics on http://{addr}/metrics");
+    }
     // Under systemd (Type=notify), say when serving and when stopping; a
     // no-op elsewhere ($NOTIFY_SOCKET unset).
     server.on_stop(simple_tcp_server::notify::stopping);
@@ -457,6 +479,7 @@ fn run_supervisor(
     workers: usize,
     cap: usize,
     config: &Config,
+    metrics: Option<std::net::TcpListener>,
 ) -> Result<(), String> {
     let local_addr = listeners[0].local_addr().map_err(|e| plain(&e))?;
     let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {}", plain(&e)))?;
@@ -490,7 +513,12 @@ fn run_supervisor(
         threads: config.threads,
         shutdown_timeout: config.shutdown_timeout,
         stats_interval: config.stats_interval,
+        max_connections: cap,
+        metrics,
     };
+    if let Some(addr) = plan.metrics.as_ref().and_then(|l| l.local_addr().ok()) {
+        info!("metrics on http://{addr}/metrics");
+    }
     // READY=1 comes from the supervisor once every worker is ready.
     let outcome = workers::supervise(plan, stdout).map_err(|e| format!("stopped: {}", plain(&e)))?;
     info!("summary: {}", outcome.summary);

@@ -119,6 +119,15 @@ pub struct Transcript<'a, W: Write> {
     pending_since: Option<Instant>,
     /// Bytes written to `sink` so far.
     written: u64,
+    /// Lines in `buf`.
+    lines_pending: u64,
+    /// Lines written to `sink` so far.
+    lines_written: u64,
+    /// Nanoseconds spent in writes to `sink` so far.
+    write_ns: u64,
+    /// Where the reactor publishes that a write is in flight (for a scrape
+    /// while the output blocks).
+    watch: Option<&'a crate::reactor::stats::Published>,
     /// Cuts blocks into text frame lines.
     framer: Framer,
     /// The line format.
@@ -143,9 +152,30 @@ impl<'a, W: Write> Transcript<'a, W> {
             buf: Vec::with_capacity(FLUSH_AT * 3),
             pending_since: None,
             written: 0,
+            lines_pending: 0,
+            lines_written: 0,
+            write_ns: 0,
+            watch: None,
             framer: Framer::new(max_read, raw),
             lines,
         }
+    }
+
+    /// Publishes each write's start (and the bytes it carries) in `slot`
+    /// before the write, so that a reader sees how long the output has
+    /// been blocked.
+    pub fn watch(&mut self, slot: &'a crate::reactor::stats::Published) {
+        self.watch = Some(slot);
+    }
+
+    /// Lines written to the sink so far.
+    pub fn lines_written(&self) -> u64 {
+        self.lines_written
+    }
+
+    /// Nanoseconds spent writing to the sink so far.
+    pub fn write_ns(&self) -> u64 {
+        self.write_ns
     }
 
     /// Reads the wall clock for the events that follow, if the format
@@ -174,6 +204,7 @@ impl<'a, W: Write> Transcript<'a, W> {
 
     /// `Listening to:  ADDR`.
     pub fn listening(&mut self, addr: SocketAddr) {
+        self.lines_pending += 1;
         match &mut self.lines {
             Lines::Json(json) => json.listening(&mut self.buf, addr),
             _ => self.addr_line("Listening to:  ", addr),
@@ -182,6 +213,7 @@ impl<'a, W: Write> Transcript<'a, W> {
 
     /// `Connection from:  ADDR`.
     pub fn connected(&mut self, peer: SocketAddr) {
+        self.lines_pending += 1;
         match &mut self.lines {
             Lines::Json(json) => json.connected(&mut self.buf, peer),
             _ => self.addr_line("Connection from:  ", peer),
@@ -190,6 +222,7 @@ impl<'a, W: Write> Transcript<'a, W> {
 
     /// `Closed connection:  ADDR`.
     pub fn closed(&mut self, peer: SocketAddr) {
+        self.lines_pending += 1;
         match &mut self.lines {
             Lines::Json(json) => json.closed(&mut self.buf, peer),
             _ => self.addr_line("Closed connection:  ", peer),
@@ -200,6 +233,14 @@ impl<'a, W: Write> Transcript<'a, W> {
     /// returned. Returns the number of frames.
     #[inline]
     pub fn frames(&mut self, peer: SocketAddr, block: &[u8]) -> u64 {
+        let frames = self.frame_lines(peer, block);
+        self.lines_pending += frames;
+        frames
+    }
+
+    /// The frame lines of `block`, in the format chosen.
+    #[inline]
+    fn frame_lines(&mut self, peer: SocketAddr, block: &[u8]) -> u64 {
         match &mut self.lines {
             Lines::Text => self.framer.frame_block(&mut self.buf, &[], block),
             Lines::Tagged => {
@@ -283,10 +324,18 @@ impl<'a, W: Write> Transcript<'a, W> {
     /// Writes the whole buffer while `sink`'s lock is held: another
     /// reactor's lines come before or after these, never inside them.
     fn write_out(&mut self, mut sink: MutexGuard<'_, W>) -> io::Result<()> {
+        let started = crate::reactor::shutdown::monotonic_ns();
+        if let Some(slot) = self.watch {
+            slot.writing(started, self.buf.len() as u64);
+        }
         // A forced exit (a second signal) waits for this batch if it can.
         crate::reactor::shutdown::batch_started();
         let result = self.write_batch(&mut sink);
         crate::reactor::shutdown::batch_done();
+        self.write_ns += crate::reactor::shutdown::monotonic_ns().saturating_sub(started);
+        if let Some(slot) = self.watch {
+            slot.writing(0, self.buf.len() as u64);
+        }
         result
     }
 
@@ -310,6 +359,7 @@ impl<'a, W: Write> Transcript<'a, W> {
             }
         }
         self.written += done as u64;
+        self.lines_written += std::mem::take(&mut self.lines_pending);
         self.buf.clear();
         self.pending_since = None;
         sink.flush()

@@ -112,8 +112,13 @@ impl Core {
                 }
                 Err(e) => match net_error::accept_action(&e) {
                     // That one client's problem: take the next.
-                    AcceptAction::Retry => debug!("accept: {e}; next"),
+                    AcceptAction::Retry => {
+                        self.stats.accept_errors += 1;
+                        debug!("accept: {e}; next");
+                    }
                     AcceptAction::Backoff => {
+                        self.stats.accept_errors += 1;
+                        self.stats.accept_pauses += 1;
                         self.start_pause(&e);
                         return Ok(());
                     }

@@ -348,8 +348,15 @@ impl Core {
             return Ok(());
         }
         self.after_events(registry, out)?;
-        self.shared.publish(self.id, &self.stats, self.connections.len());
         self.coalesce(woken, out)
+    }
+
+    /// Publishes this reactor's counters (with the output's), for the
+    /// `--stats` line, the metrics and a worker's supervisor: stores into
+    /// its own cache lines, nothing when nobody reads them.
+    #[inline]
+    fn publish<W: Write>(&mut self, active: usize, out: &Transcript<'_, W>) {
+        publish(&self.shared, self.id, &mut self.stats, active, out);
     }
 
     /// Reads the clock once per wakeup.
@@ -408,6 +415,9 @@ impl Core {
         {
             out.flush()?;
         }
+        // Once per wakeup, after the output is written: what a reader sees
+        // while this reactor waits is what it has done.
+        self.publish(self.connections.len(), out);
         if busy {
             return Ok(Some(Duration::ZERO));
         }
@@ -573,7 +583,7 @@ impl Core {
                             // A write that may block: what was counted is
                             // published first (for whoever reads it while
                             // this reactor waits on the output).
-                            self.shared.publish(self.id, &self.stats, active);
+                            publish(&self.shared, self.id, &mut self.stats, active, out);
                             out.flush_if_full()?;
                         }
                     }
@@ -680,7 +690,7 @@ impl Core {
             }
         }
         self.stats.open_at_stop = self.connections.iter().filter(|(_, c)| !c.has(QUIET)).count() as u64;
-        self.shared.publish(self.id, &self.stats, self.connections.len());
+        self.publish(self.connections.len(), out);
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             let Some(conn) = self.connections.get_mut(key) else {
@@ -698,8 +708,20 @@ impl Core {
         }
         out.flush()?;
         // The final counts, for whoever reads them (a worker's supervisor).
-        self.shared.publish(self.id, &self.stats, self.connections.len());
+        self.publish(self.connections.len(), out);
         Ok(self.stats)
+    }
+}
+
+/// Reactor `id` publishes `stats` (with its output's counts), its `active`
+/// connections and its output's backlog, if anybody reads them.
+#[inline]
+fn publish<W: Write>(shared: &Shared, id: usize, stats: &mut Summary, active: usize, out: &Transcript<'_, W>) {
+    if shared.publishing() {
+        stats.out_bytes = out.written();
+        stats.out_lines = out.lines_written();
+        stats.out_write_ns = out.write_ns();
+        shared.publish(id, stats, active, out.pending());
     }
 }
 

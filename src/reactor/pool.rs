@@ -251,13 +251,32 @@ impl Shared {
         }
     }
 
-    /// Reactor `id` publishes its counters (relaxed stores into its own
-    /// cache line; nothing when nobody reads them).
+    /// Whether reactors publish their counters (somebody reads them).
     #[inline]
-    pub(super) fn publish(&self, id: usize, stats: &Summary, active: usize) {
+    pub(super) fn publishing(&self) -> bool {
+        self.publishing
+    }
+
+    /// Reactor `id` publishes its counters, its open connections and its
+    /// output's backlog (relaxed stores into its own cache lines).
+    #[inline]
+    pub(super) fn publish(&self, id: usize, stats: &Summary, active: usize, backlog: usize) {
+        let slot = &self.published[id];
+        slot.store(stats, active as u64);
+        slot.writing(0, backlog as u64);
+    }
+
+    /// Reactor `id` publishes its counters and open connections only.
+    pub(super) fn publish_counts(&self, id: usize, stats: &Summary, active: usize) {
         if self.publishing {
             self.published[id].store(stats, active as u64);
         }
+    }
+
+    /// Reactor `id`'s slot, for its transcript to say when a write is in
+    /// flight; `None` when nobody reads it.
+    pub(super) fn watch_slot(&self, id: usize) -> Option<&Published> {
+        self.publishing.then(|| &self.published[id])
     }
 
     /// Runs the stop hook, if there is one and it has not run.
@@ -405,7 +424,7 @@ impl Server {
                 }
                 None => Slots::Own((0..threads).map(|_| Published::default()).collect()),
             },
-            publishing: config.stats_interval.is_some() || config.worker.is_some(),
+            publishing: config.stats_interval.is_some() || config.worker.is_some() || config.publish_counters,
         });
         if let Some(fd) = config.worker.and_then(|w| w.handoff) {
             // Clients handed over by the supervisor come to reactor 0, which
@@ -451,6 +470,12 @@ impl Server {
     /// How many reactors (threads) serve.
     pub fn threads(&self) -> usize {
         self.reactors.len()
+    }
+
+    /// What the metrics endpoint reads: the counters every reactor
+    /// publishes (with `Config::publish_counters`; else they stay zero).
+    pub fn metrics_source(&self) -> std::sync::Arc<dyn crate::metrics::Source> {
+        std::sync::Arc::new(MetricsSource(Arc::clone(&self.shared)))
     }
 
     /// A handle that stops the server from another thread.
@@ -522,7 +547,11 @@ impl Server {
                             .spawn_scoped(scope, move || {
                                 gate.wait();
                                 let _ending = Ending(shared, id);
-                                let result = reactor.run(&mut transcript());
+                                let mut out = transcript();
+                                if let Some(slot) = shared.watch_slot(id) {
+                                    out.watch(slot);
+                                }
+                                let result = reactor.run(&mut out);
                                 end_of_reactor(shared, &result);
                                 result
                             });
@@ -551,6 +580,9 @@ impl Server {
                     results.push(Err(e));
                 } else if let Some(reactor) = reactor0 {
                     let _ending = Ending(&shared, reactor.core.id);
+                    if let Some(slot) = shared.watch_slot(reactor.core.id) {
+                        first.watch(slot);
+                    }
                     let result = reactor.run(&mut first);
                     end_of_reactor(&shared, &result);
                     results.push(result);
@@ -579,6 +611,33 @@ impl Server {
             return Err(failures.swap_remove(0));
         }
         Ok(total)
+    }
+}
+
+/// The counters of one server's reactors, for the metrics endpoint.
+struct MetricsSource(Arc<Shared>);
+
+impl crate::metrics::Source for MetricsSource {
+    fn snapshot(&self) -> crate::metrics::Snapshot {
+        let shared = &self.0;
+        let now = shutdown::monotonic_ns();
+        let mut snapshot = crate::metrics::Snapshot {
+            max_connections: shared.max_connections as u64,
+            threads: shared.published.len(),
+            processes: 1,
+            ..crate::metrics::Snapshot::default()
+        };
+        for (id, slot) in shared.published.iter().enumerate() {
+            snapshot.totals.add(&slot.load());
+            snapshot.open.push((None, id, slot.active()));
+            snapshot.backlog += slot.backlog();
+            if let Some(since) = slot.writing_since_ns() {
+                snapshot.blocked_for = snapshot
+                    .blocked_for
+                    .max(Duration::from_nanos(now.saturating_sub(since)));
+            }
+        }
+        snapshot
     }
 }
 

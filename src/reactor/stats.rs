@@ -80,6 +80,20 @@ counters! {
     bytes,
     /// Connections still open when the server was stopped.
     open_at_stop,
+    /// Clients closed because their address held `--max-per-source`
+    /// connections already.
+    refused_per_source,
+    /// Failed accepts (any error but "nothing to accept").
+    accept_errors,
+    /// Pauses of accepting for want of descriptors or memory.
+    accept_pauses,
+    /// Transcript bytes written to the output.
+    out_bytes,
+    /// Transcript lines written to the output.
+    out_lines,
+    /// Nanoseconds spent in writes to the output (most of it blocked, when
+    /// the output is slow).
+    out_write_ns,
 }
 
 impl Summary {
@@ -127,10 +141,9 @@ impl std::fmt::Display for Summary {
     }
 }
 
-/// A reactor's counters as it last published them (once per wakeup), in a
-/// cache line (two, for the adjacent-line prefetcher) of its own. It may
-/// live in memory shared between processes (a worker's, which its
-/// supervisor reads): any bytes are valid counters.
+/// A reactor's counters as it last published them (once per wakeup), in
+/// cache lines of its own. It may live in memory shared between processes
+/// (a worker's, which its supervisor reads): any bytes are valid counters.
 #[derive(Debug, Default)]
 #[repr(C, align(128))]
 pub struct Published {
@@ -138,6 +151,11 @@ pub struct Published {
     counts: [AtomicU64; COUNTERS],
     /// Connections the reactor has open.
     active: AtomicU64,
+    /// Transcript bytes buffered, not yet written.
+    backlog: AtomicU64,
+    /// When the write to the output in flight began, in monotonic
+    /// nanoseconds (0: none), stored before each write that may block.
+    writing_since_ns: AtomicU64,
 }
 
 impl Published {
@@ -161,9 +179,28 @@ impl Published {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// A write of `backlog` bytes to the output begins at `now_ns`
+    /// (monotonic), or (with 0, 0) the write in flight has ended.
+    #[inline]
+    pub fn writing(&self, now_ns: u64, backlog: u64) {
+        self.backlog.store(backlog, Ordering::Relaxed);
+        self.writing_since_ns.store(now_ns, Ordering::Relaxed);
+    }
+
+    /// Transcript bytes buffered when last published.
+    pub fn backlog(&self) -> u64 {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// When the write in flight began (monotonic nanoseconds), if one is.
+    pub fn writing_since_ns(&self) -> Option<u64> {
+        Some(self.writing_since_ns.load(Ordering::Relaxed)).filter(|&t| t != 0)
+    }
+
     /// Back to zero (a slot of a worker about to be restarted).
     pub fn clear(&self) {
         self.store(&Summary::default(), 0);
+        self.writing(0, 0);
     }
 }
 
@@ -228,8 +265,10 @@ impl StatsTimer {
 impl Core {
     /// Logs one `--stats` line, for all reactors together.
     pub(super) fn log_stats(&mut self) {
-        // This reactor's own counts are fresher than what it last published.
-        self.shared.publish(self.id, &self.stats, self.connections.len());
+        // This reactor's own counts are fresher than what it last published
+        // (its output's counts, published with each wakeup, are as fresh
+        // as the line needs).
+        self.shared.publish_counts(self.id, &self.stats, self.connections.len());
         let (total, active) = self.shared.totals();
         // With several reactors, how the clients are spread over them.
         let mut spread = String::new();
@@ -259,7 +298,7 @@ mod tests {
             s = Summary::from_array(values);
         }
         assert_eq!(s.accepted, 1);
-        assert_eq!(s.open_at_stop, COUNTERS as u64);
+        assert_eq!(s.out_write_ns, COUNTERS as u64, "the last counter is the last field");
         let p = Published::default();
         p.store(&s, 7);
         assert_eq!((p.load(), p.active()), (s, 7));

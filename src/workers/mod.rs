@@ -61,8 +61,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ChildStdout, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -147,6 +147,75 @@ pub struct Plan {
     pub shutdown_timeout: Duration,
     /// `--stats`: the supervisor logs the line for all workers.
     pub stats_interval: Option<Duration>,
+    /// `--metrics`: the endpoint's listener; the supervisor serves every
+    /// worker's counts there.
+    pub metrics: Option<std::net::TcpListener>,
+    /// The cap over all workers (for the metrics).
+    pub max_connections: usize,
+}
+
+/// What the supervisor itself counts, for the metrics thread to read.
+#[derive(Debug, Default)]
+struct SupervisorStats {
+    /// Workers running.
+    live: AtomicU64,
+    /// Workers started again after they ended.
+    restarts: AtomicU64,
+    /// Transcript bytes and lines written to stdout.
+    out_bytes: AtomicU64,
+    out_lines: AtomicU64,
+    /// Nanoseconds spent writing to stdout.
+    out_write_ns: AtomicU64,
+    /// When the write to stdout in flight began (monotonic ns; 0: none).
+    writing_since_ns: AtomicU64,
+}
+
+/// Every worker's counts, for the metrics endpoint: the shared memory
+/// (dead workers' counts up to their last wakeup included) and what the
+/// supervisor counts itself, stdout's numbers among them (the workers write
+/// to the supervisor; the supervisor writes to stdout).
+struct SupervisorSource {
+    shared: Shm,
+    stats: Arc<SupervisorStats>,
+    workers: usize,
+    threads: usize,
+    max_connections: usize,
+}
+
+impl crate::metrics::Source for SupervisorSource {
+    fn snapshot(&self) -> crate::metrics::Snapshot {
+        let (mut totals, _) = self.shared.totals();
+        let s = &self.stats;
+        totals.out_bytes = s.out_bytes.load(Ordering::Relaxed);
+        totals.out_lines = s.out_lines.load(Ordering::Relaxed);
+        totals.out_write_ns = s.out_write_ns.load(Ordering::Relaxed);
+        let mut open = Vec::new();
+        let mut backlog = 0;
+        for w in 0..self.workers {
+            for (r, slot) in self.shared.published(w).iter().enumerate() {
+                open.push((Some(w), r, slot.active()));
+                backlog += slot.backlog();
+            }
+        }
+        let since = s.writing_since_ns.load(Ordering::Relaxed);
+        crate::metrics::Snapshot {
+            totals,
+            open,
+            max_connections: self.max_connections as u64,
+            backlog,
+            blocked_for: if since == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_nanos(monotonic_ns().saturating_sub(since))
+            },
+            workers: Some(crate::metrics::WorkerCounts {
+                live: s.live.load(Ordering::Relaxed),
+                restarts: s.restarts.load(Ordering::Relaxed),
+            }),
+            threads: self.threads,
+            processes: self.workers,
+        }
+    }
 }
 
 /// How the workers ended.
@@ -201,6 +270,8 @@ struct Worker {
     restart_at: Option<Instant>,
     /// Exits before being ready, in a row.
     early_exits: u32,
+    /// Processes started for this slot so far.
+    starts: u64,
     /// The supervisor's end of the socket that hands clients to it.
     handoff: Option<OwnedFd>,
     /// When to look once more for clients queued on its listener while it
@@ -362,7 +433,19 @@ pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
         }
     }
     install_handlers(plan.shutdown_timeout)?;
-    let mut supervisor = Supervisor::new(&plan, shared, shared_fd, out)?;
+    let mut plan = plan;
+    let stats = Arc::new(SupervisorStats::default());
+    if let Some(listener) = plan.metrics.take() {
+        let source = SupervisorSource {
+            shared,
+            stats: Arc::clone(&stats),
+            workers: plan.workers,
+            threads: plan.threads.max(1),
+            max_connections: plan.max_connections,
+        };
+        crate::metrics::http::spawn(listener, Arc::new(source))?;
+    }
+    let mut supervisor = Supervisor::new(&plan, shared, shared_fd, out, stats)?;
     let result = supervisor.run();
     // The listeners close when the plan is dropped: no handler may touch
     // their descriptors after this.
@@ -394,11 +477,19 @@ struct Supervisor<'p> {
     /// The output failed: the workers' lines are read and dropped.
     out_broken: bool,
     stats: Option<StatsTimer>,
+    /// What the supervisor counts for the metrics.
+    counts: Arc<SupervisorStats>,
     outcome: Outcome,
 }
 
 impl<'p> Supervisor<'p> {
-    fn new(plan: &'p Plan, shared: Shm, shared_fd: OwnedFd, out: File) -> io::Result<Supervisor<'p>> {
+    fn new(
+        plan: &'p Plan,
+        shared: Shm,
+        shared_fd: OwnedFd,
+        out: File,
+        counts: Arc<SupervisorStats>,
+    ) -> io::Result<Supervisor<'p>> {
         let poll = Poll::new()?;
         let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
@@ -418,6 +509,7 @@ impl<'p> Supervisor<'p> {
                 backoff: MIN_RESTART_BACKOFF,
                 restart_at: Some(now),
                 early_exits: 0,
+                starts: 0,
                 handoff: None,
                 rescue_at: None,
             })
@@ -438,6 +530,7 @@ impl<'p> Supervisor<'p> {
             steered: None,
             out_broken: false,
             stats: plan.stats_interval.map(|every| StatsTimer::new(every, now)),
+            counts,
             outcome: Outcome::default(),
         })
     }
@@ -673,6 +766,11 @@ impl<'p> Supervisor<'p> {
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         info!("worker {id} started (pid {pid})");
+        self.counts.live.fetch_add(1, Ordering::Relaxed);
+        if self.workers[i].starts > 0 {
+            self.counts.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        self.workers[i].starts += 1;
         let worker = &mut self.workers[i];
         worker.pid = Some(pid);
         worker.stdout = Some(stdout);
@@ -756,7 +854,7 @@ impl<'p> Supervisor<'p> {
                     worker.merger.push(&self.buf[..n], &mut self.lines);
                     if !self.lines.is_empty()
                         && !self.out_broken
-                        && let Err(e) = crate::output::write_all_waiting(&mut self.out, &self.lines)
+                        && let Err(e) = write_counted(&mut self.out, &self.lines, &self.counts)
                     {
                         // Nothing more can be printed: the workers are
                         // stopped, and what they still write is dropped.
@@ -858,6 +956,7 @@ impl<'p> Supervisor<'p> {
             }
         }
         self.workers[i].pid = None;
+        self.counts.live.fetch_sub(1, Ordering::Relaxed);
         let how = describe_end(code, status);
         let open = self.shared.open_of(id);
         let worker = &mut self.workers[i];
@@ -1054,6 +1153,24 @@ impl<'p> Supervisor<'p> {
         }
         info!("{}", timer.line(now, total, active, &spread));
     }
+}
+
+/// Writes `lines` to `out` (see [`crate::output::write_all_waiting`]),
+/// counting them, and saying while it writes since when.
+fn write_counted(out: &mut File, lines: &[u8], counts: &SupervisorStats) -> io::Result<()> {
+    let started = monotonic_ns();
+    counts.writing_since_ns.store(started, Ordering::Relaxed);
+    let result = crate::output::write_all_waiting(out, lines);
+    counts.writing_since_ns.store(0, Ordering::Relaxed);
+    counts
+        .out_write_ns
+        .fetch_add(monotonic_ns().saturating_sub(started), Ordering::Relaxed);
+    if result.is_ok() {
+        counts.out_bytes.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        let n = lines.iter().filter(|&&b| b == b'\n').count();
+        counts.out_lines.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    result
 }
 
 /// One `waitid` for a child's change of state among `flags` (`WEXITED`,
