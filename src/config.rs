@@ -123,6 +123,10 @@ pub struct Config {
     pub allow: Vec<ipnet::IpNet>,
     /// Who may not connect (`--deny`); a match here wins over `allow`.
     pub deny: Vec<ipnet::IpNet>,
+    /// The most connections one client address may hold at once
+    /// (`--max-per-source`; behind a proxy, the address the PROXY header
+    /// names).
+    pub max_per_source: Option<u32>,
     /// What a worker of `--workers` shares with its supervisor (the cap's
     /// counts across workers, its published counters); `None` for a server
     /// on its own.
@@ -218,6 +222,7 @@ impl Default for Config {
             proxy_timeout: DEFAULT_PROXY_TIMEOUT,
             allow: Vec::new(),
             deny: Vec::new(),
+            max_per_source: None,
             worker: None,
             announce: true,
             publish_counters: false,

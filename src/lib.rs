@@ -33,6 +33,7 @@
 //! - [`metrics`]: `--metrics`, the Prometheus endpoint, on a thread of its
 //!   own.
 //! - [`notify`]: systemd's readiness notifications, never blocking.
+//! - [`rules`]: `--access-file`, who may connect, reread on SIGHUP.
 //! - [`title`]: process titles, so that `ps` tells the supervisor from its
 //!   workers.
 //! - [`client`]: the blocking companion client (`tcp_client`).
@@ -58,8 +59,9 @@ pub mod output;
 pub mod protocol;
 pub mod proxy_header;
 pub mod reactor;
+pub mod rules;
 pub mod title;
 pub mod workers;
 
 pub use config::Config;
-pub use reactor::{Server, Stopper, Summary};
+pub use reactor::{AccessRules, Server, Stopper, Summary};

@@ -157,6 +157,19 @@ struct Args {
     #[arg(long, value_name = "CIDR", value_parser = parse_net, help_heading = "Who may connect")]
     deny: Vec<IpNet>,
 
+    /// More allow and deny rules, one a line (`allow CIDR`, `deny CIDR`,
+    /// `#` comments), read again on SIGHUP: established clients stay, new
+    /// ones meet the new rules; a file that does not parse keeps the rules
+    /// in force.
+    #[arg(long, value_name = "PATH", help_heading = "Who may connect")]
+    access_file: Option<std::path::PathBuf>,
+
+    /// The most connections one client address may hold at once (behind
+    /// --proxy-protocol, the address the header names); one more is told
+    /// "ERR too many connections from your address" and closed.
+    #[arg(long, value_name = "N", value_parser = at_least_one, help_heading = "Who may connect")]
+    max_per_source: Option<usize>,
+
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
     /// 127.0.0.1:9464, from a thread of its own; with --workers, the
     /// supervisor serves every worker's.
@@ -187,12 +200,7 @@ struct Args {
 
 /// A network in CIDR notation; a bare address is a network of one.
 fn parse_net(text: &str) -> Result<IpNet, String> {
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
-    }
-    text.parse::<std::net::IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("`{text}` is not a network like 10.0.0.0/8, 2001:db8::/32 or 127.0.0.1"))
+    simple_tcp_server::rules::parse_net(text)
 }
 
 /// A whole number of at least 1 (clap's own range check would print the
@@ -317,6 +325,15 @@ fn run(args: Args) -> Result<(), String> {
     if greeting.len() > MAX_GREETING {
         return Err("--greeting is too long".into());
     }
+    // The access file's rules join the command line's.
+    let cli_rules = simple_tcp_server::rules::Rules {
+        allow: args.allow.clone(),
+        deny: args.deny.clone(),
+    };
+    let file_rules = match &args.access_file {
+        Some(path) => simple_tcp_server::rules::load(path).map_err(|e| format!("--access-file: {e}"))?,
+        None => simple_tcp_server::rules::Rules::default(),
+    };
     let config = Config {
         max_read: args.max_read,
         greeting,
@@ -339,8 +356,9 @@ fn run(args: Args) -> Result<(), String> {
             args.proxy_from
         },
         proxy_timeout: args.proxy_timeout,
-        allow: args.allow,
-        deny: args.deny,
+        allow: args.allow.iter().chain(&file_rules.allow).copied().collect(),
+        deny: args.deny.iter().chain(&file_rules.deny).copied().collect(),
+        max_per_source: args.max_per_source.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         publish_counters: args.metrics.is_some(),
         ..Config::default()
     };
@@ -354,11 +372,15 @@ fn run(args: Args) -> Result<(), String> {
         _ => None,
     };
 
+    let reload = Reload {
+        path: args.access_file.clone(),
+        cli: cli_rules,
+    };
     if let Some(mut side) = worker {
         // Only a cap below what the workers' open-file limits allow in all
         // is checked across workers at each accept.
         side.share.cap_binding = (cap as u64) < (fitting as u64).saturating_mul(args.worker_count.unwrap_or(1) as u64);
-        return run_worker(side, config, soft_limit);
+        return run_worker(side, config, soft_limit, reload);
     }
     // Under systemd socket activation the listener is passed in, already
     // bound (HOST and PORT are the .socket unit's business then); every
@@ -375,12 +397,23 @@ fn run(args: Args) -> Result<(), String> {
         None => (bind(&args.host, args.port, config.backlog, per_process)?, true),
     };
     if workers > 1 {
-        return run_supervisor(listeners, owned, workers, cap, &config, metrics);
+        return run_supervisor(
+            listeners,
+            owned,
+            workers,
+            cap,
+            &config,
+            metrics,
+            args.access_file.is_some(),
+        );
     }
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
         .stop_on_signals()
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
+    reload
+        .on_sighup(server.access_rules())
+        .map_err(|e| format!("cannot handle SIGHUP: {}", plain(&e)))?;
     if let Some(listener) = metrics {
         let addr = listener.local_addr().map_err(|e| plain(&e))?;
         simple_tcp_server::metrics::http::spawn(listener, server.metrics_source())
@@ -424,7 +457,7 @@ fn run(args: Args) -> Result<(), String> {
 /// `--stats` line (the supervisor adds up every worker's), publishes its
 /// counts in the shared memory, and tells the supervisor when it is ready,
 /// draining and done.
-fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(), String> {
+fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64, reload: Reload) -> Result<(), String> {
     config.announce = false;
     config.stats_interval = None;
     config.worker = Some(side.share);
@@ -436,6 +469,10 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64) -> Result<(
     server
         .stop_on_signals_as(Exits::WorkerOfSupervisor)
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
+    // The supervisor passes SIGHUP on: every worker reads the file itself.
+    reload
+        .on_sighup(server.access_rules())
+        .map_err(|e| format!("cannot handle SIGHUP: {}", plain(&e)))?;
     let status = side.status_pipe().map_err(|e| format!("status pipe: {}", plain(&e)))?;
     server.on_stop(move || {
         // The supervisor steers new clients away from a draining worker.
@@ -480,6 +517,7 @@ fn run_supervisor(
     cap: usize,
     config: &Config,
     metrics: Option<std::net::TcpListener>,
+    access_file: bool,
 ) -> Result<(), String> {
     let local_addr = listeners[0].local_addr().map_err(|e| plain(&e))?;
     let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {}", plain(&e)))?;
@@ -515,6 +553,11 @@ fn run_supervisor(
         stats_interval: config.stats_interval,
         max_connections: cap,
         metrics,
+        // With a per-source limit (and no proxy, whose clients are known
+        // only from their headers), all of one address's connections go to
+        // one worker, which counts them all.
+        steer_by_address: config.max_per_source.is_some() && !config.proxy_protocol,
+        access_file,
     };
     if let Some(addr) = plan.metrics.as_ref().and_then(|l| l.local_addr().ok()) {
         info!("metrics on http://{addr}/metrics");
@@ -537,6 +580,46 @@ fn run_supervisor(
         if outcome.unfinished == 1 { "" } else { "s" },
         outcome.unfinished_workers.join("; ")
     ))
+}
+
+/// What SIGHUP rereads: `--access-file`, joined to the command line's
+/// rules.
+#[derive(Debug)]
+struct Reload {
+    path: Option<std::path::PathBuf>,
+    cli: simple_tcp_server::rules::Rules,
+}
+
+impl Reload {
+    /// From now on, SIGHUP rereads the access file into `rules` (without
+    /// one, it says there is nothing to reread): on a thread of its own,
+    /// never a reactor's.
+    fn on_sighup(self, rules: simple_tcp_server::AccessRules) -> io::Result<()> {
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+        std::thread::Builder::new().name("reload".into()).spawn(move || {
+            for _ in signals.forever() {
+                let Some(path) = &self.path else {
+                    info!("SIGHUP: no --access-file to read again");
+                    continue;
+                };
+                match simple_tcp_server::rules::load(path) {
+                    Ok(file) => {
+                        let all = self.cli.clone().with(&file);
+                        info!(
+                            "SIGHUP: access rules read again from {}: {} allow, {} deny",
+                            path.display(),
+                            all.allow.len(),
+                            all.deny.len()
+                        );
+                        rules.set(all.allow, all.deny);
+                    }
+                    Err(e) => warn!("SIGHUP: {e}; the rules in force stay"),
+                }
+            }
+        })?;
+        // A supervisor starts its workers with SIGHUP blocked until here.
+        simple_tcp_server::reactor::shutdown::unblock(&[signal_hook::consts::SIGHUP])
+    }
 }
 
 /// Says what went wrong with stdout.

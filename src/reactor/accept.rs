@@ -14,7 +14,7 @@ use mio::{Interest, Registry, Token};
 use super::Core;
 use super::access;
 use super::balance::Client;
-use super::connection::{Connection, PROXY_PENDING, QUIET, READ_INTEREST, WANTS_WRITE, write_greeting};
+use super::connection::{COUNTED, Connection, PROXY_PENDING, QUIET, READ_INTEREST, WANTS_WRITE, write_greeting};
 use crate::net_error::{self, AcceptAction};
 use crate::output::Transcript;
 
@@ -31,6 +31,10 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// What a client over `--max-connections` is told before it is closed.
 pub const SERVER_FULL: &[u8] = b"ERR server full, try again later\n";
+
+/// What a client whose address holds `--max-per-source` connections is told
+/// before it is closed.
+pub const PER_SOURCE_FULL: &[u8] = b"ERR too many connections from your address, try again later\n";
 
 /// Accept-side state: pauses, backoff and burst logging.
 #[derive(Debug)]
@@ -247,23 +251,36 @@ impl Core {
             }
         }
         // Behind a proxy, the peer must be a trusted proxy; else the peer
-        // is the client, and the access rules apply to it now.
+        // is the client, and the access rules and the per-source limit
+        // apply to it now.
+        self.refresh_access();
         let refusal = if self.config.proxy_protocol {
             (!access::contains(&self.config.proxy_from, peer.ip())).then_some(Refusal::UntrustedProxy)
+        } else if !self.access.is_open() && !self.access.permits(peer.ip()) {
+            Some(Refusal::Denied)
+        } else if self.shared.per_source.as_ref().is_some_and(|p| !p.take(peer.ip())) {
+            Some(Refusal::PerSource)
         } else {
-            (!self.access.is_open() && !self.access.permits(peer.ip())).then_some(Refusal::Denied)
+            None
         };
         if let Some(refusal) = refusal {
             self.shared.release(self.id);
+            if let Refusal::PerSource = refusal {
+                let _ = (&stream).write(PER_SOURCE_FULL);
+            }
             self.refuse(refusal, peer, "");
             return;
         }
+        let counted = !self.config.proxy_protocol && self.shared.per_source.is_some();
         let entry = self.connections.vacant_entry();
         let key = entry.key();
         if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
             // epoll itself is out of room (max_user_watches): drop this one.
             warn!("[{key}] {peer}: cannot watch the connection: {e}; closed");
             self.shared.release(self.id);
+            if counted && let Some(per_source) = &self.shared.per_source {
+                per_source.release(peer.ip());
+            }
             return;
         }
         // Urgent (out-of-band) data stays in the stream, where it was sent,
@@ -280,6 +297,9 @@ impl Core {
         }
         self.last_churn = Some(self.now);
         let mut conn = Connection::new(stream, peer, self.now_ms);
+        if counted {
+            conn.flags |= COUNTED;
+        }
         if self.config.proxy_protocol {
             // Nothing is printed or sent until the header names the client.
             conn.flags |= PROXY_PENDING;
@@ -349,6 +369,13 @@ impl Core {
                 self.stats.proxy_timeout += 1;
                 (&self.shared.proxy_burst, "no PROXY header in time")
             }
+            Refusal::PerSource => {
+                self.stats.refused_per_source += 1;
+                (
+                    &self.shared.per_source_burst,
+                    "holds --max-per-source connections already",
+                )
+            }
         };
         if let Some(before) = self.shared.note(burst, self.now) {
             let earlier = if before > 0 {
@@ -356,7 +383,11 @@ impl Core {
             } else {
                 String::new()
             };
-            warn!("{peer}: {what}{detail}; closed without a greeting{earlier}; more like it are counted, not logged");
+            let how = match refusal {
+                Refusal::PerSource => "closed",
+                _ => "closed without a greeting",
+            };
+            warn!("{peer}: {what}{detail}; {how}{earlier}; more like it are counted, not logged");
         }
     }
 }
@@ -372,4 +403,7 @@ pub(super) enum Refusal {
     BadHeader,
     /// The PROXY header did not come whole within `--proxy-timeout`.
     LateHeader,
+    /// The client's address holds `--max-per-source` connections already
+    /// (told so in one line).
+    PerSource,
 }

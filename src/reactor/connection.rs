@@ -39,6 +39,9 @@ pub(crate) const PROXY_PENDING: u8 = 16;
 /// The proxy's own connection (a health check): served, but no
 /// `Connection from` / `Closed connection` lines.
 pub(crate) const QUIET: u8 = 32;
+/// Counted against `--max-per-source` under its address: given back when
+/// it closes.
+pub(crate) const COUNTED: u8 = 64;
 
 /// What a connection is registered for: readable, and on Linux priority
 /// too, which is how urgent data announces itself (see [`URGENT`]).
@@ -72,7 +75,7 @@ pub(crate) struct Connection {
     /// Which of IPv4 and IPv6 `ip` holds.
     family: Family,
     /// [`QUEUED`], [`PEER_CLOSED`], [`WANTS_WRITE`], [`URGENT`],
-    /// [`PROXY_PENDING`], [`QUIET`].
+    /// [`PROXY_PENDING`], [`QUIET`], [`COUNTED`].
     pub(crate) flags: u8,
 }
 

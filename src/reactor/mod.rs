@@ -43,13 +43,13 @@ use slab::Slab;
 use crate::config::Config;
 use crate::output::Transcript;
 use accept::AcceptState;
-pub use accept::SERVER_FULL;
+pub use accept::{PER_SOURCE_FULL, SERVER_FULL};
 use access::Access;
 use connection::{
-    Connection, PEER_CLOSED, PROXY_PENDING, QUEUED, QUIET, READ_INTEREST, URGENT, WANTS_WRITE, write_greeting,
+    COUNTED, Connection, PEER_CLOSED, PROXY_PENDING, QUEUED, QUIET, READ_INTEREST, URGENT, WANTS_WRITE, write_greeting,
 };
 use pool::Shared;
-pub use pool::{MAX_GREETING, Server, Stopper};
+pub use pool::{AccessRules, MAX_GREETING, Server, Stopper};
 use stats::StatsTimer;
 pub use stats::Summary;
 use sweep::Sweep;
@@ -147,8 +147,11 @@ struct Core {
     greetings_in_progress: HashMap<usize, u32>,
     /// Connections whose read budget ran out with data left.
     run_queue: VecDeque<usize>,
-    /// `--allow` and `--deny`.
-    access: Access,
+    /// `--allow` and `--deny` as this reactor last took them from
+    /// [`Shared`] (replaced on SIGHUP, see [`AccessRules`]).
+    access: Arc<Access>,
+    /// The rules' generation taken.
+    access_generation: u64,
     /// Connections whose PROXY header has not come yet (beside the slab,
     /// and only while pending).
     proxy_pending: HashSet<usize>,
@@ -220,6 +223,8 @@ impl Reactor {
             .filter(|_| id == 0)
             .map(|interval| StatsTimer::new(interval, now));
         let max_connections = shared.max_connections;
+        let access = shared.access();
+        let access_generation = shared.access_generation.load(Ordering::Acquire);
         let core = Core {
             id,
             shared,
@@ -243,7 +248,8 @@ impl Reactor {
             frame_window: (frame_window(config.format) / m).max(1) * m,
             greetings_in_progress: HashMap::new(),
             run_queue: VecDeque::new(),
-            access: Access::new(config.allow.clone(), config.deny.clone()),
+            access,
+            access_generation,
             proxy_pending: HashSet::new(),
             next_proxy_check: now,
             stopping: false,
@@ -357,6 +363,17 @@ impl Core {
     #[inline]
     fn publish<W: Write>(&mut self, active: usize, out: &Transcript<'_, W>) {
         publish(&self.shared, self.id, &mut self.stats, active, out);
+    }
+
+    /// Takes the access rules anew if they were replaced (one atomic load;
+    /// called before each check).
+    #[inline]
+    fn refresh_access(&mut self) {
+        let generation = self.shared.access_generation.load(Ordering::Acquire);
+        if generation != self.access_generation {
+            self.access = self.shared.access();
+            self.access_generation = generation;
+        }
     }
 
     /// Reads the clock once per wakeup.
@@ -561,12 +578,9 @@ impl Core {
                 Ok(n) => {
                     if conn.has(QUIET) {
                         // A proxy's own connection that sends bytes is a
-                        // client after all: announced (or refused) before
-                        // its first frame.
-                        if !self.access.is_open() && !self.access.permits(peer.ip()) {
-                            self.refuse(accept::Refusal::Denied, peer, " (a proxy's own connection)");
-                            return Ok(Some(Close::Refused));
-                        }
+                        // client after all (the access rules were checked
+                        // on its proxy when the header came): announced
+                        // before its first frame.
                         conn.flags &= !QUIET;
                         self.stats.accepted += 1;
                         out.connected(peer);
@@ -632,6 +646,11 @@ impl Core {
                 peer,
                 Duration::from_millis(u64::from(self.now_ms.wrapping_sub(conn.last_active)))
             ),
+        }
+        if conn.has(COUNTED)
+            && let Some(per_source) = &self.shared.per_source
+        {
+            per_source.release(peer.ip());
         }
         // Only a client that was announced is announced closing (and
         // counted as closed, by why).

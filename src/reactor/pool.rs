@@ -124,6 +124,67 @@ impl Burst {
     }
 }
 
+/// The connections each client address holds, for `--max-per-source`:
+/// shards of address counts, so that reactors accepting at once seldom
+/// wait on each other (touched once per accept and close, never per
+/// message).
+#[derive(Debug)]
+pub(super) struct PerSource {
+    /// The most one address may hold.
+    max: u32,
+    shards: Box<[Mutex<std::collections::HashMap<std::net::IpAddr, u32>>]>,
+}
+
+impl PerSource {
+    /// Shards: a power of two well above the reactor counts people run.
+    const SHARDS: usize = 64;
+
+    fn new(max: u32) -> PerSource {
+        PerSource {
+            max,
+            shards: (0..Self::SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The shard that holds `ip`'s count, locked.
+    fn shard(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, u32>> {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: an address's shard never changes.
+        let mut h = std::hash::DefaultHasher::new();
+        ip.hash(&mut h);
+        let i = h.finish() as usize % self.shards.len();
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more connection from `ip`, if it holds fewer than the
+    /// most.
+    pub(super) fn take(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let mut shard = self.shard(ip);
+        let held = shard.entry(ip).or_insert(0);
+        if *held >= self.max {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    /// A connection from `ip` counted by [`PerSource::take`] has closed.
+    pub(super) fn release(&self, ip: std::net::IpAddr) {
+        let ip = ip.to_canonical();
+        let mut shard = self.shard(ip);
+        if let Some(held) = shard.get_mut(&ip) {
+            *held -= 1;
+            if *held == 0 {
+                shard.remove(&ip);
+            }
+        }
+    }
+}
+
 /// What to do once when the server begins to stop.
 #[derive(Default)]
 struct StopHook(Mutex<Option<Box<dyn FnOnce() + Send>>>);
@@ -159,6 +220,16 @@ pub(super) struct Shared {
     /// Connections without a valid PROXY header (or none in time), for
     /// logging per burst.
     pub(super) proxy_burst: Burst,
+    /// Clients over `--max-per-source`, for logging per burst.
+    pub(super) per_source_burst: Burst,
+    /// `--max-per-source`'s counts.
+    pub(super) per_source: Option<PerSource>,
+    /// `--allow`/`--deny`, which [`AccessRules`] may replace while the
+    /// server runs.
+    access: std::sync::RwLock<Arc<super::access::Access>>,
+    /// Raised at each replacement: a reactor takes the new rules when it
+    /// sees it change (one load per accept).
+    pub(super) access_generation: AtomicU64,
     /// The server's start, the clock of the bursts.
     epoch: Instant,
     /// Called once when the server begins to stop (systemd's STOPPING=1).
@@ -249,6 +320,11 @@ impl Shared {
             debug!("{peer}: handed to reactor {id}, which has ended; closed");
             self.release(id);
         }
+    }
+
+    /// The access rules in force now.
+    pub(super) fn access(&self) -> Arc<super::access::Access> {
+        Arc::clone(&self.access.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Whether reactors publish their counters (somebody reads them).
@@ -410,6 +486,13 @@ impl Server {
             denied_burst: Burst::default(),
             untrusted_burst: Burst::default(),
             proxy_burst: Burst::default(),
+            per_source_burst: Burst::default(),
+            per_source: config.max_per_source.map(PerSource::new),
+            access: std::sync::RwLock::new(Arc::new(super::access::Access::new(
+                config.allow.clone(),
+                config.deny.clone(),
+            ))),
+            access_generation: AtomicU64::new(0),
             epoch: Instant::now(),
             on_stop: StopHook::default(),
             wakers,
@@ -470,6 +553,11 @@ impl Server {
     /// How many reactors (threads) serve.
     pub fn threads(&self) -> usize {
         self.reactors.len()
+    }
+
+    /// A handle that replaces the access rules while the server runs.
+    pub fn access_rules(&self) -> AccessRules {
+        AccessRules(Arc::clone(&self.shared))
     }
 
     /// What the metrics endpoint reads: the counters every reactor
@@ -611,6 +699,22 @@ impl Server {
             return Err(failures.swap_remove(0));
         }
         Ok(total)
+    }
+}
+
+/// Replaces a running server's `--allow`/`--deny` rules: established
+/// clients stay, new ones (and PROXY headers completed from now on) meet
+/// the new rules.
+#[derive(Debug, Clone)]
+pub struct AccessRules(Arc<Shared>);
+
+impl AccessRules {
+    /// From now on, only `allow` may connect (everyone, when empty), and
+    /// never `deny`.
+    pub fn set(&self, allow: Vec<ipnet::IpNet>, deny: Vec<ipnet::IpNet>) {
+        let rules = Arc::new(super::access::Access::new(allow, deny));
+        *self.0.access.write().unwrap_or_else(|e| e.into_inner()) = rules;
+        self.0.access_generation.fetch_add(1, Ordering::Release);
     }
 }
 

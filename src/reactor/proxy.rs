@@ -97,6 +97,11 @@ impl Core {
         // --allow/--deny, the moment the header is whole: the client it
         // names, or for the proxy's own connection the proxy itself.
         let checked = client.unwrap_or(proxy);
+        self.refresh_access();
+        let conn = match self.connections.get_mut(key) {
+            Some(conn) => conn,
+            None => return Ok(None),
+        };
         if !self.access.is_open() && !self.access.permits(checked.ip()) {
             conn.flags |= QUIET;
             let detail = match client {
@@ -108,6 +113,16 @@ impl Core {
         }
         match client {
             Some(client) => {
+                // --max-per-source counts the client the header names.
+                if let Some(per_source) = &self.shared.per_source {
+                    if !per_source.take(client.ip()) {
+                        conn.flags |= QUIET;
+                        let _ = (&conn.stream).write(super::accept::PER_SOURCE_FULL);
+                        self.refuse(Refusal::PerSource, client, &format!(" (through {proxy})"));
+                        return Ok(Some(Close::Refused));
+                    }
+                    conn.flags |= super::connection::COUNTED;
+                }
                 conn.set_peer(client);
                 debug!("[{key}] {proxy}: PROXY header for {client}");
             }

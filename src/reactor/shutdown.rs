@@ -269,18 +269,20 @@ pub(super) fn install(drain_timeout: Duration, stopper: Stopper, exits: Exits) -
     // A supervisor starts its workers with SIGINT and SIGTERM blocked, so
     // that a stop during the start waits for these handlers: now they are
     // in. (Threads started later inherit this mask.)
-    unblock_stop_signals()
+    unblock(&[SIGINT, SIGTERM])
 }
 
-/// Unblocks SIGINT and SIGTERM for the calling thread.
-fn unblock_stop_signals() -> io::Result<()> {
+/// Unblocks `signals` for the calling thread (and the threads it starts
+/// later).
+pub fn unblock(signals: &[i32]) -> io::Result<()> {
     // SAFETY: sigemptyset, sigaddset and pthread_sigmask work on a local
     // set; no old mask is asked for.
     let rc = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, SIGINT);
-        libc::sigaddset(&mut set, SIGTERM);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut())
     };
     if rc != 0 {

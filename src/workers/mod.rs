@@ -152,6 +152,12 @@ pub struct Plan {
     pub metrics: Option<std::net::TcpListener>,
     /// The cap over all workers (for the metrics).
     pub max_connections: usize,
+    /// Steer each client address to one worker (`--max-per-source`: that
+    /// worker counts all its connections), rather than each connection.
+    pub steer_by_address: bool,
+    /// `--access-file`: SIGHUP is passed on to every worker, which reads
+    /// it again.
+    pub access_file: bool,
 }
 
 /// What the supervisor itself counts, for the metrics thread to read.
@@ -491,7 +497,8 @@ impl<'p> Supervisor<'p> {
         counts: Arc<SupervisorStats>,
     ) -> io::Result<Supervisor<'p>> {
         let poll = Poll::new()?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD])?;
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([libc::SIGINT, libc::SIGTERM, libc::SIGCHLD, libc::SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
         let workers = (0..plan.workers)
@@ -578,6 +585,11 @@ impl<'p> Supervisor<'p> {
                         for signal in self.signals.pending() {
                             match signal {
                                 libc::SIGCHLD => children = true,
+                                libc::SIGHUP if self.plan.access_file => {
+                                    info!("SIGHUP: passed on to every worker (each reads --access-file again)");
+                                    signal_workers(libc::SIGHUP);
+                                }
+                                libc::SIGHUP => info!("SIGHUP: no --access-file to read again"),
                                 _ if !self.stopping => {
                                     info!("signal {signal}: stopping the workers");
                                     self.stopping = true;
@@ -1051,7 +1063,7 @@ impl<'p> Supervisor<'p> {
         for worker in self.workers.iter_mut().filter(|w| !w.serving()) {
             worker.rescue_at = Some(worker.rescue_at.map_or(now, |at| at.min(now)));
         }
-        match steer::steer(&self.plan.listeners[0], &serving) {
+        match steer::steer(&self.plan.listeners[0], &serving, self.plan.steer_by_address) {
             Ok(()) => {
                 debug!("new clients go to workers {serving:?}");
                 self.steered = Some(serving);
@@ -1245,15 +1257,16 @@ fn signal_name(signal: i32) -> String {
 /// the supervisor's.
 /// Runs between fork and exec.
 fn place_fds(fds: &[RawFd; 4], supervisor: libc::pid_t) -> io::Result<()> {
-    // SIGINT and SIGTERM wait (blocked) until the worker has installed its
-    // handlers, which unblock them: a stop that comes while it starts
-    // drains it, instead of killing it.
+    // SIGINT, SIGTERM and SIGHUP wait (blocked) until the worker has
+    // installed its handlers, which unblock them: a stop that comes while
+    // it starts drains it, and a reload reloads it, instead of killing it.
     // SAFETY: sigemptyset, sigaddset and sigprocmask work on a local set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -37,8 +37,10 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 }
 
 /// The program that hashes a new client over the listeners `targets` (by
-/// their index in the group). `targets` must not be empty.
-pub fn program(targets: &[usize]) -> Vec<libc::sock_filter> {
+/// their index in the group): its address and port, or with `by_address`
+/// its address alone (all of one address's connections to one listener).
+/// `targets` must not be empty.
+pub fn program(targets: &[usize], by_address: bool) -> Vec<libc::sock_filter> {
     use libc::{
         BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_LDX, BPF_MISC,
         BPF_MOD, BPF_MSH, BPF_MUL, BPF_RET, BPF_RSH, BPF_TAX, BPF_W, BPF_X, BPF_XOR,
@@ -60,8 +62,13 @@ pub fn program(targets: &[usize]) -> Vec<libc::sock_filter> {
         stmt((BPF_LD | BPF_H | BPF_ABS) as u16, net(40)),
         stmt((BPF_MISC | BPF_TAX) as u16, 0),
         stmt((BPF_LD | BPF_W | BPF_ABS) as u16, net(20)),
-        // A = ((A ^ X) * golden ratio) >> 16, mod the number of targets.
-        stmt((BPF_ALU | BPF_XOR | BPF_X) as u16, 0),
+        // A = ((A ^ X) * golden ratio) >> 16, mod the number of targets
+        // (by address: A ^ 0).
+        if by_address {
+            stmt((BPF_ALU | BPF_XOR | BPF_K) as u16, 0)
+        } else {
+            stmt((BPF_ALU | BPF_XOR | BPF_X) as u16, 0)
+        },
         stmt((BPF_ALU | BPF_MUL | BPF_K) as u16, 0x9E37_79B1),
         stmt((BPF_ALU | BPF_RSH | BPF_K) as u16, 16),
         stmt((BPF_ALU | BPF_MOD | BPF_K) as u16, targets.len() as u32),
@@ -77,15 +84,16 @@ pub fn program(targets: &[usize]) -> Vec<libc::sock_filter> {
 }
 
 /// Points the `SO_REUSEPORT` group of `listener` at the listeners
-/// `targets` (indexes in the group, in the order they were bound).
-pub fn steer(listener: &impl AsRawFd, targets: &[usize]) -> io::Result<()> {
+/// `targets` (indexes in the group, in the order they were bound), by each
+/// client's address and port, or its address alone (`by_address`).
+pub fn steer(listener: &impl AsRawFd, targets: &[usize], by_address: bool) -> io::Result<()> {
     if targets.is_empty() || targets.len() > MAX_LISTENERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "steering needs 1 to 2000 listeners",
         ));
     }
-    let mut code = program(targets);
+    let mut code = program(targets, by_address);
     let prog = libc::sock_fprog {
         len: code.len() as u16,
         filter: code.as_mut_ptr(),
@@ -146,7 +154,7 @@ mod tests {
             let at = listeners[0].local_addr().expect("addr");
             // Unsteered, the kernel uses every listener.
             assert!(spread(&listeners, at, 400).iter().all(|&c| c > 0), "{addr}");
-            steer(&listeners[0], &[0, 2, 3]).expect("attach");
+            steer(&listeners[0], &[0, 2, 3], false).expect("attach");
             let counts = spread(&listeners, at, 600);
             assert_eq!(counts[1], 0, "{addr}: {counts:?}");
             for i in [0, 2, 3] {
@@ -154,7 +162,7 @@ mod tests {
                 assert!((120..=280).contains(&counts[i]), "{addr}: {counts:?}");
             }
             // A new program replaces the old one.
-            steer(&listeners[3], &[1]).expect("attach");
+            steer(&listeners[3], &[1], false).expect("attach");
             assert_eq!(spread(&listeners, at, 50), [0, 50, 0, 0], "{addr}");
         }
     }
@@ -163,14 +171,25 @@ mod tests {
     fn ipv4_clients_of_a_dual_stack_group_are_steered_too() {
         let listeners = group("[::]:0");
         let port = listeners[0].local_addr().expect("addr").port();
-        steer(&listeners[0], &[2]).expect("attach");
+        steer(&listeners[0], &[2], false).expect("attach");
         let at: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         assert_eq!(spread(&listeners, at, 30), [0, 0, 30, 0]);
     }
 
     #[test]
+    fn by_address_every_connection_of_one_address_goes_to_one_listener() {
+        let listeners = group("127.0.0.1:0");
+        let at = listeners[0].local_addr().expect("addr");
+        steer(&listeners[0], &[0, 1, 2, 3], true).expect("attach");
+        // One address (127.0.0.1), many ports: one listener.
+        let counts = spread(&listeners, at, 100);
+        assert_eq!(counts.iter().filter(|&&c| c > 0).count(), 1, "{counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), 100);
+    }
+
+    #[test]
     fn no_targets_is_refused() {
         let listeners = group("127.0.0.1:0");
-        assert!(steer(&listeners[0], &[]).is_err());
+        assert!(steer(&listeners[0], &[], false).is_err());
     }
 }
