@@ -468,8 +468,10 @@ fn behind_a_proxy_the_rules_apply_to_the_client_from_the_header() {
     );
 }
 
+/// `--threads 4` behind a proxy: 40 clients, v1 and v2 headers in turn,
+/// each client's bytes printed under the address from its header.
 #[test]
-fn four_reactors_behind_a_proxy() {
+fn behind_a_proxy_four_reactors_print_each_clients_bytes_under_its_own_address() {
     let server = ServerProcess::start(&["--proxy-protocol", "--threads", "4", "--tag"]);
     let clients: Vec<String> = (0..40).map(|i| format!("198.51.100.{}:{}", i + 1, 1000 + i)).collect();
     for (i, client) in clients.iter().enumerate() {
