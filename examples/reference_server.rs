@@ -1,4 +1,4 @@
-//! Reference loops for the load measurements (issue 4, issue 10): what the
+//! Reference loops for the load measurements: what the
 //! kernel alone costs, measured in the same session as `simple_tcp_server`,
 //! with the server's own I/O method, so that "server against loop" compares
 //! like with like.

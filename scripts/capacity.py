@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Capacity (issue 14): how many concurrent connections this machine holds,
+"""Capacity: how many concurrent connections this machine holds,
 and what each costs, measured with the real binaries on loopback.
 
     scripts/capacity.py [--target 1000000] [--hold 60] [--churn-rate 1000]

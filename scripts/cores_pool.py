@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Pools the flood runs of several `load_bench.py --scenario cores` sessions
-(issue 12): per session and over all of them, each of two designs' median
+"""Pools the flood runs of several `load_bench.py --scenario cores` sessions:
+per session and over all of them, each of two designs' median
 MB/s, the ratio of those medians, and the median of their run-by-run ratios (runs are
 interleaved, so run i of each design ran side by side).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Load measurements of simple_tcp_server against the reference loops, in one
-session, server and load generator in separate processes (issue 4).
+session, server and load generator in separate processes.
 
     scripts/load_bench.py [--runs 3] [--only flood,chat,hold] [--perf]
                           [--server-args "--threads 2"] [--design "threads2=--threads 2"]
@@ -43,7 +43,7 @@ the same interleaved runs (e.g. --design "threads2=--threads 2"); ARGS that
 start with @PATH run the binary at PATH instead, such as an older commit's
 build (--design "before=@/tmp/old/target/release/simple_tcp_server").
 
---scenario cores (issue 12, several cores) measures, in one interleaved
+--scenario cores (several cores) measures, in one interleaved
 session, `simple_tcp_server --threads 1`, `simple_tcp_server --threads 2`
 (and each --design) and the tokio baseline (examples/tokio_server.rs: a task
 per connection on tokio's multi-thread runtime, one worker per core, with
@@ -59,7 +59,7 @@ the server's framing and one writer thread):
   server memory before the connections (the fixed cost) and per connection.
 
 Each figure is a median with ratios against `--threads 1` and against
-tokio, and the issue's targets are checked; --perf adds the top symbols of
+tokio, and the targets are checked; --perf adds the top symbols of
 each design's CPU under flood. --readme puts the block in README.md between
 <!-- cores:start --> and <!-- cores:end -->.
 
@@ -473,7 +473,7 @@ def run_hold(results, conns):
 
 
 # --scenario cores: the designs it compares, in table order (each --design
-# goes after `--threads 2`), and the issue's targets.
+# goes after `--threads 2`), and the targets it checks.
 CORES_ONE, CORES_TWO = "threads-1", "threads-2"
 TARGET_FLOOD = 1.3   # --threads 2 at least this many times --threads 1's MB/s, and above tokio
 TARGET_CHAT = 1.1    # --threads 2's CPU per message at most this many times --threads 1's
@@ -616,7 +616,7 @@ def render_cores(results):
             targets.append((f"hold {hold['conns']}: `--threads 2` <= {TARGET_HOLD} B per connection",
                             f"{two['rss_per_conn']:.1f} B", two["rss_per_conn"] <= TARGET_HOLD))
     if targets:
-        print("\n#### Targets (issue 12)\n")
+        print("\n#### Targets\n")
         print("| target | measured | met |")
         print("|---|---:|---|")
         for label, measured, met in targets:
@@ -778,7 +778,7 @@ def main():
     ap.add_argument("--hold-conns", type=int, default=19000)
     ap.add_argument("--scenario", choices=("load", "cores"), default="load",
                     help="load: the server against the reference loops (default); cores: --threads 1, --threads 2 "
-                         "and the tokio baseline (issue 12)")
+                         "and the tokio baseline")
     ap.add_argument("--flood-clients", help="client counts for flood, comma-separated (default: 1,100,1000; "
                                             "cores: 100,1000)")
     ap.add_argument("--flood-bytes", type=int, default=FLOOD_BYTES,

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak test (issue 6, issue 10), outside CI: churn connections at about
+"""Soak test, outside CI: churn connections at about
 1,000 per second (connect, greeting, one message, close) while a few
 thousand are held open, and sample the server's RSS and open descriptors
 every 10 seconds.

@@ -129,7 +129,9 @@ mod tests {
 
     #[test]
     fn rejects_what_would_overflow_an_instant() {
-        // Issue 11: `--wait 10000000000000000000s` panicked adding it to now.
+        // Durations past a year are refused, so that none overflows an
+        // `Instant` when added to now: `--wait 10000000000000000000s` is a
+        // usage error, not a panic.
         for huge in ["10000000000000000000s", "8761h", "1e400"] {
             let err = parse_duration(huge).expect_err(huge);
             assert!(err.contains("more than a year") || err.contains("out of range") || err.contains("unit"));

@@ -4,7 +4,7 @@
 //! Go's runtime calls an errno a timeout when it is `EAGAIN`/`EWOULDBLOCK`
 //! or `ETIMEDOUT`, and temporary when it is a timeout or `EINTR`, `EMFILE`,
 //! `ENFILE`; on `accept` it also treats `ECONNRESET` and `ECONNABORTED` as
-//! temporary (Go issue 6163). We add `ENOBUFS` and `ENOMEM`, which on Linux
+//! temporary (golang/go#6163). We add `ENOBUFS` and `ENOMEM`, which on Linux
 //! are transient shortages as well.
 //!
 //! The server's accept loop needs one more distinction, [`AcceptAction`]:
@@ -149,7 +149,7 @@ mod tests {
             assert_eq!(classify(Op::Dial, &os(errno)), Class::Temporary, "errno {errno}");
             assert!(!is_timeout(Op::Dial, &os(errno)));
         }
-        // Reset and aborted are temporary only when accepting (Go issue 6163).
+        // Reset and aborted are temporary only when accepting (golang/go#6163).
         for errno in [libc::ECONNRESET, libc::ECONNABORTED] {
             assert_eq!(classify(Op::Accept, &os(errno)), Class::Temporary);
             assert_eq!(classify(Op::Io, &os(errno)), Class::Permanent);

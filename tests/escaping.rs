@@ -32,9 +32,10 @@ fn hostile_bytes_are_escaped_exactly() {
             (b"\xc0\xaf overlong", "<11:\\xc0\\xaf overlong>\n"),
             (b"\xed\xa0\x80 surrogate", "<13:\\xed\\xa0\\x80 surrogate>\n"),
             ("\u{202e}rtl".as_bytes(), "<6:\\xe2\\x80\\xaertl>\n"),
-            // Invisible characters (issue 9): a tag character (invisible
-            // text), a prepended concatenation mark, a Hangul filler, a
-            // variation selector, a no-break space, a private-use character.
+            // Invisible characters, escaped so that nothing hides in a line:
+            // a tag character (invisible text), a prepended concatenation
+            // mark, a Hangul filler, a variation selector, a no-break space,
+            // a private-use character.
             ("\u{e0041}tag".as_bytes(), "<7:\\xf3\\xa0\\x81\\x81tag>\n"),
             ("\u{600}1".as_bytes(), "<3:\\xd8\\x801>\n"),
             ("\u{3164}".as_bytes(), "<3:\\xe3\\x85\\xa4>\n"),

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use util::{PATIENCE, Rng, ServerProcess, connect_greeted, frames_of, reset, send, streams_by_client};
 
+/// 200 clients at once, a quarter of them resetting part-way through: a
+/// client that closes has every byte it sent printed, in order; one that
+/// resets has a prefix of what it sent printed (whatever the server read
+/// before the reset: a reset discards what the kernel still held).
 #[test]
-fn no_byte_is_lost_with_200_clients_and_resets() {
+fn among_200_clients_closing_ones_are_printed_whole_and_resetting_ones_as_a_prefix() {
     const CLIENTS: u64 = 200;
     let server = ServerProcess::start(&["--tag"]);
     let addr = server.addr;
@@ -451,8 +455,14 @@ fn a_closed_stdout_ends_the_server_with_one_clear_line() {
     );
 }
 
+/// SIGTERM while 100 clients stream: the server exits 0, each client's
+/// printed bytes are a prefix of what it sent (in order, nothing forged or
+/// skipped), and the summary counts exactly the bytes and frames printed
+/// and the 100 connections. (That the prefix is everything the kernel had
+/// received when the signal came is `tests/shutdown.rs`'s
+/// `bytes_queued_when_the_server_acts_on_sigterm_are_all_printed`.)
 #[test]
-fn sigterm_with_100_streaming_clients_prints_everything_received() {
+fn sigterm_with_100_streaming_clients_prints_a_prefix_of_each_stream_and_a_matching_summary() {
     let mut server = ServerProcess::start(&["--tag"]);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tags = Vec::new();

@@ -3,11 +3,11 @@
 
 mod util;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 
 use simple_tcp_server::Config;
-use util::{InProcess, contains, send};
+use util::{InProcess, PATIENCE, contains, send};
 
 #[test]
 fn a_greeting_larger_than_the_socket_buffers_is_finished_on_writable() {
@@ -46,4 +46,29 @@ fn a_greeting_larger_than_the_socket_buffers_is_finished_on_writable() {
     );
     let summary = server.stop();
     assert_eq!((summary.accepted, summary.bytes, summary.frames), (2, 30, 2));
+}
+
+/// The library's `Config` is public, `read_buffer` with it: a server whose
+/// read buffer is smaller than the 4096-byte PROXY header limit reads a
+/// PROXY header into the buffer it has, greets the client behind it, and
+/// counts it, without panicking.
+#[test]
+fn a_small_read_buffer_behind_a_proxy_does_not_panic() {
+    let server = InProcess::start(Config {
+        read_buffer: 1000,
+        proxy_protocol: true,
+        proxy_from: simple_tcp_server::config::loopback_nets(),
+        ..Config::default()
+    });
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    client
+        .write_all(b"PROXY TCP4 10.0.0.1 127.0.0.1 1 2\r\nhello")
+        .expect("send");
+    let mut greeting = [0u8; 10];
+    let greeted = client.read_exact(&mut greeting);
+    assert!(greeted.is_ok(), "no greeting: {greeted:?}");
+    drop(client);
+    let summary = server.stop();
+    assert_eq!(summary.accepted, 1);
 }

@@ -1,6 +1,6 @@
 //! tcp_load against the real server, each mode at small scale, 5,000
-//! connections held by a separate process, `--procs`, and (issue 11)
-//! against hostile servers: a run that is not clean says so and exits 1.
+//! connections held by a separate process, `--procs`, and against
+//! hostile servers: a run that is not clean says so and exits 1.
 
 mod peers;
 mod util;
@@ -143,7 +143,7 @@ fn flood_streams_every_byte_through() {
 fn chat_paces_messages_and_reports_cpu() {
     let server = ServerProcess::start(&["--tag"]);
     let json = tcp_load(&server, &["chat", "--conns", "50", "--rate", "100", "--secs", "1s"]);
-    // R per second for T seconds is R x T (issue 11: it was 98.9/s).
+    // R per second for T seconds is exactly R x T (not one short: 98.9/s).
     let messages = field(&json, "messages");
     assert_eq!(messages, 100.0, "{json}");
     assert_eq!(field(&json, "messages_acked"), 100.0, "{json}");
@@ -179,7 +179,7 @@ fn chat_paces_messages_and_reports_cpu() {
 fn churn_opens_and_closes_connections_beside_held_ones() {
     let server = ServerProcess::start(&[]);
     let json = tcp_load(&server, &["churn", "--hold", "20", "--rate", "10", "--secs", "1s"]);
-    // R per second for T seconds is R x T (issue 11: --rate 10 opened 9).
+    // R per second for T seconds is exactly R x T (not one short: 9).
     let churned = field(&json, "churned");
     assert_eq!(churned, 10.0, "{json}");
     assert_eq!(field(&json, "churn_started"), 10.0, "{json}");
@@ -242,9 +242,9 @@ fn not_clean(out: &Output, why: &str) -> String {
     stdout
 }
 
-// Issue 11: tcp_load's numbers feed the README and every target, so a run
-// that is not clean must never look like one. Each test below failed on the
-// code before the fix it names.
+// tcp_load's numbers feed the README and every target: a run that is not
+// clean must never look like one, and what a run reports must be what
+// happened.
 
 #[test]
 fn refused_connections_make_a_run_not_clean() {

@@ -92,7 +92,9 @@ fn bytes_with_text() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// A character from anywhere in Unicode, or from the hidden sets of issue 9.
+/// A character from anywhere in Unicode, or from the sets of invisible ones
+/// the transcript escapes (tags, format characters, variation selectors,
+/// spaces and fillers).
 fn any_char() -> impl Strategy<Value = char> {
     prop_oneof![
         any::<char>(),

@@ -5,7 +5,7 @@
 
 mod util;
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -205,6 +205,48 @@ fn a_health_check_on_a_dual_stack_listener_is_not_printed() {
     );
 }
 
+/// A trusted proxy's own connection (`PROXY UNKNOWN`, v2 `LOCAL`, or a
+/// header naming the connection itself) is not printed as a client: no
+/// `Connection from` line, and no frames for the bytes that follow its
+/// header either. Every frame in the transcript belongs to a client that a
+/// `Connection from` line announced.
+#[test]
+fn a_proxys_own_connection_prints_no_frames_of_an_unannounced_client() {
+    let server = ServerProcess::start(&["--proxy-protocol", "--tag"]);
+    let mut local = TcpStream::connect(server.addr).expect("connect");
+    local.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    local
+        .write_all(b"PROXY UNKNOWN\r\nfrom nobody the transcript knows")
+        .expect("send");
+    let mut greeting = [0u8; 10];
+    local.read_exact(&mut greeting).expect("greeting");
+    drop(local);
+    // A real client after it, to know that the first one's bytes are out.
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    client
+        .write_all(b"PROXY TCP4 10.0.0.1 127.0.0.1 1 2\r\nhi")
+        .expect("send");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    client.read_exact(&mut greeting).expect("greeting");
+    drop(client);
+    server.wait_text("Closed connection:  10.0.0.1:1\n");
+    let out = server.stdout.bytes();
+    let mut announced = std::collections::HashSet::new();
+    for line in out.split(|&b| b == b'\n') {
+        if let Some(peer) = line.strip_prefix(b"Connection from:  ") {
+            announced.insert(peer.to_vec());
+        } else if let Some(frame) = simple_tcp_server::output::text::parse_frame_line(line) {
+            let tag = frame.tag.expect("--tag").as_bytes().to_vec();
+            assert!(
+                announced.contains(&tag),
+                "a frame from {} that no `Connection from` line announced\n{}",
+                String::from_utf8_lossy(&tag),
+                server.context()
+            );
+        }
+    }
+}
+
 #[test]
 fn a_denied_proxys_own_connections_get_no_greeting() {
     // The proxy (127.0.0.1) is trusted to send headers, but denied as a
@@ -308,6 +350,28 @@ fn no_header_a_bad_header_or_an_untrusted_proxy_get_no_greeting() {
     );
 }
 
+/// Behind `--proxy-protocol` with `--idle-timeout` shorter than
+/// `--proxy-timeout`: a connection whose PROXY header is still incomplete
+/// is not yet a client, so the idle sweep closes it without printing
+/// anything. The transcript holds nothing but the `Listening to:` line.
+#[test]
+fn the_idle_sweep_never_prints_a_pending_proxy_header() {
+    let mut server = ServerProcess::start(&["--proxy-protocol", "--idle-timeout", "100ms"]);
+    let mut proxy = TcpStream::connect(server.addr).expect("connect");
+    proxy.write_all(b"PROXY TCP4 10.0.0.1 ").expect("send half a header");
+    // Closed at the idle timeout or the PROXY timeout (5 s), without a greeting.
+    assert_eq!(read_until_closed(&mut proxy), b"");
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(PATIENCE);
+    assert!(status.success(), "{status}\n{}", server.context());
+    let out = server.stdout.text();
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "nothing but the Listening line may be printed for a header that never came whole:\n{out}"
+    );
+}
+
 #[test]
 fn allow_and_deny_decide_who_is_greeted() {
     // Deny one address of the loopback network.
@@ -348,6 +412,35 @@ fn allow_and_deny_decide_who_is_greeted() {
     }
 }
 
+/// `--deny ::ffff:127.0.0.1` on a dual-stack listener (`::`): the kernel
+/// reports an IPv4 client as `::ffff:127.0.0.1`, and the transcript prints
+/// it so. A rule written the same way denies that client: rules and client
+/// addresses are compared in one form, so the client gets no greeting.
+#[test]
+fn a_deny_rule_written_as_an_ipv4_mapped_address_denies_that_client() {
+    let server = ServerProcess::start_raw(
+        &["::".into(), "0".into(), "--deny".into(), "::ffff:127.0.0.1".into()],
+        None,
+        &[],
+    );
+    let port = server.addr.port();
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect over IPv4");
+    let _ = client.write_all(b"let me in");
+    client.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut first = [0u8; 64];
+    let got = match client.read(&mut first) {
+        Ok(n) => &first[..n],
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => &[][..],
+        Err(e) => panic!("read: {e}"),
+    };
+    assert!(
+        got.is_empty(),
+        "the denied client was greeted: {:?}\n{}",
+        String::from_utf8_lossy(got),
+        server.context()
+    );
+}
+
 #[test]
 fn behind_a_proxy_the_rules_apply_to_the_client_from_the_header() {
     let mut server = ServerProcess::start(&["--proxy-protocol", "--deny", "10.9.0.0/16", "--stats", "50ms"]);
@@ -375,8 +468,10 @@ fn behind_a_proxy_the_rules_apply_to_the_client_from_the_header() {
     );
 }
 
+/// `--threads 4` behind a proxy: 40 clients, v1 and v2 headers in turn,
+/// each client's bytes printed under the address from its header.
 #[test]
-fn four_reactors_behind_a_proxy() {
+fn behind_a_proxy_four_reactors_print_each_clients_bytes_under_its_own_address() {
     let server = ServerProcess::start(&["--proxy-protocol", "--threads", "4", "--tag"]);
     let clients: Vec<String> = (0..40).map(|i| format!("198.51.100.{}:{}", i + 1, 1000 + i)).collect();
     for (i, client) in clients.iter().enumerate() {

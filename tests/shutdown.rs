@@ -1,17 +1,22 @@
-//! SIGTERM while clients are sending: exit 0, everything received printed,
-//! a summary on stderr that matches the transcript; and everything the
-//! kernel had queued when the signal came is printed (the shutdown drain).
+//! Stopping: SIGTERM while clients are sending exits 0, with each client's
+//! bytes printed in order and a summary on stderr that matches the
+//! transcript; everything the kernel had queued when the signal came is
+//! printed (the shutdown drain). A second signal exits at once, and
+//! `--shutdown-timeout` bounds a drain that cannot finish.
 
 mod util;
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStdout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use util::{PATIENCE, ServerProcess, connect_greeted, frames_of, streams_by_client, unacked, wait_until};
+use util::{
+    Captured, PATIENCE, ServerProcess, bin, connect_greeted, frames_of, streams_by_client, unacked, wait_until,
+};
 
 /// The number before `word` in `text`: `12 frames` gives 12 for "frames".
 fn number_before(text: &str, word: &str) -> u64 {
@@ -25,8 +30,11 @@ fn number_before(text: &str, word: &str) -> u64 {
         .expect("a number")
 }
 
+/// SIGTERM while 10 clients send: exit 0, each client's printed bytes a
+/// non-empty prefix of what it sent, and a summary whose bytes, frames and
+/// connections match the transcript.
 #[test]
-fn sigterm_while_clients_send_prints_everything_and_exits_zero() {
+fn sigterm_while_clients_send_exits_zero_printing_a_prefix_of_each_stream_and_a_matching_summary() {
     let mut server = ServerProcess::start(&["--tag"]);
     let stop = Arc::new(AtomicBool::new(false));
     let mut tags = Vec::new();
@@ -251,4 +259,132 @@ fn a_second_signal_exits_at_once_without_cutting_a_line_when_stdout_takes_bytes(
             util::assert_lines_whole(&out);
         }
     }
+}
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory effects; `pid` is a child of this test that
+    // has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+}
+
+/// A server whose stdout is a pipe that the test reads only the first line
+/// of, then never again.
+struct Unread {
+    child: Child,
+    _stdout: ChildStdout,
+    addr: SocketAddr,
+    stderr: Arc<Captured>,
+}
+
+impl Unread {
+    fn start(args: &[&str]) -> Unread {
+        let (child, stdout, stderr, addr) = util::start_unread(std::path::Path::new(bin("simple_tcp_server")), args);
+        Unread {
+            child,
+            _stdout: stdout,
+            addr,
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends far more than the pipe holds and waits until the server is
+    /// blocked writing its transcript.
+    fn block_stdout(&self) -> TcpStream {
+        let client = connect_greeted(self.addr);
+        let mut writer = client.try_clone().expect("clone");
+        // Blocks once the server stops reading; ends with an error when the
+        // server is gone.
+        std::thread::spawn(move || {
+            let chunk = vec![b'x'; 1 << 16];
+            for _ in 0..128 {
+                if std::io::Write::write_all(&mut writer, &chunk).is_err() {
+                    break;
+                }
+            }
+        });
+        let pid = self.pid();
+        wait_until("the server to block writing stdout", || {
+            util::blocked_writing_stdout(pid)
+        });
+        client
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.stderr.wait_for(Duration::from_secs(5), |_| false);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit within {PATIENCE:?}\n--- stderr:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A drain blocked on a stdout nobody reads does not hold a second SIGTERM
+/// or SIGINT: the server exits at once, with 128 + the signal, and says so.
+#[test]
+fn a_second_signal_exits_at_once_while_stdout_is_blocked() {
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        let mut server = Unread::start(&[]);
+        let _client = server.block_stdout();
+        kill(server.pid(), signal);
+        // Two signals sent before the first is delivered are one; and one
+        // that comes within the same-signal window of the first's delivery
+        // is taken for the first delivered twice (to a process and its
+        // group, as `timeout` does). The window starts when the server's
+        // handler runs, which on a loaded machine can be well after the
+        // kill: it is timed from the delivery seen here, with a margin.
+        let pid = server.pid();
+        wait_until("the first signal to be delivered", || {
+            !util::signal_pending(pid, signal)
+        });
+        let delivered = Instant::now();
+        let window = simple_tcp_server::reactor::shutdown::SAME_SIGNAL_WINDOW;
+        wait_until("the same-signal window to pass", || delivered.elapsed() > window * 2);
+        kill(server.pid(), signal);
+        let status = server.wait_exit();
+        assert_eq!(status.code(), Some(128 + signal), "{name}\n{}", server.stderr.text());
+        let stderr = server.stderr.text();
+        assert!(
+            stderr.contains(&format!("simple_tcp_server: second {name}: exiting at once")),
+            "{stderr}"
+        );
+    }
+}
+
+/// `--shutdown-timeout` bounds a drain blocked on a stdout nobody reads:
+/// the server exits 1 when it passes, and says how many connections were
+/// not finished.
+#[test]
+fn the_shutdown_timeout_bounds_a_stuck_drain() {
+    let mut server = Unread::start(&["--shutdown-timeout", "300ms"]);
+    let _client = server.block_stdout();
+    kill(server.pid(), libc::SIGTERM);
+    let status = server.wait_exit();
+    let stderr = server.stderr.text();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "simple_tcp_server: the drain took longer than --shutdown-timeout 300ms; \
+             exiting with 1 connection not finished"
+        ),
+        "{stderr}"
+    );
 }

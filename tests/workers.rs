@@ -1,19 +1,24 @@
 //! `--workers N`: a supervisor and N worker processes behind one port. Every
 //! line whole, every client's bytes exact, one `Listening to:` line, a
 //! worker killed with SIGKILL replaced (its clients see their connections
-//! closed, the others go on), one cap over all workers, SIGTERM draining
-//! every worker into one summary.
+//! closed, the others go on), also while another floods the transcript and
+//! after the binary was removed, one cap over all workers, SIGTERM (or one
+//! Ctrl-C to the process group) draining every worker into one summary.
 
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, ServerProcess, assert_lines_whole, children, connect_greeted, random_clients, streams_by_client};
+use util::{
+    Captured, PATIENCE, ServerProcess, assert_lines_whole, children, connect_greeted, random_clients, streams_by_client,
+};
 
 /// Waits until `parent` has `n` children; returns them.
 fn wait_children(parent: i32, n: usize) -> Vec<i32> {
@@ -260,6 +265,23 @@ fn wait_ready(server: &ServerProcess, n: usize) {
     assert!(ok, "{n} workers never ready\n{}", server.context());
 }
 
+/// The PID of worker `id` as the supervisor first started it (the
+/// children's order in /proc need not be the workers').
+fn worker_pid(server: &ServerProcess, id: usize) -> i32 {
+    let prefix = format!("worker {id} started (pid ");
+    let mut pid = None;
+    let ok = server.stderr.wait_for(PATIENCE, |err| {
+        let text = String::from_utf8_lossy(err);
+        pid = text
+            .split(prefix.as_str())
+            .nth(1)
+            .and_then(|rest| rest.split(')').next()?.parse().ok());
+        pid.is_some()
+    });
+    assert!(ok, "worker {id} never started\n{}", server.context());
+    pid.unwrap_or_default()
+}
+
 /// Waits until `n` workers have said that they serve (each logs it just
 /// before it tells the supervisor it is ready; any build of the server
 /// logs it, so a test that waits for it runs against an older build too).
@@ -360,12 +382,23 @@ fn a_worker_that_ends_its_drain_unfinished_is_named_counted_and_makes_the_exit_1
         err.contains("the drain did not finish: 8 connections not finished"),
         "{err}"
     );
-    for w in &workers {
-        assert!(
-            err.contains(&format!("(pid {w}) exited with status 1 before finishing its drain")),
-            "worker {w} named\n{err}"
-        );
-    }
+    // Each worker that had clients is named with its open connections (the
+    // kernel may have put all eight on one of them); together, all eight.
+    let named: Vec<(i32, u64)> = err
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("exited with status 1 before finishing its drain, "))
+        .map(|l| {
+            let pid = l.split("(pid ").nth(1).and_then(|r| r.split(')').next()?.parse().ok());
+            let open = l
+                .split("before finishing its drain, ")
+                .nth(1)
+                .and_then(|r| r.split(' ').next()?.parse().ok());
+            (pid.unwrap_or_default(), open.unwrap_or_default())
+        })
+        .collect();
+    assert!(!named.is_empty(), "{err}");
+    assert!(named.iter().all(|(pid, _)| workers.contains(pid)), "{named:?}\n{err}");
+    assert_eq!(named.iter().map(|(_, open)| open).sum::<u64>(), 8, "{named:?}\n{err}");
     // The summary adds up what each worker did, up to its last wakeup.
     let summary = err.lines().find(|l| l.contains("summary: ")).expect("a summary");
     assert!(summary.contains("summary: 8 connections (8 open at stop"), "{summary}");
@@ -602,12 +635,14 @@ fn a_killed_worker_is_named_and_its_counts_stay_in_the_summary_and_the_stats() {
     });
     assert!(counted, "a total line for all workers\n{}", server.context());
     assert!(server.stderr.text().contains(" | per worker "), "{}", server.context());
+    let worker0 = worker_pid(&server, 0);
+    assert!(workers.contains(&worker0));
     // SAFETY: kill has no memory effects; the worker is the server's child.
-    assert_eq!(unsafe { libc::kill(workers[0], libc::SIGKILL) }, 0);
+    assert_eq!(unsafe { libc::kill(worker0, libc::SIGKILL) }, 0);
     let said = server.stderr.wait_for(PATIENCE, |err| {
         util::contains(
             err,
-            format!("worker 0 (pid {}) was killed by SIGKILL after", workers[0]).as_bytes(),
+            format!("worker 0 (pid {worker0}) was killed by SIGKILL after").as_bytes(),
         )
     });
     assert!(said, "{}", server.context());
@@ -643,7 +678,9 @@ fn clients_queued_for_a_worker_that_stopped_are_handed_to_the_others() {
     wait_serving(&server, 2);
     // The supervisor is held too, so that it cannot steer clients away
     // yet: the kernel queues about half of them for the stopped worker.
-    for pid in [server.pid(), workers[1]] {
+    let worker1 = worker_pid(&server, 1);
+    assert!(workers.contains(&worker1));
+    for pid in [server.pid(), worker1] {
         // SAFETY: kill has no memory effects; both are this test's
         // processes (the server and its child).
         assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
@@ -666,7 +703,7 @@ fn clients_queued_for_a_worker_that_stopped_are_handed_to_the_others() {
     });
     assert!(said, "{}", server.context());
     // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(workers[1], libc::SIGCONT) }, 0);
+    assert_eq!(unsafe { libc::kill(worker1, libc::SIGCONT) }, 0);
 }
 
 #[test]
@@ -813,4 +850,264 @@ fn when_stdout_goes_away_the_workers_still_drain_and_the_summary_counts_them() {
         let mut rest = Vec::new();
         assert!(client.read_to_end(&mut rest).is_ok() || rest.is_empty());
     }
+}
+
+/// `--workers N -- HOST PORT` (the positionals after `--`, as scripts
+/// write them) starts workers that serve: the options the supervisor adds
+/// for its workers go before the user's arguments, never after their `--`,
+/// where a worker would take them for positionals. A client is greeted.
+#[test]
+fn workers_serve_when_the_positionals_follow_a_double_dash() {
+    let server = ServerProcess::start_raw(
+        &[
+            "--workers".into(),
+            "2".into(),
+            "--".into(),
+            "127.0.0.1".into(),
+            "0".into(),
+        ],
+        None,
+        &[],
+    );
+    let mut client = TcpStream::connect(server.addr).expect("connect");
+    client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut greeting = [0u8; 10];
+    let greeted = client.read_exact(&mut greeting);
+    assert!(
+        greeted.is_ok() && &greeting == b"Let's GO!\n",
+        "no greeting within 10 s: {greeted:?}\n{}",
+        server.context()
+    );
+}
+
+/// One Ctrl-C in a terminal is one SIGINT to every process of the
+/// foreground process group: the supervisor and each worker. The supervisor
+/// also forwards its SIGINT to every worker, so each worker gets it twice,
+/// from the terminal and from the supervisor; it takes the two for one
+/// Ctrl-C and drains (rather than exiting at once, 130, as for a second
+/// Ctrl-C, its counts missing from the summary). systemd's default
+/// KillMode=control-group does the same with SIGTERM. The two deliveries
+/// race, so several rounds.
+#[test]
+fn one_ctrl_c_to_the_process_group_drains_every_worker() {
+    util::raise_fd_limit();
+    for round in 0..6 {
+        let mut child = Command::new(util::bin("simple_tcp_server"))
+            .args(["127.0.0.1", "0", "--workers", "4", "--tag"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, as a shell job is.
+            .process_group(0)
+            .spawn()
+            .expect("start");
+        let pid = child.id() as i32;
+        let stdout = Captured::spawn(child.stdout.take().expect("stdout"));
+        let stderr = Captured::spawn(child.stderr.take().expect("stderr"));
+        let context = || {
+            format!(
+                "round {round}\n--- stdout:\n{}\n--- stderr:\n{}",
+                stdout.text(),
+                stderr.text()
+            )
+        };
+        let started = stdout.wait_for(PATIENCE, |out| {
+            out.starts_with(b"Listening to:  ") && out.contains(&b'\n')
+        });
+        assert!(started, "{}", context());
+        let first = stdout.text();
+        let addr: SocketAddr = first.lines().next().expect("a line")["Listening to:  ".len()..]
+            .parse()
+            .expect("address");
+        let serving = stderr.wait_for(PATIENCE, |err| {
+            String::from_utf8_lossy(err).matches("serving on").count() == 4
+        });
+        assert!(serving, "{}", context());
+        let mut clients: Vec<TcpStream> = (0..8).map(|_| connect_greeted(addr)).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.write_all(format!("client {i}").as_bytes()).expect("send");
+        }
+        let printed = stdout.wait_for(PATIENCE, |out| util::count_lines(out, "Connection from:  ") == 8);
+        assert!(printed, "{}", context());
+        // Ctrl-C: one SIGINT to the whole group.
+        // SAFETY: kill has no memory effects; the group is our child's own.
+        assert_eq!(unsafe { libc::kill(-pid, libc::SIGINT) }, 0);
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "did not stop\n{}", context());
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        stderr.wait_for(Duration::from_secs(5), |_| false);
+        let err = stderr.text();
+        assert!(status.success(), "{status}\n{}", context());
+        assert!(
+            !err.contains("second SIGINT") && !err.contains("without a summary"),
+            "one Ctrl-C was taken for two: a worker exited without draining\n{}",
+            context()
+        );
+        assert!(err.contains("summary: 8 connections"), "{}", context());
+        drop(clients);
+    }
+}
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory effects; `pid` is a process this test
+    // started (or its child, alive: just listed from /proc).
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill({pid}, {signal})");
+}
+
+/// A supervisor of two workers started from `program` with `args`, stdout
+/// piped to the caller, stderr captured; killed when dropped.
+struct Supervisor {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Captured>,
+}
+
+impl Supervisor {
+    fn start(program: &std::path::Path, args: &[&str]) -> (Supervisor, std::process::ChildStdout) {
+        let (child, stdout, stderr, addr) = util::start_unread(program, args);
+        let supervisor = Supervisor { child, addr, stderr };
+        let pid = supervisor.pid();
+        let started = supervisor.stderr.wait_for(PATIENCE, |err| {
+            String::from_utf8_lossy(err).matches("serving on").count() >= 2
+        });
+        assert!(started, "{}", supervisor.stderr.text());
+        assert_eq!(children(pid).len(), 2);
+        (supervisor, stdout)
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An in-place upgrade (the package manager replaces or deletes the binary
+/// the supervisor was started from) does not stop the supervisor from
+/// restarting a worker that dies afterwards: it starts workers from the
+/// program it runs, not from the path it was started as, which may name
+/// another file or none. (Otherwise the clients that the kernel hashes to
+/// the dead worker's SO_REUSEPORT listener would wait in its backlog for
+/// ever.) Here the binary is removed, then a worker killed: it is replaced,
+/// and every new client is served.
+#[test]
+fn a_worker_is_restarted_after_the_binary_was_removed() {
+    let dir = std::env::temp_dir().join(format!("stsb-upgrade-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let program = dir.join("simple_tcp_server");
+    std::fs::copy(util::bin("simple_tcp_server"), &program).expect("copy the binary");
+    let (server, stdout) = Supervisor::start(&program, &["--workers", "2"]);
+    let drain = thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+    });
+    // The upgrade: the file the supervisor runs is gone.
+    std::fs::remove_file(&program).expect("remove the binary");
+    let _ = std::fs::remove_dir(&dir);
+    let workers = children(server.pid());
+    kill(workers[0], libc::SIGKILL);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = children(server.pid());
+        if now.len() == 2 && !now.contains(&workers[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead worker was never replaced: {now:?}\n{}",
+            server.stderr.text()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    // Every new client is served, whichever listener the kernel picks.
+    for _ in 0..20 {
+        drop(connect_greeted(server.addr));
+    }
+    drop(server);
+    let _ = drain.join();
+}
+
+/// The supervisor shares its attention fairly between the workers' pipes
+/// and everything else: when stdout is slower than a worker's transcript
+/// (a log shipper, a terminal, a disk), a flooding worker's pipe never
+/// empties, and the supervisor must still pass on the other workers'
+/// lines, reap dead workers and restart them meanwhile. Here one worker
+/// floods through a slow stdout reader and the other is killed: it is
+/// restarted while the flood goes on (within about its 100 ms backoff).
+#[test]
+fn a_flooding_worker_does_not_freeze_the_supervisor() {
+    let (server, stdout) = Supervisor::start(
+        std::path::Path::new(util::bin("simple_tcp_server")),
+        &["--workers", "2"],
+    );
+    // A slow reader of the transcript: 64 KiB every 10 ms, about 6.5 MB/s.
+    let reader = thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(stdout.read(&mut buf), Ok(n) if n > 0) {
+            thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let workers = children(server.pid());
+    // One client floods: at most 48 MiB, which the slow reader takes about
+    // 9 s to pass (1.24 bytes of transcript per byte sent).
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flooder = {
+        let (stop, flooding, addr) = (Arc::clone(&stop), Arc::clone(&flooding), server.addr);
+        thread::spawn(move || {
+            let mut client: TcpStream = connect_greeted(addr);
+            let block = vec![b'f'; 64 * 1024];
+            for _ in 0..768 {
+                if stop.load(Ordering::SeqCst) || client.write_all(&block).is_err() {
+                    break;
+                }
+            }
+            flooding.store(false, Ordering::SeqCst);
+        })
+    };
+    // The flooding worker is the one blocked writing its full pipe.
+    let mut busy = 0;
+    util::wait_until("one worker, and only one, blocked writing its transcript", || {
+        let blocked: Vec<bool> = workers.iter().map(|&w| util::blocked_writing_stdout(w)).collect();
+        match blocked[..] {
+            [true, false] => busy = 0,
+            [false, true] => busy = 1,
+            _ => return false,
+        }
+        true
+    });
+    let idle = workers[1 - busy];
+    assert!(
+        flooding.load(Ordering::SeqCst),
+        "the flood ended before the test could act"
+    );
+    let before_kill = server.stderr.text().matches("restarting it in").count();
+    kill(idle, libc::SIGKILL);
+    let restarted = server.stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches("restarting it in").count() > before_kill
+    });
+    let still_flooding = flooding.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    assert!(restarted, "{}", server.stderr.text());
+    assert!(
+        still_flooding,
+        "the dead worker was noticed only after the other worker's flood had ended\n{}",
+        server.stderr.text()
+    );
+    let _ = flooder.join();
+    drop(server);
+    let _ = reader.join();
 }

@@ -396,9 +396,10 @@ mod tests {
 
     #[test]
     fn wait_makes_a_last_try_at_its_deadline() {
-        // Issue 11: `--wait 2s` gave up after 1.76 s, when the next backoff
-        // would have passed the deadline. Backoffs 1, 2, 4 ... ms against a
-        // 150 ms wait: the last attempt must come at the deadline, not before.
+        // When the next backoff would pass the deadline, the wait makes one
+        // last attempt at the deadline instead of giving up before it (so
+        // `--wait 2s` waits 2 s, not 1.76 s). Backoffs 1, 2, 4 ... ms
+        // against a 150 ms wait: the last attempt must come at the deadline.
         let policy = RetryPolicy {
             wait: Some(Duration::from_millis(150)),
             backoff: Duration::from_millis(40),

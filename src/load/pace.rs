@@ -39,8 +39,9 @@ mod tests {
 
     #[test]
     fn r_per_second_for_t_seconds_is_r_times_t() {
-        // Issue 11: churn --rate 1 --secs 1 opened 0, --rate 10 opened 9,
-        // chat --rate 100 --secs 1 sent 98.9.
+        // Exactly R x T, none lost at either end: churn --rate 1
+        // --secs 1 opens 1 (not 0), --rate 10 opens 10 (not 9), chat
+        // --rate 100 --secs 1 sends 100 (not 98.9).
         for (rate, ms, total) in [
             (1, 1000, 1),
             (10, 1000, 10),

@@ -752,8 +752,9 @@ mod tests {
         assert_eq!(escape(&all), escape_reference(&all));
     }
 
-    /// The characters of issue 9 that printed as raw bytes that show
-    /// nothing, and the ordinary ones that must stay as they are.
+    /// Characters that, printed as raw bytes, would show nothing (tags,
+    /// format and filler characters, variation selectors, invisible spaces,
+    /// private use) are escaped; the ordinary ones stay as they are.
     #[test]
     fn escapes_invisible_characters_and_keeps_visible_ones() {
         let hidden = [
