@@ -55,27 +55,17 @@ pub fn parse(text: &str) -> Result<Rules, String> {
         if line.is_empty() {
             continue;
         }
-        let mut words = line.split_whitespace();
-        let (verb, net, rest) = (words.next(), words.next(), words.next());
-        let net = match (net, rest) {
-            (Some(net), None) => parse_net(net).map_err(|e| format!("line {}: {e}", n + 1))?,
-            _ => {
-                return Err(format!(
-                    "line {}: expected `allow CIDR` or `deny CIDR`, found `{line}`",
-                    n + 1
-                ));
-            }
+        let expected = || format!("line {}: expected `allow CIDR` or `deny CIDR`, found `{line}`", n + 1);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let [verb, net] = words[..] else {
+            return Err(expected());
         };
-        match verb {
-            Some("allow") => rules.allow.push(net),
-            Some("deny") => rules.deny.push(net),
-            _ => {
-                return Err(format!(
-                    "line {}: expected `allow CIDR` or `deny CIDR`, found `{line}`",
-                    n + 1
-                ));
-            }
-        }
+        let list = match verb {
+            "allow" => &mut rules.allow,
+            "deny" => &mut rules.deny,
+            _ => return Err(expected()),
+        };
+        list.push(parse_net(net).map_err(|e| format!("line {}: {e}", n + 1))?);
     }
     Ok(rules)
 }

@@ -1,0 +1,219 @@
+//! Who may connect, changed while the server runs: `--access-file` reread
+//! on SIGHUP (held clients stay, new ones meet the new rules, a file that
+//! does not parse changes nothing), in one process and under `--workers`;
+//! and `--max-per-source`, per client address (behind a proxy, the address
+//! the header names), in one process and under `--workers`.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use util::{PATIENCE, ServerProcess};
+
+/// A client connected from the loopback address `source`.
+fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&format!("{source}:0").parse::<SocketAddr>().expect("addr").into())
+        .expect("bind the source");
+    socket.connect(&server.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+}
+
+/// What the server sends a new client before it closes it or waits for
+/// it: the greeting, an `ERR` line, or nothing (closed without a word).
+fn first_words(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\n") {
+        match stream.read(&mut byte) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => got.push(byte[0]),
+        }
+    }
+    got
+}
+
+/// A file of the test's own, removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("simple_tcp_server-{name}-{}", std::process::id()));
+        std::fs::write(&path, text).expect("write the file");
+        TempFile(path)
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).expect("write the file");
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends SIGHUP and waits until every process that serves has read the
+/// access file (`n` lines saying so, counting from `before`).
+fn reload(server: &ServerProcess, n: usize, said: &str) {
+    let before = server.stderr.text().matches(said).count();
+    server.signal(libc::SIGHUP);
+    let ok = server.stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches(said).count() >= before + n
+    });
+    assert!(ok, "waited for {n} x {said:?}\n{}", server.context());
+}
+
+#[test]
+fn a_reload_that_denies_held_clients_keeps_them_and_refuses_newcomers() {
+    for (args, processes) in [(&[][..], 1), (&["--workers", "2"][..], 2)] {
+        let file = TempFile::new(&format!("access-{processes}"), "# everyone\n");
+        let mut all: Vec<&str> = vec!["--tag", "--access-file", file.path()];
+        all.extend_from_slice(args);
+        let server = ServerProcess::start(&all);
+        if processes > 1 {
+            let ok = server.stderr.wait_for(PATIENCE, |err| {
+                String::from_utf8_lossy(err).matches(" is ready (pid ").count() >= processes
+            });
+            assert!(ok, "{}", server.context());
+        }
+        // A thousand clients from 127.0.0.2, held.
+        let mut held: Vec<TcpStream> = (0..1000).map(|_| connect_from("127.0.0.2", server.addr)).collect();
+        for client in held.iter_mut() {
+            assert_eq!(first_words(client), b"Let's GO!\n");
+        }
+        // Their network is denied from now on.
+        file.write("allow 127.0.0.0/8\ndeny 127.0.0.2/31  # the held ones' network\n");
+        reload(&server, processes, "SIGHUP: access rules read again");
+        // A newcomer from it is closed without a word.
+        let mut newcomer = connect_from("127.0.0.3", server.addr);
+        assert_eq!(
+            first_words(&mut newcomer),
+            b"",
+            "{args:?}: a denied newcomer is not greeted"
+        );
+        // Another network is still welcome.
+        let mut other = connect_from("127.0.0.4", server.addr);
+        assert_eq!(first_words(&mut other), b"Let's GO!\n", "{args:?}");
+        // The held thousand are all still served.
+        for (i, client) in held.iter_mut().enumerate() {
+            client
+                .write_all(format!("held {i:04}").as_bytes())
+                .expect("a held client sends");
+        }
+        let heard = server.stdout.wait_for(PATIENCE, |out| {
+            String::from_utf8_lossy(out).matches("<9:held ").count() == 1000
+        });
+        assert!(heard, "{args:?}: not every held client was heard\n{}", server.context());
+        // A file that does not parse changes nothing, and says why.
+        file.write("deny 127.0.0.999\n");
+        reload(&server, processes, "the rules in force stay");
+        let mut still_denied = connect_from("127.0.0.3", server.addr);
+        assert_eq!(first_words(&mut still_denied), b"", "{args:?}");
+        let mut still_welcome = connect_from("127.0.0.4", server.addr);
+        assert_eq!(first_words(&mut still_welcome), b"Let's GO!\n", "{args:?}");
+    }
+}
+
+#[test]
+fn an_access_file_that_does_not_parse_at_start_is_one_clear_error() {
+    let file = TempFile::new("bad-access", "allow 10.0.0.0/8\npermit everyone\n");
+    let out = std::process::Command::new(util::bin("simple_tcp_server"))
+        .args(["127.0.0.1", "0", "--access-file", file.path()])
+        .output()
+        .expect("run the server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "simple_tcp_server: --access-file: {}: line 2: expected `allow CIDR` or `deny CIDR`, found `permit everyone`",
+            file.path()
+        )
+    );
+}
+
+/// Three connections from one address under `--max-per-source 2`: two are
+/// greeted, the third is told why and closed; another address is greeted;
+/// once one of the two closes, the address may connect again.
+fn two_per_source(server: &ServerProcess, connect: &dyn Fn(&str) -> TcpStream) {
+    let mut a = connect("127.0.0.5");
+    let mut b = connect("127.0.0.5");
+    assert_eq!(first_words(&mut a), b"Let's GO!\n");
+    assert_eq!(first_words(&mut b), b"Let's GO!\n");
+    let mut third = connect("127.0.0.5");
+    assert_eq!(
+        first_words(&mut third),
+        b"ERR too many connections from your address, try again later\n"
+    );
+    let mut other = connect("127.0.0.6");
+    assert_eq!(first_words(&mut other), b"Let's GO!\n");
+    drop(a);
+    // Room again once the server has seen it close.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut again = connect("127.0.0.5");
+        let words = first_words(&mut again);
+        if words == b"Let's GO!\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room again: {words:?}\n{}",
+            server.context()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(b);
+}
+
+#[test]
+fn max_per_source_caps_one_address_and_tells_it_why() {
+    for args in [&[][..], &["--threads", "2"][..], &["--workers", "2"][..]] {
+        let mut all = vec!["--max-per-source", "2"];
+        all.extend_from_slice(args);
+        let mut server = ServerProcess::start(&all);
+        two_per_source(&server, &|source| connect_from(source, server.addr));
+        let counted = server.stderr.wait_for(PATIENCE, |err| {
+            util::contains(err, b"holds --max-per-source connections already")
+        });
+        assert!(counted, "{args:?}: logged\n{}", server.context());
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit(PATIENCE).success());
+        let out = server.stdout.text();
+        // The refused third never appears as a client.
+        assert_eq!(
+            util::count_lines(out.as_bytes(), "Connection from:  127.0.0.5:"),
+            3,
+            "{args:?}: two, then one more once there was room\n{out}"
+        );
+    }
+}
+
+#[test]
+fn behind_a_proxy_the_limit_counts_the_address_the_header_names() {
+    let server = ServerProcess::start(&["--proxy-protocol", "--max-per-source", "2"]);
+    let port = server.addr.port();
+    // Every connection comes from the proxy (127.0.0.1); the headers name
+    // the clients.
+    let connect = |client: &str| {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let source_port = stream.local_addr().expect("addr").port();
+        stream
+            .write_all(format!("PROXY TCP4 {client} 127.0.0.1 {source_port} {port}\r\n").as_bytes())
+            .expect("header");
+        stream
+    };
+    two_per_source(&server, &connect);
+}
