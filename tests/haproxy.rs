@@ -249,3 +249,132 @@ fn haproxy_health_checks_to_a_dual_stack_listener_are_not_printed() {
     }
     drop(haproxy);
 }
+
+/// The local address of process `pid`'s one TCP socket (from /proc: the
+/// socket's inode in its descriptors, then that inode in /proc/net/tcp).
+fn tcp_socket_of(pid: u32) -> Option<SocketAddr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !inodes.iter().any(|i| fields.get(9) == Some(&i.as_str())) {
+            return None;
+        }
+        let (ip, port) = fields.get(1)?.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let port = u16::from_str_radix(port, 16).ok()?;
+        // /proc writes the address's bytes as a number in the host's order.
+        Some(SocketAddr::from((std::net::Ipv4Addr::from(ip.to_ne_bytes()), port)))
+    })
+}
+
+/// TLS as production does it: HAProxy terminates TLS (`bind ... ssl crt`)
+/// and hands each client over with `send-proxy-v2`; `openssl s_client`
+/// talks TLS to HAProxy, gets the greeting, and its bytes appear in the
+/// transcript under its own address, not HAProxy's.
+#[test]
+fn tls_terminated_by_haproxy_reaches_the_server_with_the_clients_address() {
+    if !util::have_program(
+        "haproxy",
+        "sudo apt-get install -y haproxy",
+        "tls_terminated_by_haproxy",
+    ) || !util::have_program(
+        "openssl",
+        "sudo apt-get install -y openssl",
+        "tls_terminated_by_haproxy",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("simple_tcp_server-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let (key, cert, both) = (dir.join("key.pem"), dir.join("cert.pem"), dir.join("site.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl req");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    // HAProxy wants the certificate and its key in one file.
+    let pem = [std::fs::read(&cert).expect("cert"), std::fs::read(&key).expect("key")].concat();
+    std::fs::write(&both, pem).expect("write the PEM");
+
+    let server = ServerProcess::start(&["--proxy-protocol", "--tag"]);
+    let frontend: SocketAddr = format!("127.0.0.1:{}", util::free_port()).parse().expect("address");
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    maxconn 64\n\
+             defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend tls\n    bind {frontend} ssl crt {}\n    default_backend be\n\
+             backend be\n    server s1 {} send-proxy-v2\n",
+            both.display(),
+            server.addr
+        ),
+    )
+    .expect("write the HAProxy config");
+    let mut haproxy = Command::new(util::find_program("haproxy").expect("haproxy"))
+        .arg("-f")
+        .arg(&config)
+        .arg("-db")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start haproxy");
+    let haproxy_log = Captured::spawn(haproxy.stderr.take().expect("stderr"));
+    let _haproxy = Haproxy {
+        child: haproxy,
+        stderr: Arc::clone(&haproxy_log),
+        config: config.clone(),
+    };
+    // HAProxy is up once its frontend takes connections.
+    util::wait_until("HAProxy's frontend", || TcpStream::connect(frontend).is_ok());
+
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-no_ign_eof", "-connect"])
+        .arg(frontend.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openssl s_client");
+    let said = Captured::spawn(client.stdout.take().expect("stdout"));
+    let greeted = said.wait_for(PATIENCE, |out| util::contains(out, b"Let's GO!\n"));
+    assert!(
+        greeted,
+        "no greeting through TLS\n{}\n{}",
+        server.context(),
+        haproxy_log.text()
+    );
+    let me = tcp_socket_of(client.id()).expect("s_client's socket");
+    let mut stdin = client.stdin.take().expect("stdin");
+    stdin.write_all(b"hello over TLS\n").expect("type");
+    let line = format!("{me} <15:hello over TLS\\n>\n");
+    server.wait_text(&line);
+    drop(stdin);
+    let _ = client.wait();
+    server.wait_text(&format!("Closed connection:  {me}\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
