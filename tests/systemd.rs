@@ -169,11 +169,17 @@ fn run_with_passed_socket(fd: std::os::fd::RawFd, args: &[&str], notify: &std::p
         .env("RUST_LOG", "info")
         .env("NOTIFY_SOCKET", notify)
         .stdin(Stdio::null());
-    // SAFETY: between fork and exec only dup2 (async-signal-safe), onto
-    // descriptor 3, from a descriptor the test keeps open.
+    // SAFETY: between fork and exec only dup2 and fcntl (async-signal-safe),
+    // onto descriptor 3, from a descriptor the test keeps open.
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself keeps close-on-exec: clear it instead.
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -524,16 +524,11 @@ fn run_supervisor(
     // The cap first: the user's arguments may end with `-- HOST PORT`.
     let mut args: Vec<std::ffi::OsString> = vec!["--worker-cap".into(), cap.to_string().into()];
     args.extend(std::env::args_os().skip(1));
-    let mut stdout = io::stdout()
+    let stdout = io::stdout()
         .as_fd()
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .map_err(|e| format!("cannot use stdout: {}", plain(&e)))?;
-    simple_tcp_server::output::write_all_waiting(
-        &mut stdout,
-        &simple_tcp_server::output::listening_line(config.format, local_addr),
-    )
-    .map_err(|e| stdout_error(&e))?;
     info!("supervising {workers} workers, up to {cap} connections in all");
     // The arguments are read (above): their memory may now hold the title.
     if let Err(e) = simple_tcp_server::title::set(
@@ -558,12 +553,16 @@ fn run_supervisor(
         // one worker, which counts them all.
         steer_by_address: config.max_per_source.is_some() && !config.proxy_protocol,
         access_file,
+        first_line: simple_tcp_server::output::listening_line(config.format, local_addr),
     };
     if let Some(addr) = plan.metrics.as_ref().and_then(|l| l.local_addr().ok()) {
         info!("metrics on http://{addr}/metrics");
     }
     // READY=1 comes from the supervisor once every worker is ready.
-    let outcome = workers::supervise(plan, stdout).map_err(|e| format!("stopped: {}", plain(&e)))?;
+    let outcome = workers::supervise(plan, stdout).map_err(|e| match OutputError::of(&e) {
+        Some(e) => stdout_error(e),
+        None => format!("stopped: {}", plain(&e)),
+    })?;
     info!("summary: {}", outcome.summary);
     if let Some(e) = outcome.failure {
         return Err(match OutputError::of(&e) {
@@ -591,18 +590,25 @@ struct Reload {
 }
 
 impl Reload {
-    /// From now on, SIGHUP rereads the access file into `rules` (without
-    /// one, it says there is nothing to reread): on a thread of its own,
-    /// never a reactor's.
+    /// From now on, SIGHUP rereads the access file into `rules`, on a
+    /// thread of its own, never a reactor's; without an access file (and
+    /// then no thread), it only says there is nothing to reread.
     fn on_sighup(self, rules: simple_tcp_server::AccessRules) -> io::Result<()> {
+        let Some(path) = self.path else {
+            let note = || {
+                simple_tcp_server::reactor::shutdown::try_note(
+                    b"simple_tcp_server: SIGHUP: no --access-file to read again\n",
+                );
+            };
+            // SAFETY: the action only polls and writes stderr (`try_note`):
+            // async-signal-safe.
+            unsafe { signal_hook::low_level::register(signal_hook::consts::SIGHUP, note) }?;
+            return simple_tcp_server::reactor::shutdown::unblock(&[signal_hook::consts::SIGHUP]);
+        };
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
         std::thread::Builder::new().name("reload".into()).spawn(move || {
             for _ in signals.forever() {
-                let Some(path) = &self.path else {
-                    info!("SIGHUP: no --access-file to read again");
-                    continue;
-                };
-                match simple_tcp_server::rules::load(path) {
+                match simple_tcp_server::rules::load(&path) {
                     Ok(file) => {
                         let all = self.cli.clone().with(&file);
                         info!(

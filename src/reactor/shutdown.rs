@@ -340,7 +340,7 @@ pub(crate) fn arm_timer(micros: u64) {
 /// blocks, never panics, never fails. Async-signal-safe. Keep `line` under
 /// `PIPE_BUF` (4096) bytes, so that a pipe that polls writable takes it
 /// whole.
-pub(crate) fn try_note(line: &[u8]) {
+pub fn try_note(line: &[u8]) {
     if fd_writable(libc::STDERR_FILENO) {
         // SAFETY: `write` reads `line.len()` bytes from a live slice.
         let _ = unsafe { libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len()) };

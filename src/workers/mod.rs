@@ -158,6 +158,9 @@ pub struct Plan {
     /// `--access-file`: SIGHUP is passed on to every worker, which reads
     /// it again.
     pub access_file: bool,
+    /// The transcript's first line (`Listening to:`), written once new
+    /// clients are steered: a client that reads it is steered too.
+    pub first_line: Vec<u8>,
 }
 
 /// What the supervisor itself counts, for the metrics thread to read.
@@ -418,7 +421,7 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
 }
 
 /// Runs the workers until SIGINT/SIGTERM, passing their transcripts to
-/// `out` (after whatever the caller wrote: the `Listening to:` line);
+/// `out` (after the plan's first line);
 /// returns how they ended. When `out` can no longer be written, or a
 /// worker cannot get going (it exits before it is ready again and again,
 /// or says its arguments are wrong), every worker is stopped and drained,
@@ -452,6 +455,11 @@ pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
         crate::metrics::http::spawn(listener, Arc::new(source))?;
     }
     let mut supervisor = Supervisor::new(&plan, shared, shared_fd, out, stats)?;
+    // Steered from the first client on, before any worker starts and before
+    // anyone reads the address.
+    supervisor.steer();
+    crate::output::write_all_waiting(&mut supervisor.out, &plan.first_line)
+        .map_err(crate::output::OutputError::wrap)?;
     let result = supervisor.run();
     // The listeners close when the plan is dropped: no handler may touch
     // their descriptors after this.
@@ -1049,9 +1057,13 @@ impl<'p> Supervisor<'p> {
             return;
         }
         let mut serving: Vec<usize> = self.workers.iter().filter(|w| w.serving()).map(|w| w.id).collect();
-        if serving.is_empty() {
-            // Nobody serves: the kernel's own spread, so that clients wait
-            // for whichever worker comes back first.
+        if self.plan.steer_by_address || serving.is_empty() {
+            // By address, an address always goes to the same worker (which
+            // counts all its connections), so the spread covers every
+            // worker, serving or not: the queue of one that cannot serve
+            // is handed on (see `rescue`) for as long as it cannot.
+            // Nobody serving: the kernel's own spread, so that clients
+            // wait for whichever worker comes back first.
             serving = self.workers.iter().map(|w| w.id).collect();
         }
         if self.steered.as_ref() == Some(&serving) {
@@ -1084,11 +1096,11 @@ impl<'p> Supervisor<'p> {
     /// way (one listener per worker only, and not while stopping).
     fn rescue(&mut self, i: usize) {
         let again = self.workers[i].rescue_at.take().is_none();
-        if self.plan.listeners.len() < 2
-            || self.stopping
-            || SIGNALLED.load(Ordering::SeqCst)
-            || self.workers[i].serving()
-        {
+        // A worker that is starting serves its queue in a moment; one that
+        // is stopped, draining, or dead and waiting to restart does not.
+        let worker = &self.workers[i];
+        let cannot = worker.stopped || worker.pid.is_none() || worker.stage == Stage::Draining;
+        if self.plan.listeners.len() < 2 || self.stopping || SIGNALLED.load(Ordering::SeqCst) || !cannot {
             return;
         }
         let id = self.workers[i].id;
@@ -1147,7 +1159,9 @@ impl<'p> Supervisor<'p> {
         if dropped > 0 {
             warn!("{dropped} clients queued for worker {id} could not be handed over and were closed");
         }
-        if again {
+        // By address, new clients keep coming to this worker's queue while
+        // it cannot serve: look again and again.
+        if again || self.plan.steer_by_address {
             self.workers[i].rescue_at = Some(Instant::now() + RESCUE_AGAIN);
         }
     }
