@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""Turns the last criterion results into the README's benchmark table and
-the chart docs/throughput.svg (throughput against client count, one line per
-design).
+"""Turns the last criterion results into the benchmark block of
+docs/PERFORMANCE.md, its data (docs/measurements/bench.json) and the chart
+docs/throughput.svg (throughput against client count, one line per design).
 
     cargo bench                      # writes target/criterion/
-    scripts/bench_chart.py           # writes docs/throughput.svg, updates README.md
+    scripts/bench_chart.py           # writes docs/throughput.svg, the block and its data
 
 Reads target/criterion/{ingest,accept,frame}/**/new/{estimates,benchmark}.json
 (criterion's median estimate and the throughput it was told), so the numbers
 are exactly criterion's, and the `measured.json` the benches write beside
 each id (benches/stamp/mod.rs: the commit measured, `-dirty` if the tree
 differed, and the command), so the table names the commit it measured. The
-README's table sits between the markers <!-- bench:start --> and
-<!-- bench:end -->. Standard library only.
+table sits between the markers <!-- bench:start --> and <!-- bench:end -->.
+Standard library only.
 """
 
 import argparse
@@ -50,15 +50,9 @@ def git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-# Files the measuring scripts write themselves: a tree that differs only in
-# them is the commit measured, not a dirty one.
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
-
-
-def head_commit():
-    """The checkout's commit, `-dirty` if the tree differs from it."""
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    return commit + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blocks  # noqa: E402
+from blocks import head_commit  # noqa: E402
 
 
 def stamp(group, function, param=None):
@@ -149,7 +143,7 @@ def describe_stamps(stamps):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--no-readme", action="store_true", help="print the table, leave README.md alone")
+    ap.add_argument("--no-doc", action="store_true", help="print the table, leave docs/ alone")
     args = ap.parse_args()
 
     gib = 1024 ** 3
@@ -232,17 +226,17 @@ def main():
                 f"{cores} cores shared with the clients, Linux {platform.release()}")
     svg_chart(series, os.path.join(ROOT, "docs", "throughput.svg"), subtitle)
     print(table)
-    if not args.no_readme:
-        readme = os.path.join(ROOT, "README.md")
-        with open(readme) as f:
-            text = f.read()
-        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-        if start in text and end in text:
-            head, rest = text.split(start, 1)
-            _, tail = rest.split(end, 1)
-            with open(readme, "w") as f:
-                f.write(f"{head}{start}\n{table}\n{end}{tail}")
-            print("\nREADME.md updated; chart in docs/throughput.svg", file=sys.stderr)
+    if not args.no_doc:
+        data = {
+            "stamps": {f"{g}/{i}": st for (g, i), st in stamps.items()},
+            "ingest_gib_per_sec": {key: {str(c): v for c, v in pts.items()} for key, _, _, _, pts in series},
+            "accept_per_sec": {label: v for label, v in accept},
+            "frame_gb_per_sec": {n: {"text": v, "json": j} for n, v, j in frames},
+        }
+        with open(os.path.join(ROOT, "docs", "measurements", "bench.json"), "w") as f:
+            json.dump(data, f, indent=1)
+        blocks.write("bench", table + "\n\nData: [`docs/measurements/bench.json`](measurements/bench.json); "
+                     "chart: [`docs/throughput.svg`](throughput.svg).")
 
 
 if __name__ == "__main__":

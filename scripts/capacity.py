@@ -3,7 +3,7 @@
 and what each costs, measured with the real binaries on loopback.
 
     scripts/capacity.py [--target 1000000] [--hold 60] [--churn-rate 1000]
-                        [--keep-free-fds 200000] [--keep-free-gib 2] [--readme]
+                        [--keep-free-fds 200000] [--keep-free-gib 2] [--doc] [--server PATH]
 
 What it does:
 1. Reads the machine's limits: fs.file-max and the descriptors in use,
@@ -30,9 +30,12 @@ What it does:
    message.
 It stops every process it started, by PID, on any exit (including Ctrl-C).
 
-With --readme the result goes into README.md between <!-- capacity:start -->
-and <!-- capacity:end -->, stamped with the commit measured and the command.
-Standard library only; loopback only.
+The result is written as JSON (docs/measurements/capacity.json with --doc,
+else target/capacity.json), and with --doc into docs/PERFORMANCE.md between
+<!-- capacity:start --> and <!-- capacity:end -->, stamped with the commit
+measured and the command. --server PATH measures another build of the
+server (say, an older commit's) with the same load. Standard library only;
+loopback only.
 """
 
 import argparse
@@ -49,7 +52,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
 TMPFS = "/dev/shm"
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
 
 # Descriptors kept back per process (stdio, poll, listener, pipes, logs).
 RESERVE_PER_PROC = 64
@@ -63,10 +65,9 @@ GUESS_BYTES_PER_CONN = 12 * 1024
 STARTED = []  # every process this script started
 
 
-def head_commit():
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blocks  # noqa: E402
+from blocks import head_commit  # noqa: E402
 
 
 def stop_all(*_):
@@ -169,8 +170,12 @@ def main():
     ap.add_argument("--churn-rate", type=int, default=1000)
     ap.add_argument("--keep-free-fds", type=int, default=200_000)
     ap.add_argument("--keep-free-gib", type=float, default=2.0)
-    ap.add_argument("--readme", action="store_true")
+    ap.add_argument("--doc", action="store_true",
+                    help="write docs/measurements/capacity.json and the block in docs/PERFORMANCE.md")
+    ap.add_argument("--server", metavar="PATH", help="the server binary to measure (default: this checkout's)")
     args = ap.parse_args()
+    if args.doc:
+        blocks.check("capacity")
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
@@ -214,8 +219,8 @@ def run(args):
     base_files = files_in_use()
     transcript = os.path.join(TMPFS, f"capacity-{os.getpid()}.out")
     log = os.path.join(TMPFS, f"capacity-{os.getpid()}.err")
-    server_cmd = [os.path.join(REL, "simple_tcp_server"), "127.0.0.1", "0", "--workers", str(workers),
-                  "--backlog", "4096"]
+    server_bin = args.server or os.path.join(REL, "simple_tcp_server")
+    server_cmd = [server_bin, "127.0.0.1", "0", "--workers", str(workers), "--backlog", "4096"]
     out = open(transcript, "wb")
     err = open(log, "wb")
     server = subprocess.Popen(server_cmd, stdout=out, stderr=err, env={**os.environ, "RUST_LOG": "info"})
@@ -233,7 +238,8 @@ def run(args):
             raise SystemExit("capacity: the server did not start")
         else:
             time.sleep(0.05)
-    while len(children(server.pid)) < workers and time.time() < deadline:
+    # One worker runs as one process, with no supervisor and no children.
+    while workers > 1 and len(children(server.pid)) < workers and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
     start_rss, start_fds = process_rss_and_fds([server.pid, *children(server.pid)])
@@ -285,6 +291,7 @@ def run(args):
     out.close()
     err.close()
     stderr = read(log)
+    os.remove(log)
     summary = re.search(r"summary: (\d+) connections \((\d+) open at stop", stderr)
     accepted = int(summary[1]) if summary else None
 
@@ -321,22 +328,26 @@ def run(args):
         "command": "scripts/capacity.py " + " ".join(sys.argv[1:]),
         "hold_command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(hold_cmd)),
         "server_command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(server_cmd)),
+        "server_binary": "this checkout's" if not args.server else args.server,
     }
-    with open(os.path.join(ROOT, "target", "capacity.json"), "w") as f:
+    json_path = os.path.join(ROOT, "docs", "measurements", "capacity.json") if args.doc else \
+        os.path.join(ROOT, "target", "capacity.json")
+    with open(json_path, "w") as f:
         json.dump({"result": result, "samples": samples, "hold": hold_report, "churn": churn_report}, f, indent=1)
     print(json.dumps(result, indent=1))
-    if args.readme:
-        write_readme(result, samples)
+    if args.doc:
+        write_doc(result, samples)
     if not ok:
         print("capacity: the run was not clean (see target/capacity.json)", file=sys.stderr)
         return 1
     return 0
 
 
-def write_readme(r, samples):
+def write_doc(r, samples):
     lines = [
         f"Measured {r['date']} at commit `{r['commit']}` with `{r['command']}` "
-        f"(server: `{r['server_command']}`; load: `{r['hold_command']}`).",
+        f"(server: `{r['server_command']}`; load: `{r['hold_command']}`); data: "
+        "[`docs/measurements/capacity.json`](measurements/capacity.json).",
         "",
     ]
     for note in r["notes"]:
@@ -366,16 +377,7 @@ def write_readme(r, samples):
     for name, value in r["sysctls"].items():
         lines.append(f"| `{name}` | {value} |")
     lines.append(f"| open-file hard limit per process | {r['hard_nofile']:,} |")
-    block = "\n".join(lines)
-    path = os.path.join(ROOT, "README.md")
-    text = read(path)
-    start, end = "<!-- capacity:start -->", "<!-- capacity:end -->"
-    if start in text and end in text:
-        text = text[: text.index(start) + len(start)] + "\n" + block + "\n" + text[text.index(end):]
-    else:
-        text += f"\n{start}\n{block}\n{end}\n"
-    with open(path, "w") as f:
-        f.write(text)
+    blocks.write("capacity", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ session, server and load generator in separate processes.
 
     scripts/load_bench.py [--runs 3] [--only flood,chat,hold] [--perf]
                           [--server-args "--threads 2"] [--design "threads2=--threads 2"]
-    scripts/load_bench.py --scenario cores [--runs 5] [--readme]
+    scripts/load_bench.py --scenario cores [--runs 5] [--doc]
 
 - hold:  tcp_load hold --conns 19000 against the server: greetings, errors,
          server RSS per connection, threads.
@@ -60,13 +60,13 @@ the server's framing and one writer thread):
 
 Each figure is a median with ratios against `--threads 1` and against
 tokio, and the targets are checked; --perf adds the top symbols of
-each design's CPU under flood. --readme puts the block in README.md between
-<!-- cores:start --> and <!-- cores:end -->.
+each design's CPU under flood. --doc puts the block in docs/PERFORMANCE.md
+between <!-- cores:start --> and <!-- cores:end -->.
 
 Standard library only. Prints markdown tables, stamped with the commit
 measured and the command, and writes the raw numbers as JSON (--json-out;
-by default target/load_bench.json, or with --readme docs/measurements/load.json
-or cores.json, so that a README block's data is committed with it).
+by default target/load_bench.json, or with --doc docs/measurements/load.json
+or cores.json, so that a block's data is committed with it).
 """
 
 import argparse
@@ -82,6 +82,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,14 +96,11 @@ TMPFS = "/dev/shm"
 
 # Files the measuring scripts write themselves: a tree that differs only in
 # them is the commit measured, not a dirty one.
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
 
 
-def head_commit():
-    """The commit measured: short hash, `-dirty` if the tree differs from it."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blocks  # noqa: E402
+from blocks import head_commit  # noqa: E402
 
 
 def build():
@@ -345,7 +343,7 @@ def quartiles(values):
     return q[0], q[2]
 
 
-def perf_top(pid, path, limit=10):
+def perf_top(pid, path, limit=5):
     """Starts `perf record` on `pid`; returns a function that stops it and
     gives the top `limit` symbols as (share %, symbol, where) rows."""
     rec = subprocess.Popen(["perf", "record", "-q", "-F", "999", "-p", str(pid), "-o", path],
@@ -391,6 +389,22 @@ def flood_once(kind, conns, per_conn, tops=None):
         return r
     finally:
         s.stop()
+
+
+def scrape_every_second(addr, stop):
+    """GETs http://ADDR/metrics once a second until `stop` is set, as a
+    Prometheus would (a design with --metrics ADDR is then measured while
+    scraped); a failed scrape (no server yet) is simply tried again."""
+    host, _, port = addr.rpartition(":")
+    while not stop.wait(1.0):
+        try:
+            import socket
+            with socket.create_connection((host, int(port)), timeout=1) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+        except OSError:
+            pass
 
 
 def run_flood(runs, results, clients, with_perf):
@@ -623,27 +637,6 @@ def render_cores(results):
             print(f"| {label} | {measured} | {'yes' if met else '**no**'} |")
 
 
-README = os.path.join(ROOT, "README.md")
-
-
-def readme_block_exists(start, end):
-    """Exits with a clear message unless README.md has `start` ... `end`."""
-    with open(README) as f:
-        text = f.read()
-    if start not in text or end not in text.split(start, 1)[1]:
-        sys.exit(f"load_bench: README.md has no {start} ... {end} block; add the markers where the table goes")
-
-
-def put_in_readme(start, end, block):
-    """Replaces what README.md has between the markers `start` and `end`."""
-    readme_block_exists(start, end)
-    with open(README) as f:
-        text = f.read()
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    with open(README, "w") as f:
-        f.write(f"{head}{start}\n{block.strip()}\n{end}{tail}")
-
 
 def render(results):
     """Prints the tables for `results` (fresh, or read back with --render-json)."""
@@ -790,7 +783,7 @@ def main():
     ap.add_argument("--perf", action="store_true",
                     help="chat: count system calls per message; flood: the server's top symbols (perf record)")
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--json-out", help="where the raw numbers go (default: target/load_bench.json; with --readme, "
+    ap.add_argument("--json-out", help="where the raw numbers go (default: target/load_bench.json; with --doc, "
                                        "docs/measurements/load.json or cores.json, the data behind the block)")
     ap.add_argument("--render-json", metavar="PATH", help="print the tables of an earlier run's JSON; measure nothing")
     ap.add_argument("--growing-file", action="store_true",
@@ -802,9 +795,13 @@ def main():
                          "repeatable")
     ap.add_argument("--load-args", default="", metavar="ARGS",
                     help='extra arguments for every tcp_load run, e.g. "--procs 2"')
-    ap.add_argument("--readme", action="store_true",
-                    help="also put the tables in README.md between <!-- load:start --> and <!-- load:end --> "
-                         "(cores: <!-- cores:start --> and <!-- cores:end -->)")
+    ap.add_argument("--scrape", metavar="ADDR",
+                    help="GET http://ADDR/metrics every second during the whole session (for a design run "
+                         "with --metrics ADDR)")
+    ap.add_argument("--block", help="the block of docs/PERFORMANCE.md that --doc writes (default: load, or cores)")
+    ap.add_argument("--doc", action="store_true",
+                    help="also put the tables in docs/PERFORMANCE.md between <!-- load:start --> and "
+                         "<!-- load:end --> (cores: <!-- cores:start --> and <!-- cores:end -->)")
     args = ap.parse_args()
     if args.flood_clients is None:
         args.flood_clients = "100,1000" if args.scenario == "cores" else "1,100,1000"
@@ -824,11 +821,10 @@ def main():
         with open(args.render_json) as f:
             results = json.load(f)
     scenario = results.get("scenario", "load") if args.render_json else args.scenario
-    markers = ("<!-- cores:start -->", "<!-- cores:end -->") if scenario == "cores" else \
-        ("<!-- load:start -->", "<!-- load:end -->")
-    if args.readme:
+    block = args.block or ("cores" if scenario == "cores" else "load")
+    if args.doc:
         # Before any measuring: a long run must not end without a place to go.
-        readme_block_exists(*markers)
+        blocks.check(block)
     if not args.render_json:
         if not args.no_build:
             build()
@@ -841,6 +837,10 @@ def main():
             "server_args": SERVER_ARGS, "designs": DESIGNS, "load_args": LOAD_ARGS, "scenario": scenario,
         }
         GROWING = args.growing_file
+        scraping = threading.Event()
+        if args.scrape:
+            results["scrape"] = args.scrape
+            threading.Thread(target=scrape_every_second, args=(args.scrape, scraping), daemon=True).start()
         results["sink"] = "new file per run" if GROWING else "preallocated file, overwritten"
         only = set(args.only.split(","))
         try:
@@ -870,11 +870,12 @@ def main():
                   file=sys.stderr)
             sys.exit(1)
         finally:
+            scraping.set()
             if os.path.exists(SINK):
                 os.unlink(SINK)
         if args.json_out is None:
-            # A README block keeps its raw numbers beside it in the repo.
-            args.json_out = (os.path.join(ROOT, "docs", "measurements", f"{scenario}.json") if args.readme
+            # A block keeps its raw numbers beside it in the repo.
+            args.json_out = (os.path.join(ROOT, "docs", "measurements", f"{block}.json") if args.doc
                              else os.path.join(ROOT, "target", "load_bench.json"))
         os.makedirs(os.path.dirname(args.json_out), exist_ok=True)
         with open(args.json_out, "w") as f:
@@ -884,8 +885,8 @@ def main():
     with contextlib.redirect_stdout(out):
         render_cores(results) if scenario == "cores" else render(results)
     print(out.getvalue(), end="")
-    if args.readme:
-        put_in_readme(*markers, out.getvalue())
+    if args.doc:
+        blocks.write(block, out.getvalue())
 
 
 if __name__ == "__main__":

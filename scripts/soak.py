@@ -5,7 +5,7 @@ thousand are held open, and sample the server's RSS and open descriptors
 every 10 seconds.
 
     scripts/soak.py [--minutes 10 | --secs 20] [--hold 3000] [--rate 1000] [--interval 10]
-                    [--max-rss-growth-kb 256] [--readme]
+                    [--max-rss-growth-kb 256] [--doc]
 
 The server runs with --tag and writes its transcript to a file on tmpfs
 (/dev/shm), which the script reads at the end: every connection must appear
@@ -22,9 +22,9 @@ growing).
 
 Loopback only; bounded (the load stops after its time, the script a few
 seconds later); only the processes it starts are signalled, by PID. With
---readme, the result goes into README.md between <!-- soak:start --> and
-<!-- soak:end -->, stamped with the commit measured and the command.
-Standard library only.
+--doc, the result goes into docs/PERFORMANCE.md between <!-- soak:start -->
+and <!-- soak:end -->, stamped with the commit measured and the command, and
+its samples into docs/measurements/soak.json. Standard library only.
 """
 
 import argparse
@@ -48,16 +48,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-# Files the measuring scripts write themselves: a tree that differs only in
-# them is the commit measured, not a dirty one.
-GENERATED = [":(exclude)README.md", ":(exclude)docs/throughput.svg", ":(exclude)docs/measurements"]
-
-
-def head_commit():
-    """The commit measured: short hash, `-dirty` if the tree differs from it."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if git("status", "--porcelain", "--", ".", *GENERATED) else "")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blocks  # noqa: E402
+from blocks import head_commit  # noqa: E402
 
 
 def sample(pid):
@@ -132,9 +125,12 @@ def main():
     ap.add_argument("--max-rss-growth-kb", type=int, default=256,
                     help="fail if RSS grows more than this over the second half of the load")
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--readme", action="store_true",
-                    help="put the result in README.md between <!-- soak:start --> and <!-- soak:end -->")
+    ap.add_argument("--doc", action="store_true",
+                    help="put the result in docs/PERFORMANCE.md between <!-- soak:start --> and <!-- soak:end -->, "
+                         "and the samples in docs/measurements/soak.json")
     args = ap.parse_args()
+    if args.doc:
+        blocks.check("soak")
     command = " ".join(["scripts/soak.py", *sys.argv[1:]])
     commit = head_commit()
     if not args.no_build:
@@ -245,7 +241,11 @@ def main():
         print("server stderr (tail):\n" + server_log[-2000:])
     print("verdict: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)))
 
-    if args.readme:
+    if args.doc:
+        with open(os.path.join(ROOT, "docs", "measurements", "soak.json"), "w") as f:
+            json.dump({"commit": commit, "date": started_at, "command": command, "report": report,
+                       "baseline": base, "after": after, "samples": series, "rss_growth_kb": growth,
+                       "failures": failures}, f, indent=1)
         rows = [("0 (before)", base)] + [(f"{t:.0f}", s) for t, *s in series] + [(f"{t:.0f} (after)", after)]
         if len(rows) > 8:
             # The first samples, a few across the run, the last ones.
@@ -266,14 +266,8 @@ def main():
         lines += ["", f"RSS grew {growth if growth is not None else '?'} kB over the second half of the load "
                   f"(limit {args.max_rss_growth_kb} kB); descriptors went from {most_fds:,} during the load "
                   f"back to {after[1]} (baseline {base[1]})."]
-        readme = os.path.join(ROOT, "README.md")
-        with open(readme) as f:
-            text = f.read()
-        start, end = "<!-- soak:start -->", "<!-- soak:end -->"
-        head, rest = text.split(start, 1)
-        _, tail = rest.split(end, 1)
-        with open(readme, "w") as f:
-            f.write(head + start + "\n" + "\n".join(lines) + "\n" + end + tail)
+        lines += ["", "Data: [`docs/measurements/soak.json`](measurements/soak.json)."]
+        blocks.write("soak", "\n".join(lines))
     return 0 if not failures else 1
 
 

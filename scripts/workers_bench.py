@@ -5,7 +5,7 @@ and another, e.g. an older commit's):
 
     scripts/workers_bench.py --other PATH [--name NAME] [--runs 5]
                              [--workers 4] [--conns 19000] [--flood-conns 100]
-                             [--flood-bytes 1GB] [--json-out PATH]
+                             [--flood-bytes 1GB] [--doc]
 
 Per run and build:
 1. `simple_tcp_server --workers W` (transcript to a file on tmpfs).
@@ -17,6 +17,9 @@ Per run and build:
 4. SIGTERM; the server must exit 0.
 
 Builds alternate within each run, so the machine's noise falls on both.
+With --doc the table goes into docs/PERFORMANCE.md between
+<!-- workers:start --> and <!-- workers:end -->, and the data into
+docs/measurements/workers.json (else target/workers_bench.json).
 Every run is bounded in time; only processes this script started are
 signalled, by PID. Standard library only; loopback only.
 """
@@ -37,11 +40,9 @@ TMPFS = "/dev/shm"
 STARTED = []
 
 
-def head_commit():
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock")
-    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("-dirty" if dirty else "")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import blocks  # noqa: E402
+from blocks import head_commit  # noqa: E402
 
 
 def stop_all():
@@ -174,8 +175,10 @@ def main():
     ap.add_argument("--conns", type=int, default=19_000)
     ap.add_argument("--flood-conns", type=int, default=100)
     ap.add_argument("--flood-bytes", type=parse_bytes, default=parse_bytes("1GB"))
-    ap.add_argument("--json-out", default=os.path.join(ROOT, "target", "workers_bench.json"))
+    ap.add_argument("--doc", action="store_true")
     args = ap.parse_args()
+    if args.doc:
+        blocks.check("workers")
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     subprocess.run(["cargo", "build", "--release", "--bins", "-q"], cwd=ROOT, check=True)
     designs = {"this": os.path.join(REL, "simple_tcp_server"), args.name: args.other}
@@ -202,17 +205,27 @@ def main():
         "flood_bytes": args.flood_bytes, "runs": runs, "medians": med,
         "ratios": {key: med["this"][key] / med[other][key] for key in med["this"]},
     }
-    with open(args.json_out, "w") as f:
+    json_path = os.path.join(ROOT, "docs", "measurements", "workers.json") if args.doc else \
+        os.path.join(ROOT, "target", "workers_bench.json")
+    with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"| median of {args.runs} interleaved runs | this build | {other} | ratio |")
-    print("|---|---:|---:|---:|")
-    print(f"| accept: connections/s ({args.conns:,} held, --workers {args.workers}) | "
-          f"{med['this']['connect_per_sec']:,.0f} | {med[other]['connect_per_sec']:,.0f} | "
-          f"{result['ratios']['connect_per_sec']:.3f}x |")
-    print(f"| spread: busiest worker / mean | {med['this']['busiest_over_mean']:.3f} | "
-          f"{med[other]['busiest_over_mean']:.3f} | |")
-    print(f"| flood MB/s ({args.flood_conns} clients) | {med['this']['flood_mb_per_sec']:,.0f} | "
-          f"{med[other]['flood_mb_per_sec']:,.0f} | {result['ratios']['flood_mb_per_sec']:.3f}x |")
+    lines = [
+        f"Measured {result['date']} at commit `{result['commit']}` with `{result['command']}`; data: "
+        "[`docs/measurements/workers.json`](measurements/workers.json).",
+        "",
+        f"| median of {args.runs} interleaved runs | this build | {other} | ratio |",
+        "|---|---:|---:|---:|",
+        f"| accept: connections/s ({args.conns:,} held, --workers {args.workers}) | "
+        f"{med['this']['connect_per_sec']:,.0f} | {med[other]['connect_per_sec']:,.0f} | "
+        f"{result['ratios']['connect_per_sec']:.3f}x |",
+        f"| spread: busiest worker / mean | {med['this']['busiest_over_mean']:.3f} | "
+        f"{med[other]['busiest_over_mean']:.3f} | |",
+        f"| flood MB/s ({args.flood_conns} clients) | {med['this']['flood_mb_per_sec']:,.0f} | "
+        f"{med[other]['flood_mb_per_sec']:,.0f} | {result['ratios']['flood_mb_per_sec']:.3f}x |",
+    ]
+    print("\n".join(lines))
+    if args.doc:
+        blocks.write("workers", "\n".join(lines))
     return 0
 
 

@@ -49,20 +49,21 @@ fn git(args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The commit being measured: short hash, `-dirty` if the tree differs.
+/// The commit being measured: short hash, `-dirty` if the measured code
+/// (src, benches, examples, Cargo.toml, Cargo.lock) differs from it.
 pub fn commit() -> String {
     let Some(hash) = git(&["rev-parse", "--short", "HEAD"]) else {
         return "unknown".into();
     };
-    // README.md and the chart are what the measuring scripts write: a tree
-    // that differs only in them is the commit measured.
     match git(&[
         "status",
         "--porcelain",
         "--",
-        ".",
-        ":(exclude)README.md",
-        ":(exclude)docs/throughput.svg",
+        "src",
+        "benches",
+        "examples",
+        "Cargo.toml",
+        "Cargo.lock",
     ]) {
         Some(status) if status.is_empty() => hash,
         _ => format!("{hash}-dirty"),
