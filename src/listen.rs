@@ -25,6 +25,30 @@ pub fn ephemeral_ports() -> Option<(u16, u16)> {
     Some((ports.next()??, ports.next()??))
 }
 
+/// Whether some socket on this machine listens on TCP port `port` (from
+/// `/proc/net/tcp` and `tcp6`; `None` when they cannot be read).
+pub fn someone_listens_on(port: u16) -> Option<bool> {
+    let mut seen = false;
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        seen |= text.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // State 0A is LISTEN; the local address ends with the port in hex.
+            fields.get(3) == Some(&"0A")
+                && fields
+                    .get(1)
+                    .and_then(|local| local.rsplit(':').next())
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        });
+    }
+    read_any.then_some(seen)
+}
+
 /// A listening socket on `addr` with `backlog`, `SO_REUSEADDR` set (as Go
 /// sets it) and non-blocking.
 pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {

@@ -72,8 +72,31 @@ pub fn parse(text: &str) -> Result<Rules, String> {
 
 /// Reads and parses the access file at `path`.
 pub fn load(path: &Path) -> Result<Rules, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let text = read_good(path)?;
+    parse_bytes(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads the access file at `path` and checks that it parses; returns its
+/// text. A file that does not end with a newline is refused: it may be
+/// half written (to change the rules, write a new file and rename it into
+/// place, which is atomic).
+pub fn read_good(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        return Err(format!(
+            "{}: the last line has no newline: is the file still being written? (write a new file, then \
+             rename it into place)",
+            path.display()
+        ));
+    }
+    parse_bytes(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(text)
+}
+
+/// Parses the bytes of an access file (UTF-8).
+pub fn parse_bytes(text: &[u8]) -> Result<Rules, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "not UTF-8 text".to_string())?;
+    parse(text)
 }
 
 #[cfg(test)]

@@ -31,8 +31,13 @@ fn first_words(stream: &mut TcpStream) -> Vec<u8> {
     let mut byte = [0u8; 1];
     while !got.ends_with(b"\n") {
         match stream.read(&mut byte) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(_) => got.push(byte[0]),
+            // Held open without a word: neither greeted nor closed.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("no greeting and no close within {PATIENCE:?} (read {got:?})")
+            }
+            Err(_) => break,
         }
     }
     got
@@ -94,7 +99,14 @@ fn a_reload_that_denies_held_clients_keeps_them_and_refuses_newcomers() {
         }
         // Their network is denied from now on.
         file.write("allow 127.0.0.0/8\ndeny 127.0.0.2/31  # the held ones' network\n");
-        reload(&server, processes, "SIGHUP: access rules read again");
+        // One process reads the file; workers take the rules their
+        // supervisor read, each saying so.
+        let taken = if processes == 1 {
+            "SIGHUP: access rules read again"
+        } else {
+            "SIGHUP: access rules taken from the supervisor"
+        };
+        reload(&server, processes, taken);
         // A newcomer from it is closed without a word.
         let mut newcomer = connect_from("127.0.0.3", server.addr);
         assert_eq!(
@@ -117,12 +129,72 @@ fn a_reload_that_denies_held_clients_keeps_them_and_refuses_newcomers() {
         assert!(heard, "{args:?}: not every held client was heard\n{}", server.context());
         // A file that does not parse changes nothing, and says why.
         file.write("deny 127.0.0.999\n");
-        reload(&server, processes, "the rules in force stay");
+        // The one process that reads the file says why it keeps the rules.
+        reload(&server, 1, "the rules in force stay");
         let mut still_denied = connect_from("127.0.0.3", server.addr);
         assert_eq!(first_words(&mut still_denied), b"", "{args:?}");
         let mut still_welcome = connect_from("127.0.0.4", server.addr);
         assert_eq!(first_words(&mut still_welcome), b"Let's GO!\n", "{args:?}");
     }
+}
+
+#[test]
+fn a_restarted_worker_takes_the_rules_in_force_not_the_file() {
+    let file = TempFile::new("access-restart", "deny 127.0.0.9\n");
+    let server = ServerProcess::start(&["--workers", "2", "--access-file", file.path()]);
+    let ok = server.stderr.wait_for(PATIENCE, |err| {
+        String::from_utf8_lossy(err).matches(" is ready (pid ").count() >= 2
+    });
+    assert!(ok, "{}", server.context());
+    // A bad edit, read on SIGHUP: refused, the rules stay.
+    file.write("deny 127.0.0.999\n");
+    reload(&server, 1, "the rules in force stay");
+    // A good edit, not read (no SIGHUP): not in force either.
+    file.write("deny 127.0.0.4\n");
+    // Workers restart (killed): each takes the rules in force from the
+    // supervisor, not the file as it is now.
+    for round in 1..=2 {
+        let victim = util::children(server.pid())[0];
+        // SAFETY: kill has no memory effects; the worker is the server's child.
+        assert_eq!(unsafe { libc::kill(victim, libc::SIGKILL) }, 0);
+        let ok = server.stderr.wait_for(PATIENCE, |err| {
+            String::from_utf8_lossy(err).matches(" is ready (pid ").count() >= 2 + round
+        });
+        assert!(
+            ok,
+            "round {round}: a restarted worker is not ready\n{}",
+            server.context()
+        );
+    }
+    // Every worker (the kernel spreads the connections over both): .9
+    // denied, .4 welcome.
+    for _ in 0..8 {
+        let mut denied = connect_from("127.0.0.9", server.addr);
+        assert_eq!(first_words(&mut denied), b"", "{}", server.context());
+        let mut welcome = connect_from("127.0.0.4", server.addr);
+        assert_eq!(first_words(&mut welcome), b"Let's GO!\n", "{}", server.context());
+    }
+    assert!(
+        !server.stderr.text().contains("cannot get going"),
+        "{}",
+        server.context()
+    );
+}
+
+#[test]
+fn a_file_caught_half_written_is_not_taken() {
+    let file = TempFile::new("access-half", "deny 127.0.0.9\n");
+    let server = ServerProcess::start(&["--access-file", file.path()]);
+    // No newline at the end: a writer may be half way through.
+    file.write("deny 127.0.0.9\ndeny 127.0.0");
+    reload(&server, 1, "the rules in force stay");
+    assert!(
+        server.stderr.text().contains("the last line has no newline"),
+        "{}",
+        server.context()
+    );
+    let mut denied = connect_from("127.0.0.9", server.addr);
+    assert_eq!(first_words(&mut denied), b"");
 }
 
 #[test]
@@ -202,18 +274,44 @@ fn max_per_source_caps_one_address_and_tells_it_why() {
 
 #[test]
 fn behind_a_proxy_the_limit_counts_the_address_the_header_names() {
-    let server = ServerProcess::start(&["--proxy-protocol", "--max-per-source", "2"]);
-    let port = server.addr.port();
-    // Every connection comes from the proxy (127.0.0.1); the headers name
-    // the clients.
-    let connect = |client: &str| {
-        let mut stream = TcpStream::connect(server.addr).expect("connect");
-        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-        let source_port = stream.local_addr().expect("addr").port();
-        stream
-            .write_all(format!("PROXY TCP4 {client} 127.0.0.1 {source_port} {port}\r\n").as_bytes())
-            .expect("header");
-        stream
-    };
-    two_per_source(&server, &connect);
+    // Under --workers too: every connection comes from the proxy, and the
+    // worker that reads a header passes the client to the worker that
+    // counts its address.
+    for args in [
+        &[][..],
+        &["--workers", "2"][..],
+        &["--workers", "3", "--threads", "2"][..],
+    ] {
+        let mut all = vec!["--proxy-protocol", "--max-per-source", "2"];
+        all.extend_from_slice(args);
+        let server = ServerProcess::start(&all);
+        let port = server.addr.port();
+        // v1 and v2 headers in turn, naming the clients.
+        let turn = std::cell::Cell::new(0);
+        let connect = |client: &str| {
+            let mut stream = TcpStream::connect(server.addr).expect("connect");
+            stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            let me = stream.local_addr().expect("addr");
+            let source: SocketAddr = format!("{client}:{}", me.port()).parse().expect("addr");
+            turn.set(turn.get() + 1);
+            let header = if turn.get() % 2 == 0 {
+                format!("PROXY TCP4 {client} 127.0.0.1 {} {port}\r\n", me.port()).into_bytes()
+            } else {
+                ppp::v2::Builder::with_addresses(
+                    ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+                    ppp::v2::Protocol::Stream,
+                    (source, server.addr),
+                )
+                .build()
+                .expect("a v2 header")
+            };
+            stream.write_all(&header).expect("header");
+            stream
+        };
+        // Three rounds: the same addresses again once the last round's
+        // connections are gone (every count given back).
+        for _ in 0..3 {
+            two_per_source(&server, &connect);
+        }
+    }
 }

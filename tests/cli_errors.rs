@@ -114,16 +114,27 @@ fn port_in_use_is_one_line() {
         )),
         "{stderr}"
     );
-    // A port the kernel handed out is in the ephemeral range: the error
-    // says why it may be taken with nothing listening, and what to do.
-    if let Some((lo, hi)) = simple_tcp_server::listen::ephemeral_ports()
-        && (lo..=hi).contains(&taken.local_addr().expect("addr").port())
-    {
-        assert!(
-            stderr.contains("ephemeral range") && stderr.contains("choose a port outside"),
-            "{stderr}"
-        );
-    }
+    // Another program listens there: the error says so.
+    assert!(stderr.contains("(another program listens on it)"), "{stderr}");
+}
+
+#[test]
+fn a_port_held_by_an_outgoing_connection_says_why_and_what_to_do() {
+    // An outgoing connection holds a local port in the ephemeral range;
+    // nothing listens on that port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let outgoing = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let port = outgoing.local_addr().expect("addr").port();
+    let Some((lo, hi)) = simple_tcp_server::listen::ephemeral_ports() else {
+        return;
+    };
+    assert!((lo..=hi).contains(&port), "an outgoing port {port} outside {lo}-{hi}");
+    let stderr = fails_cleanly(&["127.0.0.1", &port.to_string()]);
+    assert!(
+        stderr.contains("Address already in use (nothing listens on it, but port")
+            && stderr.contains("choose a port outside the range, or wait a minute"),
+        "{stderr}"
+    );
 }
 
 #[test]

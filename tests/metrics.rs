@@ -61,13 +61,29 @@ fn scrape_until(metrics: SocketAddr, what: &str, mut ok: impl FnMut(&str) -> boo
     }
 }
 
-/// A server with `--metrics` on a free port, and that port.
+/// A server with `--metrics` on a port of its own choosing (0), and the
+/// address it says it serves them on.
 fn start(args: &[&str]) -> (ServerProcess, SocketAddr) {
-    let metrics: SocketAddr = format!("127.0.0.1:{}", util::free_port()).parse().expect("addr");
-    let mut all = vec!["--metrics".to_string(), metrics.to_string()];
-    all.extend(args.iter().map(|a| a.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    (ServerProcess::start(&refs), metrics)
+    let mut all = vec!["--metrics", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let server = ServerProcess::start(&all);
+    let metrics = metrics_addr(&server.stderr);
+    (server, metrics)
+}
+
+/// The address of the metrics endpoint, from the line that announces it.
+fn metrics_addr(stderr: &util::Captured) -> SocketAddr {
+    let mut addr = None;
+    let said = stderr.wait_for(PATIENCE, |err| {
+        let text = String::from_utf8_lossy(err);
+        addr = text
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/metrics").next()?.parse().ok());
+        addr.is_some()
+    });
+    assert!(said, "no metrics address announced\n{}", stderr.text());
+    addr.unwrap_or_else(|| panic!("no metrics address"))
 }
 
 /// A client connected from `source` (a loopback address).
@@ -219,7 +235,7 @@ fn prometheus_reads_back_exactly_what_a_known_workload_did() {
         ("simple_tcp_server_clients_refused_total{reason=\"full\"}", 2.0),
         ("simple_tcp_server_clients_refused_total{reason=\"denied\"}", 1.0),
         ("simple_tcp_server_received_bytes_total", bytes as f64),
-        ("simple_tcp_server_frames_total", 3.0),
+        ("simple_tcp_server_frames_received_total", 3.0),
         ("simple_tcp_server_transcript_lines_total", 1.0 + 3.0 + 3.0),
         ("simple_tcp_server_connections_closed_total{reason=\"eof\"}", 0.0),
     ];
@@ -297,61 +313,80 @@ fn promtool_finds_nothing_wrong_with_a_scrape_or_the_alert_rules() {
 }
 
 #[test]
-fn hostile_scrapers_cost_the_server_nothing_and_stay_bounded() {
+fn hostile_scrapers_neither_hold_the_endpoint_nor_touch_the_clients() {
     let (server, metrics) = start(&[]);
     let base_fds = server.open_fds();
-    // A slowloris: half a request, then nothing.
+    // A slowloris: half a request, then nothing. It is closed at the
+    // endpoint's deadline (5 s), well before this read's own (15 s).
     let mut slow = TcpStream::connect(metrics).expect("connect");
     slow.write_all(b"GET /metr").expect("half a request");
-    // A request line of a megabyte.
+    let slow_reader = std::thread::spawn(move || {
+        slow.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+        let mut byte = [0u8; 1];
+        slow.read(&mut byte).map_err(|e| e.kind())
+    });
+    // A request line longer than the endpoint takes: told so.
+    let mut long = TcpStream::connect(metrics).expect("connect");
+    long.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let line = [b"GET /".as_slice(), &[b'a'; 9000]].concat();
+    long.write_all(&line).expect("a long request line");
+    let mut answer = Vec::new();
+    let _ = long.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A megabyte of request line: nothing hangs.
     let mut huge = TcpStream::connect(metrics).expect("connect");
     huge.set_write_timeout(Some(PATIENCE)).expect("timeout");
-    huge.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    let line = [b"GET /".as_slice(), &vec![b'a'; 1 << 20]].concat();
-    let _ = huge.write_all(&line);
-    let mut answer = Vec::new();
-    let _ = huge.read_to_end(&mut answer);
-    assert!(
-        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"),
-        "{:?}",
-        String::from_utf8_lossy(&answer[..answer.len().min(80)])
-    );
-    // A thousand at once.
+    let _ = huge.write_all(&[b"GET /".as_slice(), &vec![b'a'; 1 << 20]].concat());
+    drop(huge);
+    // A thousand idle connections at once, held.
     let crowd: Vec<TcpStream> = (0..1000).filter_map(|_| TcpStream::connect(metrics).ok()).collect();
-    // The server's own clients are served all the while.
+    // A real scraper still gets its answer while they are held...
+    let (code, body) = get(metrics, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("simple_tcp_server_connections_accepted_total 0\n"),
+        "{body}"
+    );
+    // ...the server's own clients are served all the while...
     let mut client = connect_greeted(server.addr);
     client.write_all(b"served meanwhile").expect("send");
     server.wait_text("<16:served meanwhile>");
-    // The endpoint holds at most its 16 scrapers' descriptors.
+    // ...and the endpoint holds at most its 16 scrapers' descriptors.
     let held = server.open_fds();
     assert!(
         held <= base_fds + 16 + 2,
         "{held} descriptors, {base_fds} before: the crowd is not bounded"
     );
     drop(crowd);
-    // Anything but GET is 405; any other path 404; and a plain scrape
-    // still answers.
+    // Anything but GET or HEAD is 405; any other path 404.
     let mut post = TcpStream::connect(metrics).expect("connect");
     post.set_read_timeout(Some(PATIENCE)).expect("timeout");
     post.write_all(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
         .expect("send");
-    assert!(read_all(&mut post).starts_with(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n"));
+    let mut answer = Vec::new();
+    let _ = post.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\n"));
     assert_eq!(get(metrics, "/").0, 404);
-    scrape_until(metrics, "a scrape", |s| {
-        sample(s, "simple_tcp_server_connections_accepted_total") == Some(1.0)
-    });
-    // The slowloris is closed at its deadline, not held forever.
-    slow.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    assert_eq!(read_all(&mut slow), b"", "closed without an answer");
+    // The slowloris was closed, not left to time out on its side. (The
+    // endpoint may have closed it earlier still, making room for the crowd.)
+    let slow = slow_reader.join().expect("the slow reader");
+    assert!(
+        matches!(slow, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)),
+        "the slowloris was not closed: {slow:?}"
+    );
 }
 
 #[test]
 fn a_scrape_answers_while_stdout_is_blocked_and_says_for_how_long() {
-    let metrics: SocketAddr = format!("127.0.0.1:{}", util::free_port()).parse().expect("addr");
-    let (mut child, _stdout, _stderr, addr) = util::start_unread(
+    let (mut child, _stdout, stderr, addr) = util::start_unread(
         std::path::Path::new(util::bin("simple_tcp_server")),
-        &["--metrics", &metrics.to_string()],
+        &["--metrics", "127.0.0.1:0"],
     );
+    let metrics = metrics_addr(&stderr);
     let mut flood = connect_greeted(addr);
     let writer = std::thread::spawn(move || {
         let block = vec![b'x'; 64 * 1024];
@@ -387,9 +422,16 @@ fn under_workers_no_count_goes_back_when_a_worker_is_killed() {
     }
     server.wait_lines("127.0.0.1:", 30);
     let before = scrape_until(metrics, "30 clients' bytes", |s| {
-        sample(s, "simple_tcp_server_frames_total") == Some(30.0)
+        sample(s, "simple_tcp_server_frames_received_total") == Some(30.0)
     });
     assert_eq!(sample(&before, "simple_tcp_server_workers_live"), Some(3.0), "{before}");
+    // The supervisor's own first line is counted too.
+    let transcript = server.stdout.bytes();
+    let lines = sample(&before, "simple_tcp_server_transcript_lines_total").expect("lines");
+    assert!(
+        lines >= 1.0 && lines <= util::count_lines(&transcript, "") as f64,
+        "{before}"
+    );
     assert_eq!(sample(&before, "simple_tcp_server_worker_restarts_total"), Some(0.0));
     let victim = util::children(server.pid())[0];
     // SAFETY: kill has no memory effects; the worker is the server's child.

@@ -330,9 +330,13 @@ fn run(args: Args) -> Result<(), String> {
         allow: args.allow.clone(),
         deny: args.deny.clone(),
     };
-    let file_rules = match &args.access_file {
-        Some(path) => simple_tcp_server::rules::load(path).map_err(|e| format!("--access-file: {e}"))?,
-        None => simple_tcp_server::rules::Rules::default(),
+    // A worker takes the rules its supervisor read (never the file: the
+    // file may have changed, or broken, since).
+    let file_rules = match (&args.access_file, &worker) {
+        (Some(_), Some(side)) => simple_tcp_server::rules::parse_bytes(&side.access_rules())
+            .map_err(|e| format!("the access rules from the supervisor: {e}"))?,
+        (Some(path), None) => simple_tcp_server::rules::load(path).map_err(|e| format!("--access-file: {e}"))?,
+        (None, _) => simple_tcp_server::rules::Rules::default(),
     };
     let config = Config {
         max_read: args.max_read,
@@ -375,11 +379,16 @@ fn run(args: Args) -> Result<(), String> {
     let reload = Reload {
         path: args.access_file.clone(),
         cli: cli_rules,
+        from_supervisor: None,
     };
     if let Some(mut side) = worker {
         // Only a cap below what the workers' open-file limits allow in all
         // is checked across workers at each accept.
         side.share.cap_binding = (cap as u64) < (fitting as u64).saturating_mul(args.worker_count.unwrap_or(1) as u64);
+        let reload = Reload {
+            from_supervisor: Some(side.rules_source()),
+            ..reload
+        };
         return run_worker(side, config, soft_limit, reload);
     }
     // Under systemd socket activation the listener is passed in, already
@@ -404,7 +413,7 @@ fn run(args: Args) -> Result<(), String> {
             cap,
             &config,
             metrics,
-            args.access_file.is_some(),
+            args.access_file.clone(),
         );
     }
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
@@ -517,7 +526,7 @@ fn run_supervisor(
     cap: usize,
     config: &Config,
     metrics: Option<std::net::TcpListener>,
-    access_file: bool,
+    access_file: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
     let local_addr = listeners[0].local_addr().map_err(|e| plain(&e))?;
     let program = std::env::current_exe().map_err(|e| format!("cannot find this program: {}", plain(&e)))?;
@@ -581,12 +590,13 @@ fn run_supervisor(
     ))
 }
 
-/// What SIGHUP rereads: `--access-file`, joined to the command line's
-/// rules.
-#[derive(Debug)]
+/// What SIGHUP rereads: `--access-file` (or, in a worker, the rules its
+/// supervisor read), joined to the command line's rules.
 struct Reload {
     path: Option<std::path::PathBuf>,
     cli: simple_tcp_server::rules::Rules,
+    /// In a worker: where the supervisor puts the rules it read.
+    from_supervisor: Option<Box<dyn Fn() -> Vec<u8> + Send>>,
 }
 
 impl Reload {
@@ -605,15 +615,23 @@ impl Reload {
             unsafe { signal_hook::low_level::register(signal_hook::consts::SIGHUP, note) }?;
             return simple_tcp_server::reactor::shutdown::unblock(&[signal_hook::consts::SIGHUP]);
         };
+        let from_supervisor = self.from_supervisor;
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
         std::thread::Builder::new().name("reload".into()).spawn(move || {
             for _ in signals.forever() {
-                match simple_tcp_server::rules::load(&path) {
+                let read = match &from_supervisor {
+                    Some(rules) => simple_tcp_server::rules::parse_bytes(&rules()),
+                    None => simple_tcp_server::rules::load(&path),
+                };
+                match read {
                     Ok(file) => {
                         let all = self.cli.clone().with(&file);
+                        let from = match &from_supervisor {
+                            Some(_) => "taken from the supervisor".to_string(),
+                            None => format!("read again from {}", path.display()),
+                        };
                         info!(
-                            "SIGHUP: access rules read again from {}: {} allow, {} deny",
-                            path.display(),
+                            "SIGHUP: access rules {from}: {} allow, {} deny",
                             all.allow.len(),
                             all.deny.len()
                         );
@@ -646,10 +664,11 @@ fn bind(host: &str, port: u16, backlog: u32, threads: usize) -> Result<Vec<std::
         match listen::listen_many(addr, backlog, threads) {
             Ok(listeners) => return Ok(listeners),
             Err(e) => {
-                let hint = match (e.kind(), listen::ephemeral_ports()) {
-                    (io::ErrorKind::AddrInUse, Some((lo, hi))) if (lo..=hi).contains(&port) => format!(
-                        " (port {port} is in this machine's ephemeral range {lo}-{hi}: an outgoing connection, or \
-                         its TIME-WAIT, may hold it with nothing listening; choose a port outside the range, or \
+                let hint = match (e.kind(), listen::someone_listens_on(port), listen::ephemeral_ports()) {
+                    (io::ErrorKind::AddrInUse, Some(true), _) => " (another program listens on it)".to_string(),
+                    (io::ErrorKind::AddrInUse, _, Some((lo, hi))) if (lo..=hi).contains(&port) => format!(
+                        " (nothing listens on it, but port {port} is in this machine's ephemeral range {lo}-{hi}: \
+                         an outgoing connection, or its TIME-WAIT, holds it; choose a port outside the range, or \
                          wait a minute)"
                     ),
                     _ => String::new(),

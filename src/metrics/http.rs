@@ -1,10 +1,13 @@
 //! The metrics endpoint's HTTP side, built to face hostile scrapers: one
 //! thread with its own `mio::Poll` (never a reactor's), at most
-//! [`MAX_SCRAPERS`] connections at once (more are closed as they come), a
+//! [`MAX_SCRAPERS`] connections at once (when all are taken, a newcomer
+//! takes the place of the oldest one that has not sent a whole request, so
+//! idle connections cannot lock a real scraper out), a
 //! request of at most [`MAX_REQUEST`] bytes, parsed by `httparse`, a
 //! deadline of [`DEADLINE`] per connection for the request and the answer
 //! both, and one answer per connection (`Connection: close`). Only
-//! `GET /metrics` is served; any other path is 404, any other method 405.
+//! `GET /metrics` (and `HEAD`) is served; any other path is 404, any other
+//! method 405.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -105,8 +108,20 @@ fn accept(listener: &TcpListener, poll: &Poll, scrapers: &mut Slab<Scraper>) {
         match listener.accept() {
             Ok((mut stream, _)) => {
                 if scrapers.len() >= MAX_SCRAPERS {
-                    debug!("metrics: {MAX_SCRAPERS} scrapers already; one more closed");
-                    continue;
+                    // The oldest that has not asked anything yet makes room;
+                    // if every one is being answered, the newcomer waits.
+                    let idle = scrapers
+                        .iter()
+                        .filter(|(_, s)| s.answer.is_empty())
+                        .min_by_key(|(_, s)| s.deadline)
+                        .map(|(key, _)| key);
+                    match idle {
+                        Some(key) => {
+                            debug!("metrics: {MAX_SCRAPERS} connections; the oldest idle one is closed");
+                            scrapers.remove(key);
+                        }
+                        None => continue,
+                    }
                 }
                 let entry = scrapers.vacant_entry();
                 if poll
@@ -187,19 +202,25 @@ fn answer_to(request: &[u8], source: &dyn Source) -> Option<Vec<u8>> {
         Ok(httparse::Status::Complete(_)) => {
             let path = req.path.unwrap_or("");
             let path = path.split_once('?').map_or(path, |(p, _)| p);
-            if req.method != Some("GET") {
-                return Some(response(405, "Method Not Allowed", &[("Allow", "GET")], b""));
+            let head = req.method == Some("HEAD");
+            if req.method != Some("GET") && !head {
+                return Some(response(405, "Method Not Allowed", &[("Allow", "GET, HEAD")], b""));
             }
             if path != "/metrics" {
                 return Some(response(404, "Not Found", &[], b"only /metrics is served here\n"));
             }
             let body = super::encode(&source.snapshot());
-            Some(response(
+            let mut answer = response(
                 200,
                 "OK",
                 &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                 &body,
-            ))
+            );
+            if head {
+                // The same head, no body.
+                answer.truncate(answer.len() - body.len());
+            }
+            Some(answer)
         }
     }
 }
@@ -253,6 +274,11 @@ mod tests {
         assert_eq!(
             status(b"POST /metrics HTTP/1.1\r\n\r\n").as_deref(),
             Some("HTTP/1.1 405 Method Not Allowed")
+        );
+        let head = answer_to(b"HEAD /metrics HTTP/1.1\r\n\r\n", &Fixed).expect("an answer");
+        assert!(
+            head.starts_with(b"HTTP/1.1 200 OK") && head.ends_with(b"\r\n\r\n"),
+            "no body"
         );
         assert_eq!(
             status(b"\x00\x01 junk\r\n\r\n").as_deref(),

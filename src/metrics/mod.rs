@@ -143,7 +143,7 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
         ),
         family(
             "connections_open",
-            "Connections open now, by reactor (and worker).",
+            "Connections open now, by reactor (and worker): clients, and connections still sending their PROXY header.",
             MetricType::GAUGE,
             s.open
                 .iter()
@@ -198,7 +198,7 @@ pub fn families(s: &Snapshot) -> Vec<MetricFamily> {
             "Bytes received from clients and printed.",
             t.bytes,
         ),
-        counter("frames_total", "Frames printed.", t.frames),
+        counter("frames_received_total", "Frames received and printed.", t.frames),
         counter(
             "transcript_bytes_total",
             "Transcript bytes written to stdout.",

@@ -201,8 +201,8 @@ impl Core {
         // SAFETY: the handoff descriptor stays open for the life of the
         // worker process (its `WorkerSide` owns it).
         let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let mut fds = Vec::new();
-        match crate::workers::handoff::receive(&socket, &mut fds) {
+        let mut messages = Vec::new();
+        match crate::workers::handoff::receive(&socket, &mut messages) {
             Ok(true) => {}
             Ok(false) => {
                 // The supervisor is gone: nothing more will come.
@@ -210,21 +210,83 @@ impl Core {
             }
             Err(e) => warn!("receiving handed-over clients: {e}"),
         }
-        for fd in fds {
-            let stream = std::net::TcpStream::from(fd);
-            // Gone already: nothing to serve.
-            let Ok(peer) = stream.peer_addr() else { continue };
-            if stream.set_nonblocking(true).is_err() {
-                continue;
-            }
-            let stream = TcpStream::from_std(stream);
-            if self.shared.try_open() {
-                if let Some((stream, peer)) = self.shared.place(self.id, (stream, peer)) {
-                    self.add(stream, peer, registry, out);
+        for message in messages {
+            for fd in message.fds {
+                let stream = std::net::TcpStream::from(fd);
+                // Gone already: nothing to serve.
+                let Ok(peer) = stream.peer_addr() else { continue };
+                if stream.set_nonblocking(true).is_err() {
+                    continue;
                 }
-            } else {
-                self.reject(stream, peer);
+                let stream = TcpStream::from_std(stream);
+                if !self.shared.try_open() {
+                    self.reject(stream, peer);
+                    continue;
+                }
+                match message.what {
+                    crate::workers::handoff::Handed::Queued => {
+                        if let Some((stream, peer)) = self.shared.place(self.id, (stream, peer)) {
+                            self.add(stream, peer, registry, out);
+                        }
+                    }
+                    crate::workers::handoff::Handed::Client { client, .. } => {
+                        self.add_proxied(stream, peer, client, registry, out);
+                    }
+                }
             }
+        }
+    }
+
+    /// Serves a client whose PROXY header another worker read (it named
+    /// `client`, and this worker counts that address): the header is gone
+    /// from the stream, what follows is the client's. Its cap slot is taken.
+    fn add_proxied<W: Write>(
+        &mut self,
+        mut stream: TcpStream,
+        proxy: SocketAddr,
+        client: SocketAddr,
+        registry: &Registry,
+        out: &mut Transcript<'_, W>,
+    ) {
+        self.refresh_access();
+        let refusal = if !self.access.is_open() && !self.access.permits(client.ip()) {
+            Some(Refusal::Denied)
+        } else if self.shared.per_source.as_ref().is_some_and(|p| !p.take(client.ip())) {
+            Some(Refusal::PerSource)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.shared.release(self.id);
+            if let Refusal::PerSource = refusal {
+                let _ = (&stream).write(PER_SOURCE_FULL);
+            }
+            self.refuse(refusal, client, &format!(" (through {proxy})"));
+            return;
+        }
+        let entry = self.connections.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = registry.register(&mut stream, Token(key), READ_INTEREST) {
+            warn!("[{key}] {client}: cannot watch the connection: {e}; closed");
+            self.shared.release(self.id);
+            if let Some(per_source) = &self.shared.per_source {
+                per_source.release(client.ip());
+            }
+            return;
+        }
+        let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
+        self.last_churn = Some(self.now);
+        let mut conn = Connection::new(stream, client, self.now_ms);
+        if self.shared.per_source.is_some() {
+            conn.flags |= COUNTED;
+        }
+        entry.insert(conn);
+        self.key_end = self.key_end.max(key + 1);
+        debug!("[{key}] {proxy}: a client of this worker's, {client}, handed over");
+        self.start(key, registry, out);
+        // What came after the header may be here already.
+        if let Ok(Some(reason)) = self.read_ready(key, self.read_budget, out) {
+            self.close(key, reason, out);
         }
     }
 

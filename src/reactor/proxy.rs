@@ -12,6 +12,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use log::debug;
@@ -98,12 +99,10 @@ impl Core {
         // names, or for the proxy's own connection the proxy itself.
         let checked = client.unwrap_or(proxy);
         self.refresh_access();
-        let conn = match self.connections.get_mut(key) {
-            Some(conn) => conn,
-            None => return Ok(None),
-        };
         if !self.access.is_open() && !self.access.permits(checked.ip()) {
-            conn.flags |= QUIET;
+            if let Some(conn) = self.connections.get_mut(key) {
+                conn.flags |= QUIET;
+            }
             let detail = match client {
                 Some(_) => format!(" (through {proxy})"),
                 None => " (a proxy's own connection)".to_string(),
@@ -111,9 +110,18 @@ impl Core {
             self.refuse(Refusal::Denied, checked, &detail);
             return Ok(Some(Close::Refused));
         }
+        // --max-per-source counts the client the header names, in one
+        // worker of several: the one its address belongs to.
+        if let Some(client) = client
+            && self.hand_to_owner(key, client, registry)
+        {
+            return Ok(None);
+        }
+        let Some(conn) = self.connections.get_mut(key) else {
+            return Ok(None);
+        };
         match client {
             Some(client) => {
-                // --max-per-source counts the client the header names.
                 if let Some(per_source) = &self.shared.per_source {
                     if !per_source.take(client.ip()) {
                         conn.flags |= QUIET;
@@ -140,6 +148,38 @@ impl Core {
         self.read_ready(key, self.read_budget, out)
     }
 
+    /// Under `--workers` with `--max-per-source`, passes connection `key`,
+    /// whose header named `client`, to the worker that counts `client`'s
+    /// address (through the supervisor), if that is another worker; `true`
+    /// when it has gone. When it cannot be passed, it is served here.
+    fn hand_to_owner(&mut self, key: usize, client: SocketAddr, registry: &Registry) -> bool {
+        let (Some(worker), Some(_)) = (self.config.worker, &self.shared.per_source) else {
+            return false;
+        };
+        let Some(socket) = worker.handoff else { return false };
+        let owner = owner_of(client.ip(), worker.open.len());
+        if owner == worker.id {
+            return false;
+        }
+        let Some(conn) = self.connections.get_mut(key) else {
+            return false;
+        };
+        // SAFETY: the handoff descriptor stays open for the life of the
+        // worker process (its `WorkerSide` owns it).
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket) };
+        let what = crate::workers::handoff::Handed::Client { to: owner, client };
+        if let Err(e) = crate::workers::handoff::send(&socket, &[conn.stream.as_raw_fd()], &what) {
+            debug!("[{key}] {client}: cannot pass it to worker {owner} ({e}); served here");
+            return false;
+        }
+        let _ = registry.deregister(&mut conn.stream);
+        // Gone to another worker: its copy of the connection lives on there.
+        self.connections.remove(key);
+        self.shared.release(self.id);
+        debug!("[{key}] {client}: passed to worker {owner}, which counts its address");
+        true
+    }
+
     /// Closes the connections whose PROXY header did not come within
     /// `--proxy-timeout`.
     pub(super) fn expire_proxy_headers<W: Write>(&mut self, out: &mut Transcript<'_, W>) {
@@ -164,6 +204,21 @@ impl Core {
         }
         self.next_proxy_check = self.now + proxy_check_period(self.config.proxy_timeout);
     }
+}
+
+/// The worker (of `workers`) that counts the connections of address `ip`
+/// under `--max-per-source`: a fixed hash of the address (an IPv4-mapped
+/// IPv6 address counts as its IPv4 address).
+pub(super) fn owner_of(ip: std::net::IpAddr, workers: usize) -> usize {
+    let octets = match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    // FNV-1a: the same in every worker and every run.
+    let hash = octets.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % workers.max(1) as u64) as usize
 }
 
 /// How often pending headers are checked for `--proxy-timeout`: a tenth of

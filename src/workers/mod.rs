@@ -96,6 +96,8 @@ pub const HANDOFF_FD: RawFd = 6;
 const SIGNALS: Token = Token(usize::MAX);
 /// Where the status pipes' tokens start.
 const STATUS_TOKENS: usize = MAX_WORKERS;
+/// Where the handoff sockets' tokens start.
+const HANDOFF_TOKENS: usize = 2 * MAX_WORKERS;
 /// Bytes read from a worker's pipe at a time.
 const READ_CHUNK: usize = 256 * 1024;
 /// First pause before restarting a worker that died.
@@ -155,9 +157,10 @@ pub struct Plan {
     /// Steer each client address to one worker (`--max-per-source`: that
     /// worker counts all its connections), rather than each connection.
     pub steer_by_address: bool,
-    /// `--access-file`: SIGHUP is passed on to every worker, which reads
-    /// it again.
-    pub access_file: bool,
+    /// `--access-file`: the supervisor reads it (again on SIGHUP) and, when
+    /// it is good, passes the rules to every worker through the shared
+    /// memory; a worker never reads the file itself.
+    pub access_file: Option<PathBuf>,
     /// The transcript's first line (`Listening to:`), written once new
     /// clients are steered: a client that reads it is steered too.
     pub first_line: Vec<u8>,
@@ -374,7 +377,7 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
             signal_workers(libc::SIGTERM);
             arm_timer(DRAIN_US.load(Ordering::SeqCst));
             if let Some(shared) = SHARED.get() {
-                crate::reactor::shutdown::note_stopping(signal, shared.totals().1);
+                crate::reactor::shutdown::note_stopping(signal, shared.totals_now().1);
             }
         };
         // SAFETY: the action calls only `clock_gettime`, `shutdown`, `kill`,
@@ -390,7 +393,7 @@ fn install_handlers(drain: Duration) -> io::Result<()> {
             if let Some(shared) = SHARED.get() {
                 // What is known without the loop (which may be blocked on
                 // stdout): the counts the workers last published.
-                let (total, open) = shared.totals();
+                let (total, open) = shared.totals_now();
                 line.push(b" with ");
                 line.push_decimal(open);
                 line.push(b" connections not finished; summary so far: ");
@@ -435,6 +438,12 @@ pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
         ));
     }
     let (shared, shared_fd) = Shm::create(plan.workers, plan.threads.max(1))?;
+    if let Some(path) = &plan.access_file {
+        // Read (and found good) by the caller already; read once more here,
+        // so that the workers get exactly the text in force.
+        let text = crate::rules::read_good(path).map_err(io::Error::other)?;
+        shared.set_rules(&text)?;
+    }
     let _ = SHARED.set(shared);
     if plan.owns_listeners {
         for (slot, listener) in LISTENERS.iter().zip(&plan.listeners) {
@@ -458,7 +467,7 @@ pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
     // Steered from the first client on, before any worker starts and before
     // anyone reads the address.
     supervisor.steer();
-    crate::output::write_all_waiting(&mut supervisor.out, &plan.first_line)
+    write_counted(&mut supervisor.out, &plan.first_line, &supervisor.counts)
         .map_err(crate::output::OutputError::wrap)?;
     let result = supervisor.run();
     // The listeners close when the plan is dropped: no handler may touch
@@ -593,10 +602,7 @@ impl<'p> Supervisor<'p> {
                         for signal in self.signals.pending() {
                             match signal {
                                 libc::SIGCHLD => children = true,
-                                libc::SIGHUP if self.plan.access_file => {
-                                    info!("SIGHUP: passed on to every worker (each reads --access-file again)");
-                                    signal_workers(libc::SIGHUP);
-                                }
+                                libc::SIGHUP if self.plan.access_file.is_some() => self.reload_rules(),
                                 libc::SIGHUP => info!("SIGHUP: no --access-file to read again"),
                                 _ if !self.stopping => {
                                     info!("signal {signal}: stopping the workers");
@@ -605,6 +611,9 @@ impl<'p> Supervisor<'p> {
                                 _ => {}
                             }
                         }
+                    }
+                    Token(t) if (HANDOFF_TOKENS..HANDOFF_TOKENS + MAX_WORKERS).contains(&t) => {
+                        self.pass_clients_on(t - HANDOFF_TOKENS);
                     }
                     Token(t) if t >= STATUS_TOKENS => {
                         if let Some(id) = t.checked_sub(STATUS_TOKENS) {
@@ -652,6 +661,23 @@ impl<'p> Supervisor<'p> {
             outcome.summary.add(&self.shared.retired(worker.id));
         }
         Ok(outcome)
+    }
+
+    /// SIGHUP: reads the access file again; when it is good, passes its
+    /// rules to every worker (through the shared memory, then SIGHUP); else
+    /// the rules in force stay, and the workers are not told.
+    fn reload_rules(&mut self) {
+        let Some(path) = &self.plan.access_file else { return };
+        match crate::rules::read_good(path) {
+            Ok(text) => match self.shared.set_rules(&text) {
+                Ok(()) => {
+                    info!("SIGHUP: {} read again; every worker takes its rules", path.display());
+                    signal_workers(libc::SIGHUP);
+                }
+                Err(e) => warn!("SIGHUP: {}: {e}; the rules in force stay", path.display()),
+            },
+            Err(e) => warn!("SIGHUP: {e}; the rules in force stay"),
+        }
     }
 
     /// Starts the workers whose (re)start is due.
@@ -763,6 +789,11 @@ impl<'p> Supervisor<'p> {
                 registry.register(
                     &mut SourceFd(&status.as_raw_fd()),
                     Token(STATUS_TOKENS + id),
+                    Interest::READABLE,
+                )?;
+                registry.register(
+                    &mut SourceFd(&handoff.as_raw_fd()),
+                    Token(HANDOFF_TOKENS + id),
                     Interest::READABLE,
                 )?;
                 Ok((stdout, status))
@@ -986,12 +1017,12 @@ impl<'p> Supervisor<'p> {
             // A worker still starting when the stop came had no client yet:
             // nothing of it was left unfinished.
             if stage == Stage::Done || (stage == Stage::Starting && open == 0) {
-                self.shared.retire(id, 0, 0);
+                self.shared.retire(id, false, 0);
                 debug!("worker {id} (pid {pid}) {how} at the stop");
             } else {
                 // Those it had open when it ended were open at the stop, and
                 // not finished.
-                self.shared.retire(id, 0, open);
+                self.shared.retire(id, false, open);
                 let what = format!(
                     "worker {id} (pid {pid}) {how} before finishing its drain, {open} connection{} open",
                     if open == 1 { "" } else { "s" }
@@ -1003,7 +1034,7 @@ impl<'p> Supervisor<'p> {
             return;
         }
         // A death: its connections died with it (the kernel closed them).
-        self.shared.retire(id, open, 0);
+        self.shared.retire(id, true, 0);
         self.workers[i].handoff = None;
         self.steer();
         self.rescue(i);
@@ -1137,7 +1168,7 @@ impl<'p> Supervisor<'p> {
                 self.workers[targets[k]]
                     .handoff
                     .as_ref()
-                    .is_some_and(|socket| handoff::send(socket, &fds).is_ok())
+                    .is_some_and(|socket| handoff::send(socket, &fds, &handoff::Handed::Queued).is_ok())
             });
             match taker {
                 Some(k) => {
@@ -1163,6 +1194,38 @@ impl<'p> Supervisor<'p> {
         // it cannot serve: look again and again.
         if again || self.plan.steer_by_address {
             self.workers[i].rescue_at = Some(Instant::now() + RESCUE_AGAIN);
+        }
+    }
+
+    /// Worker `i` passes clients on: each to the worker it names (the one
+    /// that counts the client's address), or back to `i` when that one is
+    /// dead or stopped.
+    fn pass_clients_on(&mut self, i: usize) {
+        let Some(socket) = self.workers[i].handoff.as_ref() else {
+            return;
+        };
+        let mut messages = Vec::new();
+        if let Err(e) = handoff::receive(socket, &mut messages) {
+            warn!("worker {i}: receiving clients to pass on: {e}");
+        }
+        for message in messages {
+            let handoff::Handed::Client { to, .. } = message.what else {
+                continue;
+            };
+            let fds: Vec<RawFd> = message.fds.iter().map(AsRawFd::as_raw_fd).collect();
+            // A worker starting takes it once it runs; one dead or stopped
+            // does not, and the sender serves it then (counted there).
+            let sent = [to, i].into_iter().find(|&t| {
+                self.workers.get(t).is_some_and(|w| {
+                    (t == i || (w.pid.is_some() && !w.stopped))
+                        && w.handoff
+                            .as_ref()
+                            .is_some_and(|s| handoff::send(s, &fds, &message.what).is_ok())
+                })
+            });
+            if sent.is_none() {
+                warn!("worker {i}: a client for worker {to} could not be passed on; closed");
+            }
         }
     }
 
@@ -1334,6 +1397,8 @@ pub struct WorkerSide {
     pub share: WorkerShare,
     /// Where the worker says how it is doing.
     status: File,
+    /// The memory it shares with the supervisor (the access rules).
+    shared: Shm,
     /// Where the supervisor hands it clients (`share.handoff` is its
     /// descriptor, which the reactor polls: kept open here).
     _handoff: OwnedFd,
@@ -1392,8 +1457,21 @@ impl WorkerSide {
                 handoff: Some(handoff.as_raw_fd()),
             },
             status: File::from(status),
+            shared,
             _handoff: handoff,
         })
+    }
+
+    /// The access rules the supervisor passes on (the text of the access
+    /// file it last found good; empty without one).
+    pub fn access_rules(&self) -> Vec<u8> {
+        self.shared.rules()
+    }
+
+    /// Where to read those rules again (on SIGHUP), from another thread.
+    pub fn rules_source(&self) -> Box<dyn Fn() -> Vec<u8> + Send> {
+        let shared = self.shared;
+        Box::new(move || shared.rules())
     }
 
     /// A handle on the status pipe, to say `draining` from the reactor that

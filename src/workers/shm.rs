@@ -36,7 +36,25 @@ struct Header {
     magic: AtomicU64,
     workers: AtomicU64,
     reactors: AtomicU64,
+    /// Odd while the supervisor moves a dead worker's counts to its retired
+    /// slot (a reader that sees it odd, or changed, reads again).
+    moving: AtomicU64,
 }
+
+/// The access rules the supervisor read (`--access-file`), for its workers
+/// (which never read the file themselves: a restarted worker takes the
+/// rules in force, whatever the file says by then): the file's text, under
+/// a sequence number that is odd while the supervisor writes it.
+#[derive(Debug)]
+#[repr(C, align(128))]
+struct RulesArea {
+    seq: AtomicU64,
+    len: AtomicU64,
+    words: [AtomicU64; RULES_BYTES / 8],
+}
+
+/// The largest access file the supervisor passes on.
+pub const RULES_BYTES: usize = 1 << 20;
 
 /// [`Header::magic`]: "stcpshm" and a layout version.
 const MAGIC: u64 = 0x7374_6370_7368_6d02;
@@ -52,6 +70,8 @@ pub struct Shm {
     /// One slot per worker: the counts of its processes that have ended
     /// (written by the supervisor only).
     retired: &'static [Published],
+    /// The access rules in force.
+    rules: &'static RulesArea,
     /// Reactors per worker (`--threads`).
     reactors: usize,
 }
@@ -139,6 +159,7 @@ impl Shm {
             .and_then(|n| n.checked_mul(std::mem::size_of::<Published>()))
             .and_then(|p| p.checked_add(std::mem::size_of::<Header>()))
             .and_then(|p| p.checked_add(workers * std::mem::size_of::<WorkerSlot>()))
+            .and_then(|p| p.checked_add(std::mem::size_of::<RulesArea>()))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no workers, or far too many"))
     }
 
@@ -163,8 +184,9 @@ impl Shm {
         let base = ptr.cast::<u8>();
         let header = std::mem::size_of::<Header>();
         let slots_len = workers * std::mem::size_of::<WorkerSlot>();
-        // SAFETY: the mapping is `len` bytes: a header, `workers` slots and
-        // `workers * (reactors + 1)` published slots, each a multiple of 128
+        // SAFETY: the mapping is `len` bytes: a header, `workers` slots,
+        // `workers * (reactors + 1)` published slots and the rules area, each
+        // a multiple of 128
         // bytes, so each part starts 128-aligned after the page-aligned
         // base. It is readable and writable, never unmapped (it lives as
         // long as the process), and only ever accessed through atomics,
@@ -180,10 +202,16 @@ impl Shm {
             )
         };
         let (published, retired) = published.split_at(workers * reactors);
+        let rules_at = header + slots_len + (workers * reactors + workers) * std::mem::size_of::<Published>();
+        // SAFETY: the rules area is the mapping's last part, 128-aligned
+        // after the parts before it (each a multiple of 128 bytes), inside
+        // the `len` bytes mapped; only atomics are in it.
+        let rules = unsafe { &*base.add(rules_at).cast::<RulesArea>() };
         Ok(Shm {
             slots,
             published,
             retired,
+            rules,
             reactors,
         })
     }
@@ -211,6 +239,48 @@ impl Shm {
         self.slots[id].open.load(Ordering::SeqCst)
     }
 
+    /// Puts the access rules' text (an access file the supervisor read and
+    /// found good) where the workers read it.
+    pub fn set_rules(&self, text: &[u8]) -> io::Result<()> {
+        if text.len() > RULES_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("an access file of more than {RULES_BYTES} bytes"),
+            ));
+        }
+        let area = self.rules;
+        area.seq.fetch_add(1, Ordering::SeqCst);
+        for (i, chunk) in text.chunks(8).enumerate() {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            area.words[i].store(u64::from_le_bytes(word), Ordering::Relaxed);
+        }
+        area.len.store(text.len() as u64, Ordering::Relaxed);
+        area.seq.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The access rules' text the supervisor last put (empty: none).
+    pub fn rules(&self) -> Vec<u8> {
+        let area = self.rules;
+        loop {
+            let before = area.seq.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let len = (area.len.load(Ordering::Relaxed) as usize).min(RULES_BYTES);
+            let mut text = Vec::with_capacity(len);
+            for word in &area.words[..len.div_ceil(8)] {
+                text.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+            }
+            text.truncate(len);
+            if area.seq.load(Ordering::SeqCst) == before {
+                return text;
+            }
+        }
+    }
+
     /// Worker `id`'s reactors' slots.
     pub fn published(&self, id: usize) -> &'static [Published] {
         &self.published[id * self.reactors..(id + 1) * self.reactors]
@@ -231,20 +301,26 @@ impl Shm {
     /// Worker `id`'s process is gone: its connections went with it (the
     /// kernel closed them), so its count and counters go back to zero for
     /// the process that replaces it, and the counters it published join its
-    /// retired counts, with `lost` connections added and at least
-    /// `open_at_stop` open at the stop. Returns what it had published.
-    pub fn retire(&self, id: usize, lost: u64, open_at_stop: u64) -> Summary {
+    /// retired counts, with at least `open_at_stop` open at the stop. With
+    /// `died`, the clients it served and had not closed (as far as it had
+    /// published) count as lost with it. Returns what it had published.
+    pub fn retire(&self, id: usize, died: bool, open_at_stop: u64) -> Summary {
+        let moving = &self.header().moving;
+        moving.fetch_add(1, Ordering::SeqCst);
         let (mut counts, _) = self.counts(id);
         self.slots[id].open.store(0, Ordering::SeqCst);
         for p in self.published(id) {
             p.clear();
         }
         let published = counts;
-        counts.lost += lost;
+        if died {
+            counts.lost += counts.accepted.saturating_sub(counts.closed);
+        }
         counts.open_at_stop = counts.open_at_stop.max(open_at_stop);
         let mut retired = self.retired[id].load();
         retired.add(&counts);
         self.retired[id].store(&retired, 0);
+        moving.fetch_add(1, Ordering::SeqCst);
         published
     }
 
@@ -254,8 +330,27 @@ impl Shm {
     }
 
     /// Every worker's counts, ended processes and running ones, added up,
-    /// and the connections open now. Async-signal-safe (atomic loads only).
+    /// and the connections open now, read while no dead worker's counts are
+    /// being moved (so that no counter seems to go back).
     pub fn totals(&self) -> (Summary, u64) {
+        let moving = &self.header().moving;
+        loop {
+            let before = moving.load(Ordering::SeqCst);
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let totals = self.totals_now();
+            if moving.load(Ordering::SeqCst) == before {
+                return totals;
+            }
+        }
+    }
+
+    /// [`Shm::totals`] as they are this moment, maybe in the middle of a
+    /// move. Async-signal-safe (atomic loads only): for a signal handler,
+    /// which must not wait for the thread it interrupted.
+    pub fn totals_now(&self) -> (Summary, u64) {
         let mut total = Summary::default();
         for id in 0..self.slots.len() {
             total.add(&self.retired(id));
@@ -288,15 +383,24 @@ mod tests {
         assert_eq!((total.accepted, total.bytes, active), (18, 200, 5));
         assert_eq!(supervisor.counts(1), (Summary::default(), 0));
         assert_eq!(supervisor.totals().0.bytes, 200);
-        assert_eq!(supervisor.retire(2, 5, 0).accepted, 18);
+        assert_eq!(supervisor.retire(2, true, 0).accepted, 18);
         assert_eq!((worker.open_of(2), worker.counts(2)), (0, (Summary::default(), 0)));
         let retired = supervisor.retired(2);
-        assert_eq!((retired.accepted, retired.lost), (18, 5));
+        // Served and not closed, as published: lost with it.
+        assert_eq!((retired.accepted, retired.lost), (18, 18));
         // Retired counts add up over the worker's processes.
         worker.published(2)[0].store(&stats, 1);
-        supervisor.retire(2, 0, 0);
+        supervisor.retire(2, false, 0);
         assert_eq!(supervisor.retired(2).accepted, 27);
         assert_eq!(supervisor.totals(), (supervisor.retired(2), 0));
+        // The access rules go from the supervisor to the workers whole.
+        assert_eq!(worker.rules(), b"");
+        let text = b"allow 10.0.0.0/8\ndeny 10.9.0.0/16\n# 37 bytes and more\n";
+        supervisor.set_rules(text).expect("rules");
+        assert_eq!(worker.rules(), text);
+        supervisor.set_rules(b"deny ::1\n").expect("rules");
+        assert_eq!(worker.rules(), b"deny ::1\n");
+        assert!(supervisor.set_rules(&vec![b'#'; RULES_BYTES + 1]).is_err());
         assert!(Shm::open(&fd, 4, 2).is_err(), "a mismatched worker count is refused");
         assert!(Shm::open(&fd, 3, 1).is_err(), "a mismatched reactor count is refused");
     }
@@ -359,12 +463,12 @@ mod tests {
                     let mut status = 0;
                     assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
                 }
-                shm.retire(id, shm.open_of(id), 0);
+                shm.retire(id, true, 0);
             }
             let taker = share(&shm, 0);
             assert!((0..CAP).all(|_| taker.take(CAP)), "round {round}: a slot leaked");
             assert!(!taker.take(CAP));
-            shm.retire(0, shm.open_of(0), 0);
+            shm.retire(0, true, 0);
         }
     }
 
