@@ -24,6 +24,10 @@ What it does:
    --keep-free-gib), the kernel's slab memory and TCP socket counts
    (/proc/meminfo, /proc/net/sockstat), the server's memory (the RSS of the
    supervisor and every worker) and descriptors.
+   With a server that has `--metrics`, it also times scrapes of
+   `/metrics`: ten with no client connected, and one at every sample
+   while the connections are held, and checks that the open-connection
+   gauges add up to the count held.
 4. When the hold ends (tcp_load closes its connections and reports), sends
    SIGTERM to the server, checks that it exits 0 and that its summary
    counts every connection, and that the transcript has each connection's
@@ -156,6 +160,36 @@ def process_rss_and_fds(pids):
     return rss, fds
 
 
+def scrape(addr):
+    """One GET /metrics: (milliseconds to the whole answer, body)."""
+    host, port = addr.rsplit(":", 1)
+    t0 = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: capacity\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    ms = (time.perf_counter() - t0) * 1000
+    answer = b"".join(chunks)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"capacity: scrape answered {head[:80]!r}")
+    return ms, body.decode()
+
+
+def open_gauge(body):
+    """The sum of the open-connection gauges over every reactor."""
+    return sum(int(float(m[1])) for m in re.finditer(r"^simple_tcp_server_connections_open\{[^}]*\} (\S+)$", body, re.M))
+
+
+def ms_stats(values):
+    values = sorted(values)
+    return {"n": len(values), "median": round(values[len(values) // 2], 2), "max": round(values[-1], 2)} if values else None
+
+
 def fmt_bytes(n):
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= size:
@@ -221,6 +255,10 @@ def run(args):
     log = os.path.join(TMPFS, f"capacity-{os.getpid()}.err")
     server_bin = args.server or os.path.join(REL, "simple_tcp_server")
     server_cmd = [server_bin, "127.0.0.1", "0", "--workers", str(workers), "--backlog", "4096"]
+    help_text = subprocess.run([server_bin, "--help"], capture_output=True, text=True).stdout
+    metrics = "--metrics" in help_text
+    if metrics:
+        server_cmd += ["--metrics", "127.0.0.1:0"]
     out = open(transcript, "wb")
     err = open(log, "wb")
     server = subprocess.Popen(server_cmd, stdout=out, stderr=err, env={**os.environ, "RUST_LOG": "info"})
@@ -242,6 +280,20 @@ def run(args):
     while workers > 1 and len(children(server.pid)) < workers and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
+    metrics_addr = None
+    idle_scrapes = []
+    while metrics and metrics_addr is None and time.time() < deadline:
+        m = re.search(r"metrics on http://(\S+)/metrics", read(log))
+        if m:
+            metrics_addr = m[1]
+        else:
+            time.sleep(0.05)
+    if metrics and metrics_addr is None:
+        raise SystemExit("capacity: the server did not say where its metrics are")
+    if metrics_addr:
+        for _ in range(10):
+            idle_scrapes.append(scrape(metrics_addr)[0])
+            time.sleep(0.1)
     start_rss, start_fds = process_rss_and_fds([server.pid, *children(server.pid)])
 
     hold_secs = args.hold + 5  # covers the churn window and the sampling
@@ -277,10 +329,16 @@ def run(args):
             raise SystemExit("capacity: MemAvailable fell under the floor; stopped")
         rss, fds = process_rss_and_fds([server.pid, *children(server.pid)])
         ss = sockstat()
-        samples.append({
+        sample = {
             "t": round(time.time() - t_hold, 1), "rss": rss, "fds": fds, "slab": mi["Slab"],
             "avail": mi["MemAvailable"], "tcp_inuse": ss["inuse"], "files": files_in_use(),
-        })
+        }
+        if metrics_addr:
+            ms, body = scrape(metrics_addr)
+            sample["scrape_ms"] = round(ms, 2)
+            sample["scrape_bytes"] = len(body)
+            sample["open_gauge"] = open_gauge(body)
+        samples.append(sample)
         time.sleep(5)
     churn_out, churn_err = churn.communicate(timeout=120)
     churn_report = json.loads(churn_out.decode().strip().splitlines()[-1]) if churn_out.strip() else {}
@@ -308,8 +366,11 @@ def run(args):
     churned = churn_report.get("churn_started", 0)
     user_per_conn = (peak["rss"] - start_rss) / target if peak else 0
     kernel_per_conn = (peak["slab"] - base_mem["Slab"]) / target if peak else 0
+    held_scrapes = [x["scrape_ms"] for x in samples if "scrape_ms" in x]
+    # Churned connections come and go beside the held ones.
+    gauges_ok = all(target <= x["open_gauge"] <= target + 2 * args.churn_rate for x in samples if "open_gauge" in x)
     ok = (
-        code == 0 and hold_report.get("ok") is True and churn_report.get("ok") is True
+        gauges_ok and code == 0 and hold_report.get("ok") is True and churn_report.get("ok") is True
         and held == target and accepted is not None and accepted >= target
         and frames >= target and min_avail >= keep_mem
     )
@@ -324,6 +385,9 @@ def run(args):
         "slab_base": base_mem["Slab"], "slab_peak": peak["slab"] if peak else None,
         "min_mem_available": min_avail, "files_base": base_files,
         "files_peak": max(s["files"] for s in samples) if samples else None,
+        "scrape_ms_idle": ms_stats(idle_scrapes), "scrape_ms_held": ms_stats(held_scrapes),
+        "scrape_bytes": max((x["scrape_bytes"] for x in samples if "scrape_bytes" in x), default=None),
+        "open_gauge_min": min((x["open_gauge"] for x in samples if "open_gauge" in x), default=None),
         "sysctls": limits, "hard_nofile": hard, "notes": notes, "ok": ok,
         "command": "scripts/capacity.py " + " ".join(sys.argv[1:]),
         "hold_command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(hold_cmd)),
@@ -368,6 +432,15 @@ def write_doc(r, samples):
         f"| kernel slab per connection (both sockets, client and server) | {r['kernel_slab_bytes_per_conn']:,} B |",
         f"| lowest MemAvailable during the hold | {fmt_bytes(r['min_mem_available'])} |",
         f"| descriptors in use: before / peak | {r['files_base']:,} / {r['files_peak']:,} |",
+    ]
+    if r.get("scrape_ms_held"):
+        idle, held = r["scrape_ms_idle"], r["scrape_ms_held"]
+        lines += [
+            f"| `/metrics` scrape, no client connected: median / max of {idle['n']} | {idle['median']} ms / {idle['max']} ms |",
+            f"| `/metrics` scrape while holding them: median / max of {held['n']} | {held['median']} ms / {held['max']} ms |",
+            f"| open connections by the scraped gauges (lowest sample) | {r['open_gauge_min']:,} |",
+        ]
+    lines += [
         "",
         "Limits of this machine that bound the count:",
         "",

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -200,7 +201,7 @@ def main():
     other = args.name
     result = {
         "commit": head_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": "scripts/workers_bench.py " + " ".join(sys.argv[1:]),
+        "command": shlex.join(["scripts/workers_bench.py", *sys.argv[1:]]),
         "workers": args.workers, "conns": args.conns, "flood_conns": args.flood_conns,
         "flood_bytes": args.flood_bytes, "runs": runs, "medians": med,
         "ratios": {key: med["this"][key] / med[other][key] for key in med["this"]},

@@ -173,8 +173,11 @@ struct SupervisorStats {
     live: AtomicU64,
     /// Workers started again after they ended.
     restarts: AtomicU64,
-    /// Transcript bytes and lines written to stdout.
+    /// Transcript bytes written to stdout.
     out_bytes: AtomicU64,
+    /// Lines the supervisor wrote itself (`Listening to:`); the workers'
+    /// lines it passes on are counted by the workers (a line is passed on
+    /// whole or not at all).
     out_lines: AtomicU64,
     /// Nanoseconds spent writing to stdout.
     out_write_ns: AtomicU64,
@@ -199,7 +202,7 @@ impl crate::metrics::Source for SupervisorSource {
         let (mut totals, _) = self.shared.totals();
         let s = &self.stats;
         totals.out_bytes = s.out_bytes.load(Ordering::Relaxed);
-        totals.out_lines = s.out_lines.load(Ordering::Relaxed);
+        totals.out_lines += s.out_lines.load(Ordering::Relaxed);
         totals.out_write_ns = s.out_write_ns.load(Ordering::Relaxed);
         let mut open = Vec::new();
         let mut backlog = 0;
@@ -469,6 +472,7 @@ pub fn supervise(plan: Plan, out: File) -> io::Result<Outcome> {
     supervisor.steer();
     write_counted(&mut supervisor.out, &plan.first_line, &supervisor.counts)
         .map_err(crate::output::OutputError::wrap)?;
+    supervisor.counts.out_lines.fetch_add(1, Ordering::Relaxed);
     let result = supervisor.run();
     // The listeners close when the plan is dropped: no handler may touch
     // their descriptors after this.
@@ -1256,8 +1260,6 @@ fn write_counted(out: &mut File, lines: &[u8], counts: &SupervisorStats) -> io::
         .fetch_add(monotonic_ns().saturating_sub(started), Ordering::Relaxed);
     if result.is_ok() {
         counts.out_bytes.fetch_add(lines.len() as u64, Ordering::Relaxed);
-        let n = lines.iter().filter(|&&b| b == b'\n').count();
-        counts.out_lines.fetch_add(n as u64, Ordering::Relaxed);
     }
     result
 }
