@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""What `--workers` costs on the accept path and the data path, for two
-builds of the server measured in one interleaved session (this checkout's
-and another, e.g. an older commit's):
+"""What `--workers` costs on the accept path and the data path, measured in
+one interleaved session against a baseline: by default the same number of
+reactors in one process (`--threads W`); with --other, another build of
+the server (say, an older commit's) with `--workers W` too:
 
-    scripts/workers_bench.py --other PATH [--name NAME] [--runs 5]
+    scripts/workers_bench.py [--other PATH [--name NAME]] [--runs 5]
                              [--workers 4] [--conns 19000] [--flood-conns 100]
                              [--flood-bytes 1GB] [--doc]
 
-Per run and build:
-1. `simple_tcp_server --workers W` (transcript to a file on tmpfs).
+Per run and design:
+1. `simple_tcp_server --workers W` or `--threads W` (transcript to a file
+   on tmpfs).
 2. accept: `tcp_load --procs 2 hold --conns C`: the connect rate (all C
-   connected and greeted, from tcp_load's `connect_secs`), and, while they
-   are held, how they are spread over the workers (each worker's sockets,
-   from /proc/PID/fd): the busiest worker's share against the mean.
+   connected and greeted, from tcp_load's `connect_secs`), and, under
+   --workers, how they are spread over the workers while they are held
+   (each worker's sockets, from /proc/PID/fd): the busiest worker's share
+   against the mean.
 3. flood: `tcp_load flood --conns F` with B bytes in all: MB/s acknowledged.
 4. SIGTERM; the server must exit 0.
 
-Builds alternate within each run, so the machine's noise falls on both.
+Designs alternate within each run, so the machine's noise falls on both.
 With --doc the table goes into docs/PERFORMANCE.md between
 <!-- workers:start --> and <!-- workers:end -->, and the data into
 docs/measurements/workers.json (else target/workers_bench.json).
@@ -96,11 +99,11 @@ def tcp_load(port, *args, timeout=300):
     return proc, cmd
 
 
-def one_run(binary, args):
+def one_run(binary, mode, args):
     transcript = os.path.join(TMPFS, f"workers-bench-{os.getpid()}.out")
     log = os.path.join(TMPFS, f"workers-bench-{os.getpid()}.err")
     out, err = open(transcript, "wb"), open(log, "wb")
-    server = subprocess.Popen([binary, "127.0.0.1", "0", "--workers", str(args.workers), "--backlog", "4096"],
+    server = subprocess.Popen([binary, "127.0.0.1", "0", mode, str(args.workers), "--backlog", "4096"],
                               stdout=out, stderr=err, env={**os.environ, "RUST_LOG": "info"})
     STARTED.append(server)
     try:
@@ -115,12 +118,13 @@ def one_run(binary, args):
                 raise SystemExit(f"the server did not start: {open(log).read()[-2000:]}")
             else:
                 time.sleep(0.02)
-        while len(children(server.pid)) < args.workers:
+        while mode == "--workers" and len(children(server.pid)) < args.workers:
             if time.time() > deadline:
                 raise SystemExit("the workers did not start")
             time.sleep(0.02)
         time.sleep(0.3)
-        workers = children(server.pid)
+        # Under --threads the one process counts as one "worker".
+        workers = children(server.pid) if mode == "--workers" else [server.pid]
         base = {w: sockets(w) for w in workers}
         hold, _ = tcp_load(port, "--procs", "2", "--timeout", "120s", "hold", "--conns", str(args.conns),
                            "--hold", "3s")
@@ -150,8 +154,8 @@ def one_run(binary, args):
         mean = sum(spread) / len(spread)
         return {
             "connect_per_sec": args.conns / report["connect_secs"],
-            "spread": spread,
-            "busiest_over_mean": max(spread) / mean,
+            "spread": spread if mode == "--workers" else None,
+            "busiest_over_mean": max(spread) / mean if mode == "--workers" else None,
             "flood_mb_per_sec": flood_report["mb_per_sec"],
         }
     finally:
@@ -169,7 +173,8 @@ def one_run(binary, args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--other", required=True, help="the other build's simple_tcp_server")
+    ap.add_argument("--other", help="another build's simple_tcp_server to compare with (default: this build's "
+                    "--threads W)")
     ap.add_argument("--name", default="other", help="what to call the other build")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workers", type=int, default=4)
@@ -182,29 +187,34 @@ def main():
         blocks.check("workers")
     signal.signal(signal.SIGINT, lambda *_: (stop_all(), sys.exit(130)))
     subprocess.run(["cargo", "build", "--release", "--bins", "-q"], cwd=ROOT, check=True)
-    designs = {"this": os.path.join(REL, "simple_tcp_server"), args.name: args.other}
+    ours = os.path.join(REL, "simple_tcp_server")
+    other = args.name if args.other else f"--threads {args.workers}"
+    this = "this build" if args.other else f"--workers {args.workers}"
+    designs = {this: (ours, "--workers"), other: (args.other, "--workers") if args.other else (ours, "--threads")}
     runs = {name: [] for name in designs}
     try:
         for i in range(args.runs):
             order = list(designs.items()) if i % 2 == 0 else list(reversed(designs.items()))
-            for name, binary in order:
-                r = one_run(binary, args)
+            for name, (binary, mode) in order:
+                r = one_run(binary, mode, args)
                 runs[name].append(r)
-                print(f"run {i + 1} {name}: {r['connect_per_sec']:.0f} conn/s, spread {r['spread']} "
-                      f"(busiest {r['busiest_over_mean']:.3f}x the mean), flood {r['flood_mb_per_sec']:.0f} MB/s",
-                      file=sys.stderr)
+                spread = f", spread {r['spread']} (busiest {r['busiest_over_mean']:.3f}x the mean)" \
+                    if r["spread"] else ""
+                print(f"run {i + 1} {name}: {r['connect_per_sec']:.0f} conn/s{spread}, "
+                      f"flood {r['flood_mb_per_sec']:.0f} MB/s", file=sys.stderr)
     finally:
         stop_all()
-    med = {name: {key: statistics.median(r[key] for r in rs)
+    med = {name: {key: statistics.median(r[key] for r in rs) if rs[0][key] is not None else None
                   for key in ("connect_per_sec", "busiest_over_mean", "flood_mb_per_sec")}
            for name, rs in runs.items()}
-    other = args.name
     result = {
         "commit": head_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": shlex.join(["scripts/workers_bench.py", *sys.argv[1:]]),
         "workers": args.workers, "conns": args.conns, "flood_conns": args.flood_conns,
         "flood_bytes": args.flood_bytes, "runs": runs, "medians": med,
-        "ratios": {key: med["this"][key] / med[other][key] for key in med["this"]},
+        "designs": {name: {"binary": "this checkout's" if binary == ours else binary, "mode": mode}
+                    for name, (binary, mode) in designs.items()},
+        "ratios": {key: med[this][key] / med[other][key] for key in ("connect_per_sec", "flood_mb_per_sec")},
     }
     json_path = os.path.join(ROOT, "docs", "measurements", "workers.json") if args.doc else \
         os.path.join(ROOT, "target", "workers_bench.json")
@@ -214,14 +224,14 @@ def main():
         f"Measured {result['date']} at commit `{result['commit']}` with `{result['command']}`; data: "
         "[`docs/measurements/workers.json`](measurements/workers.json).",
         "",
-        f"| median of {args.runs} interleaved runs | this build | {other} | ratio |",
+        f"| median of {args.runs} interleaved runs | `{this}` | `{other}` | ratio |",
         "|---|---:|---:|---:|",
-        f"| accept: connections/s ({args.conns:,} held, --workers {args.workers}) | "
-        f"{med['this']['connect_per_sec']:,.0f} | {med[other]['connect_per_sec']:,.0f} | "
+        f"| accept: connections/s ({args.conns:,} connected and held) | "
+        f"{med[this]['connect_per_sec']:,.0f} | {med[other]['connect_per_sec']:,.0f} | "
         f"{result['ratios']['connect_per_sec']:.3f}x |",
-        f"| spread: busiest worker / mean | {med['this']['busiest_over_mean']:.3f} | "
-        f"{med[other]['busiest_over_mean']:.3f} | |",
-        f"| flood MB/s ({args.flood_conns} clients) | {med['this']['flood_mb_per_sec']:,.0f} | "
+        f"| spread: busiest worker / mean | {med[this]['busiest_over_mean']:.3f} | "
+        + (f"{med[other]['busiest_over_mean']:.3f} | |" if med[other]["busiest_over_mean"] else "(one process) | |"),
+        f"| flood MB/s ({args.flood_conns} clients) | {med[this]['flood_mb_per_sec']:,.0f} | "
         f"{med[other]['flood_mb_per_sec']:,.0f} | {result['ratios']['flood_mb_per_sec']:.3f}x |",
     ]
     print("\n".join(lines))
