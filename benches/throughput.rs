@@ -3,9 +3,9 @@
 //! closed every connection, then stops and flushes). Every design in
 //! [`Design::ALL`] (the reactor on one thread and on two, a thread per
 //! connection, a tokio task per connection on the one-thread and
-//! multi-thread runtimes, the latter also with one writer thread, the
-//! reactor reading literally 25 bytes per system call) at 1, 64 and 1,000
-//! clients.
+//! multi-thread runtimes, the latter also with one writer thread and with
+//! direct writes from its workers' buffers, the reactor reading literally
+//! 25 bytes per system call) at 1, 64 and 1,000 clients.
 //!
 //! Each design is started, set up and warmed up before the clock starts
 //! (`Design::start`, see benches/baselines/mod.rs); stopping it, with its

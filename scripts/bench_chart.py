@@ -38,6 +38,8 @@ DESIGNS = [
     ("tokio_multi_thread", "tokio, multi_thread", "#9467bd", "{cores} workers + accept loop"),
     ("tokio_multi_thread_writer", "tokio, multi_thread + writer thread", "#17becf",
      "{cores} workers + accept loop + writer"),
+    ("tokio_multi_thread_direct", "tokio, multi_thread, direct writes, worker buffers", "#bcbd22",
+     "{cores} workers + accept loop"),
     ("reactor_25B_reads", "reactor, 25-byte reads", "#ff7f0e", "1"),
 ]
 CLIENTS = [1, 64, 1000]

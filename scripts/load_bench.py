@@ -19,9 +19,10 @@ session, server and load generator in separate processes.
          record`) in one run per client count.
 - chat:  tcp_load chat --conns 10000 --rate 50000, server CPU per message,
          two comparisons that each hold one thing equal: like for like, the
-         server with `--coalesce 0` against the `bare` loop (the server's
-         reads, prints nothing); coalesced, the server as it runs by default
-         against `bare-coalesce` (the same loop with the server's coalescing
+         server with `--coalesce 0` against the `write-limit` loop (the
+         server's reads, and writes of as many bytes as its lines take);
+         coalesced, the server as it runs by default against
+         `write-limit-coalesce` (the same loop with the server's coalescing
          pause). Medians, ratios; with --perf, system calls per message from
          `perf stat -e syscalls:sys_enter_*`.
 
@@ -45,22 +46,30 @@ build (--design "before=@/tmp/old/target/release/simple_tcp_server").
 
 --scenario cores (several cores) measures, in one interleaved
 session, `simple_tcp_server --threads 1`, `simple_tcp_server --threads 2`
-(and each --design) and the tokio baseline (examples/tokio_server.rs: a task
-per connection on tokio's multi-thread runtime, one worker per core, with
-the server's framing and one writer thread):
+(and each --design) and the tokio servers a tokio user would write
+(examples/tokio_server.rs: a task per connection on tokio's multi-thread
+runtime, one worker per core, with the server's framing): `tokio-writer`
+(the tasks hand whole-line batches to one writer thread),
+`tokio-writer-prefault` (the same with every buffer it will need touched
+before it listens, as the reactor's are) and `tokio-direct` (the tasks write
+whole lines themselves under a lock, from their worker thread's touched
+buffers, as the reactors do):
 
-- flood at 100 and 1,000 clients: MB/s, server CPU seconds per GB, and the
-  load generator's own CPU (in cores: near 1 with one tcp_load process
-  means the generator, not the server, may be the limit; --load-args
-  "--procs 2" splits it), and the whole machine's idle CPU over the run
-  (in cores, from /proc/stat: near 0 means every core was busy);
-- chat at 10,000 connections and 50,000 messages/s: server CPU per message;
+- flood at 1, 100 and 1,000 clients: MB/s, server CPU seconds per GB, and
+  the load generator's own CPU (in cores, and per 1.5 GB/s of flood: near
+  1 core with one tcp_load process means the generator, not the server,
+  may be the limit; --load-args "--procs 2" splits it), and the whole
+  machine's idle CPU over the run (in cores, from /proc/stat: near 0 means
+  every core was busy);
+- chat at 10,000 connections and 50,000 messages/s: server CPU per message,
+  like for like: no design coalesces (`--coalesce 0`; the tokio servers
+  have no such pause), and the server's default beside;
 - hold 19,000 with `--threads 1` and `--threads 2` (and each --design):
   server memory before the connections (the fixed cost) and per connection.
 
-Each figure is a median with ratios against `--threads 1` and against
-tokio, and the targets are checked; --perf adds the top symbols of
-each design's CPU under flood. --doc puts the block in docs/PERFORMANCE.md
+Each figure is a median with ratios against `--threads 1` and against the
+fastest tokio server at that point, and the targets are checked; --perf
+adds the top symbols of each design's CPU under flood. --doc puts the block in docs/PERFORMANCE.md
 between <!-- cores:start --> and <!-- cores:end -->.
 
 Standard library only. Prints markdown tables, stamped with the commit
@@ -181,9 +190,21 @@ SERVER_ARGS = []
 REFERENCE_KINDS = ("bare", "bare-coalesce", "write-limit", "write-limit-json", "write-limit-coalesce")
 # simple_tcp_server runs of this script's own, beside --design's.
 OWN_DESIGNS = {"server-coalesce-0": ["--coalesce", "0"], "threads-1": ["--threads", "1"],
-               "threads-2": ["--threads", "2"]}
-# The tokio baseline server (examples/tokio_server.rs).
-TOKIO_KIND = "tokio"
+               "threads-2": ["--threads", "2"],
+               "threads-1-coalesce-0": ["--threads", "1", "--coalesce", "0"],
+               "threads-2-coalesce-0": ["--threads", "2", "--coalesce", "0"]}
+# The tokio servers (examples/tokio_server.rs) and their arguments; {conns}
+# is the run's client count.
+TOKIO_KINDS = {
+    "tokio-writer": [],
+    "tokio-writer-prefault": ["--prefault", "{conns}"],
+    "tokio-direct": ["--design", "direct"],
+}
+TOKIO_LABELS = {
+    "tokio-writer": "tokio: tasks + writer thread",
+    "tokio-writer-prefault": "tokio: tasks + writer thread, buffers touched before it listens",
+    "tokio-direct": "tokio: tasks writing directly, worker threads' buffers",
+}
 # Arguments for every tcp_load run (--load-args), e.g. ["--procs", "2"].
 LOAD_ARGS = []
 
@@ -195,13 +216,13 @@ class NotClean(Exception):
 class Server:
     """A server process with stdout to a file on tmpfs; stopped by PID."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, conns=1):
         self.out_path = os.path.join(TMPFS, f"load_bench_{os.getpid()}_{kind}.out")
         self.err_path = self.out_path + ".err"
         if kind in REFERENCE_KINDS:
             cmd = [REFERENCE, kind, "127.0.0.1", "0"]
-        elif kind == TOKIO_KIND:
-            cmd = [TOKIO, "127.0.0.1", "0"]
+        elif kind in TOKIO_KINDS:
+            cmd = [TOKIO, *(a.format(conns=conns) for a in TOKIO_KINDS[kind]), "127.0.0.1", "0"]
         else:
             extra = DESIGNS.get(kind, OWN_DESIGNS.get(kind, []))
             binary = SERVER
@@ -225,7 +246,8 @@ class Server:
         env = dict(os.environ, RUST_LOG="warn")
         self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=self.err, env=env)
         self.port = None
-        deadline = time.time() + 10
+        # Touching a thousand clients' buffers takes a while.
+        deadline = time.time() + 60
         while time.time() < deadline and self.port is None:
             for path in (self.out_path, self.err_path):
                 with open(path, "rb") as f:
@@ -378,7 +400,7 @@ def flood_once(kind, conns, per_conn, tops=None):
     """One flood run of design `kind`: tcp_load's report. With `tops` (a
     dict), the server is profiled too, and its top symbols go in
     tops[kind]."""
-    s = Server(kind)
+    s = Server(kind, conns)
     try:
         profile = None
         if tops is not None:
@@ -438,13 +460,13 @@ def run_flood(runs, results, clients, with_perf):
 # both pause as the server does by default (so do --design runs, unless
 # their arguments say otherwise).
 CHAT_PAIRS = [
-    ("like for like, no pause", "server-coalesce-0", "bare"),
-    ("coalesced (the server's default)", "server", "bare-coalesce"),
+    ("like for like, no pause", "server-coalesce-0", "write-limit"),
+    ("coalesced (the server's default)", "server", "write-limit-coalesce"),
 ]
 
 
 def run_chat(runs, results, conns, rate, secs, with_perf):
-    kinds = ["server-coalesce-0", "bare", "server", *DESIGNS, "bare-coalesce"]
+    kinds = ["server-coalesce-0", "write-limit", "server", *DESIGNS, "write-limit-coalesce"]
     per = {kind: [] for kind in kinds}
     sys_counts = {}
     mode_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
@@ -468,9 +490,9 @@ def run_chat(runs, results, conns, rate, secs, with_perf):
             finally:
                 s.stop()
             per[kind].append(r["cpu_us_per_msg"])
-    results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "server": per["server"], "bare": per["bare"],
-                       "server_coalesce_0": per["server-coalesce-0"], "bare_coalesce": per["bare-coalesce"],
-                       "syscalls_per_msg": sys_counts}
+    results["chat"] = {"conns": conns, "rate": rate, "secs": secs, "server": per["server"],
+                       "write_limit": per["write-limit"], "server_coalesce_0": per["server-coalesce-0"],
+                       "write_limit_coalesce": per["write-limit-coalesce"], "syscalls_per_msg": sys_counts}
     if DESIGNS:
         results["chat"]["designs"] = {name: per[name] for name in DESIGNS}
 
@@ -489,13 +511,29 @@ def run_hold(results, conns):
 # --scenario cores: the designs it compares, in table order (each --design
 # goes after `--threads 2`), and the targets it checks.
 CORES_ONE, CORES_TWO = "threads-1", "threads-2"
-TARGET_FLOOD = 1.3   # --threads 2 at least this many times --threads 1's MB/s, and above tokio
+CHAT_ONE, CHAT_TWO = "threads-1-coalesce-0", "threads-2-coalesce-0"
+TARGET_FLOOD = 1.35       # --threads 2 at least this many times --threads 1's MB/s (100 and 1,000 clients)
+TARGET_FLOOD_TOKIO = 1.25  # --threads 2 at least this many times the fastest tokio's (100 and 1,000 clients)
+TARGET_ONE_TOKIO = 1.0    # --threads 1 at least this many times the fastest tokio's at 1 client
+TARGET_LOAD_CORES = 0.25  # tcp_load flood's CPU at 1.5 GB/s, in cores, at most
 TARGET_CHAT = 1.1    # --threads 2's CPU per message at most this many times --threads 1's
 TARGET_HOLD = 64     # bytes of server memory per held connection, at most
 
 
-def cores_kinds():
-    return [CORES_ONE, CORES_TWO, *DESIGNS, TOKIO_KIND]
+def cores_kinds(chat=False):
+    if chat:
+        # Like for like first: nobody coalesces; then the server's default.
+        return [CHAT_ONE, CHAT_TWO, CORES_ONE, CORES_TWO, *DESIGNS,
+                *(k for k in TOKIO_KINDS if k != "tokio-writer-prefault")]
+    return [CORES_ONE, CORES_TWO, *DESIGNS, *TOKIO_KINDS]
+
+
+def fastest_tokio(per, key, lower_is_better=False):
+    """(kind, median) of the best tokio server in `per` by `key`."""
+    found = [(kind, median(per[kind][key])) for kind in TOKIO_KINDS if kind in per]
+    if not found:
+        return None, 0
+    return (min if lower_is_better else max)(found, key=lambda kv: kv[1])
 
 
 def run_cores_flood(runs, cores, clients, with_perf):
@@ -516,12 +554,12 @@ def run_cores_flood(runs, cores, clients, with_perf):
 
 
 def run_cores_chat(runs, cores, conns, rate, secs):
-    kinds = cores_kinds()
+    kinds = cores_kinds(chat=True)
     per = {kind: {"cpu_us_per_msg": [], "server_cpu_util": [], "load_cores": []} for kind in kinds}
     mode_args = ["chat", "--conns", str(conns), "--rate", str(rate), "--secs", f"{secs}s"]
     for _ in range(runs):
         for kind in kinds:
-            s = Server(kind)
+            s = Server(kind, conns)
             try:
                 r = load(kind, s.port, s.pid, mode_args)
             finally:
@@ -543,8 +581,8 @@ def run_cores_hold(cores, conns):
 
 
 def cores_label(kind, designs):
-    if kind == TOKIO_KIND:
-        return "tokio multi-thread + writer thread"
+    if kind in TOKIO_LABELS:
+        return TOKIO_LABELS[kind]
     args = OWN_DESIGNS.get(kind) or designs.get(kind, [])
     if args and args[0].startswith("@"):
         # Another build of the server: its name, then the binary and args.
@@ -572,24 +610,35 @@ def render_cores(results):
         sink = results.get("sink", "new file per run")
         print(f"\n#### Flood ({flood[0]['bytes'] / 1e6:.0f} MB of client payload per run, transcript to tmpfs, "
               f"{sink}; {runs} runs)\n")
-        print("| clients | design | MB/s | vs `--threads 1` | vs tokio | server CPU per GB | tcp_load CPU (cores) "
-              "| machine idle (cores) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        print("| clients | design | MB/s | vs `--threads 1` | vs the fastest tokio | server CPU per GB "
+              "| tcp_load CPU (cores) | tcp_load cores per 1.5 GB/s | machine idle (cores) |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for f in flood:
             per = f["per"]
-            one, tokio = median(per[CORES_ONE]["mb_per_sec"]), median(per[TOKIO_KIND]["mb_per_sec"])
+            one = median(per[CORES_ONE]["mb_per_sec"])
+            best_kind, tokio = fastest_tokio(per, "mb_per_sec")
             for kind, v in per.items():
                 m = median(v["mb_per_sec"])
                 # Runs from before the column was measured have no idle.
                 idle = f"{median(v['idle_cores']):.2f}" if v.get("idle_cores") else "n/a"
-                print(f"| {f['conns']} | {cores_label(kind, designs)} | {spread(v['mb_per_sec'])} | {ratio(m, one)} "
-                      f"| {ratio(m, tokio)} | {median(v['cpu_s_per_gb']):.2f} s | {median(v['load_cores']):.2f} "
-                      f"| {idle} |")
+                load_cores = median(v["load_cores"])
+                fastest = " (fastest tokio)" if kind == best_kind else ""
+                print(f"| {f['conns']} | {cores_label(kind, designs)}{fastest} | {spread(v['mb_per_sec'])} "
+                      f"| {ratio(m, one)} | {ratio(m, tokio)} | {median(v['cpu_s_per_gb']):.2f} s "
+                      f"| {load_cores:.2f} | {load_cores * 1500 / m:.2f} | {idle} |")
             two = median(per[CORES_TWO]["mb_per_sec"])
-            targets.append((f"flood, {f['conns']} clients: `--threads 2` >= {TARGET_FLOOD}x `--threads 1`",
-                            f"{two / one:.3f}x" if one else "n/a", bool(one) and two / one >= TARGET_FLOOD))
-            targets.append((f"flood, {f['conns']} clients: `--threads 2` faster than tokio",
-                            ratio(two, tokio), two > tokio))
+            if f["conns"] == 1:
+                targets.append((f"flood, 1 client: `--threads 1` >= {TARGET_ONE_TOKIO}x the fastest tokio",
+                                ratio(one, tokio), bool(tokio) and one / tokio >= TARGET_ONE_TOKIO))
+            else:
+                targets.append((f"flood, {f['conns']} clients: `--threads 2` >= {TARGET_FLOOD}x `--threads 1`",
+                                f"{two / one:.3f}x" if one else "n/a", bool(one) and two / one >= TARGET_FLOOD))
+                targets.append((f"flood, {f['conns']} clients: `--threads 2` >= {TARGET_FLOOD_TOKIO}x the fastest "
+                                "tokio", ratio(two, tokio), bool(tokio) and two / tokio >= TARGET_FLOOD_TOKIO))
+            v = per[CORES_TWO]
+            per_1500 = median(v["load_cores"]) * 1500 / median(v["mb_per_sec"])
+            targets.append((f"flood, {f['conns']} clients: tcp_load <= {TARGET_LOAD_CORES} core per 1.5 GB/s "
+                            "(beside `--threads 2`)", f"{per_1500:.2f}", per_1500 <= TARGET_LOAD_CORES))
         for f in flood:
             for kind, top in (f.get("perf_top") or {}).items():
                 if not top:
@@ -605,14 +654,25 @@ def render_cores(results):
         per = chat["per"]
         runs = len(per[CORES_ONE]["cpu_us_per_msg"])
         print(f"\n#### Chat ({chat['conns']} connections, {chat['rate']} messages/s, {chat['secs']} s; {runs} runs)\n")
-        print("| design | server CPU per message | vs `--threads 1` | vs tokio | server CPU (cores) "
+        print("| design | server CPU per message | vs `--threads 1` | vs the fastest tokio | server CPU (cores) "
               "| tcp_load CPU (cores) |")
         print("|---|---:|---:|---:|---:|---:|")
-        one, tokio = median(per[CORES_ONE]["cpu_us_per_msg"]), median(per[TOKIO_KIND]["cpu_us_per_msg"])
+        # Like for like: the server without its pause against `--threads 1`
+        # without it; the rows of the default against the default's.
+        def base_of(kind):
+            if CHAT_ONE in per and (kind in (CHAT_ONE, CHAT_TWO) or kind in TOKIO_KINDS):
+                return CHAT_ONE
+            return CORES_ONE
+
+        ones = {kind: median(per[base_of(kind)]["cpu_us_per_msg"]) for kind in per}
+        best_kind, tokio = fastest_tokio(per, "cpu_us_per_msg", lower_is_better=True)
         for kind, v in per.items():
             m = median(v["cpu_us_per_msg"])
-            print(f"| {cores_label(kind, designs)} | {spread(v['cpu_us_per_msg'], 2)} us | {ratio(m, one)} "
-                  f"| {ratio(m, tokio)} | {median(v['server_cpu_util']):.2f} | {median(v['load_cores']):.2f} |")
+            fastest = " (the cheapest tokio)" if kind == best_kind else ""
+            print(f"| {cores_label(kind, designs)}{fastest} | {spread(v['cpu_us_per_msg'], 2)} us "
+                  f"| {ratio(m, ones[kind])} | {ratio(m, tokio)} | {median(v['server_cpu_util']):.2f} "
+                  f"| {median(v['load_cores']):.2f} |")
+        one = median(per[CORES_ONE]["cpu_us_per_msg"])
         two = median(per[CORES_TWO]["cpu_us_per_msg"])
         targets.append((f"chat: `--threads 2` CPU per message <= {TARGET_CHAT}x `--threads 1`",
                         ratio(two, one), bool(one) and two / one <= TARGET_CHAT))
@@ -736,18 +796,16 @@ def render(results):
               f"server CPU per message, median of {runs})\n")
         print("| comparison | simple_tcp_server | reference loop | ratio |")
         print("|---|---:|---:|---:|")
-        per = {"server": chat["server"], "bare": chat["bare"],
-               "server-coalesce-0": chat.get("server_coalesce_0"), "bare-coalesce": chat.get("bare_coalesce")}
+        per = {"server": chat["server"], "server-coalesce-0": chat.get("server_coalesce_0"),
+               "write-limit": chat.get("write_limit"), "write-limit-coalesce": chat.get("write_limit_coalesce")}
         names = {"server-coalesce-0": "simple_tcp_server --coalesce 0", "server": "simple_tcp_server",
-                 "bare": "bare", "bare-coalesce": "bare-coalesce"}
-        # JSON from before the two comparisons holds "server" and "bare" only.
-        pairs = CHAT_PAIRS if per["bare-coalesce"] else [("server against bare (earlier loops)", "server", "bare")]
-        for label, srv, ref in pairs:
+                 "write-limit": "write-limit", "write-limit-coalesce": "write-limit-coalesce"}
+        for label, srv, ref in CHAT_PAIRS:
             if per.get(srv) and per.get(ref):
                 m_s, m_r = median(per[srv]), median(per[ref])
                 print(f"| {label} | `{names[srv]}`: {m_s:.2f} us | `{names[ref]}`: {m_r:.2f} us "
                       f"| {ratio(m_s, m_r)} |")
-        ref = "bare-coalesce" if per["bare-coalesce"] else "bare"
+        ref = "write-limit-coalesce"
         for name, values in chat.get("designs", {}).items():
             args = " ".join(results.get("designs", {}).get(name, []))
             m_d, m_r = median(values), median(per[ref])
@@ -804,7 +862,7 @@ def main():
                          "<!-- load:end --> (cores: <!-- cores:start --> and <!-- cores:end -->)")
     args = ap.parse_args()
     if args.flood_clients is None:
-        args.flood_clients = "100,1000" if args.scenario == "cores" else "1,100,1000"
+        args.flood_clients = "1,100,1000"
     if args.flood_bytes <= 0:
         ap.error("--flood-bytes must be positive")
     FLOOD_BYTES = args.flood_bytes
@@ -813,7 +871,8 @@ def main():
     SERVER_ARGS = shlex.split(args.server_args)
     for design in args.design:
         name, sep, extra = design.partition("=")
-        if not sep or not name or name in ("server", TOKIO_KIND, *REFERENCE_KINDS, *OWN_DESIGNS) or name in DESIGNS:
+        if not sep or not name or name in ("server", *TOKIO_KINDS, *REFERENCE_KINDS, *OWN_DESIGNS) \
+                or name in DESIGNS:
             ap.error(f"--design {design!r}: expected a new NAME=ARGS")
         DESIGNS[name] = shlex.split(extra)
 

@@ -121,6 +121,22 @@ impl ConnBuffers {
         Ok(())
     }
 
+    /// Puts buffers for `n` connections in the pool and writes every page
+    /// of them, so that no connection's read or lines fault a page in (the
+    /// reactor touches its buffers at start the same way).
+    pub fn prefault_pool(n: usize) -> io::Result<()> {
+        let mut pool = POOL.lock().map_err(|_| io::Error::other("buffer pool poisoned"))?;
+        while pool.len() < n {
+            let mut buffers = ConnBuffers::new()?;
+            buffers.read.fill(0);
+            let capacity = buffers.out.capacity();
+            buffers.out.resize(capacity, 0);
+            buffers.out.clear();
+            pool.push(buffers);
+        }
+        Ok(())
+    }
+
     /// Buffers for a new connection: from the pool, or new if it is empty.
     fn take() -> io::Result<ConnBuffers> {
         match POOL.lock().ok().and_then(|mut pool| pool.pop()) {

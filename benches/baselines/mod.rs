@@ -13,7 +13,11 @@
 //!   tasks hand whole-line batches to one writer thread through a bounded
 //!   channel instead of writing the sink themselves, as a user who picked
 //!   tokio would so that a slow stdout does not block the workers
-//!   ([`tokio_writer`], also run standalone by examples/tokio_server.rs).
+//!   ([`tokio_writer`], also run standalone by examples/tokio_server.rs);
+//! - `TokioMultiDirect`: the same runtime, the tasks writing whole lines to
+//!   the sink themselves under a lock, as the reactors do, from buffers
+//!   that belong to the runtime's worker threads (touched as each starts)
+//!   instead of to the tasks ([`tokio_direct`], also standalone).
 //!
 //! The reactor itself is started through the library's entry point
 //! (`Server::from_listeners` + `run`), exactly as the binary runs it: on
@@ -62,6 +66,7 @@
 #![allow(dead_code)]
 
 pub mod lines;
+pub mod tokio_direct;
 pub mod tokio_writer;
 
 use std::collections::HashMap;
@@ -113,19 +118,23 @@ pub enum Design {
     TokioMulti,
     /// The same, the tasks handing their lines to one writer thread.
     TokioMultiWriter,
+    /// The same, the tasks writing their lines themselves from their
+    /// worker thread's buffers.
+    TokioMultiDirect,
 }
 
 impl Design {
     /// Every design, in the order of the tables and charts. A new design
     /// goes here, in [`Design::name`] and in [`Design::start`];
     /// `scripts/bench_chart.py` gives its name a label.
-    pub const ALL: [Design; 7] = [
+    pub const ALL: [Design; 8] = [
         Design::Reactor,
         Design::Reactor2,
         Design::Threads,
         Design::TokioCurrent,
         Design::TokioMulti,
         Design::TokioMultiWriter,
+        Design::TokioMultiDirect,
         Design::Reactor25,
     ];
 
@@ -139,6 +148,7 @@ impl Design {
             Design::TokioCurrent => "tokio_current_thread",
             Design::TokioMulti => "tokio_multi_thread",
             Design::TokioMultiWriter => "tokio_multi_thread_writer",
+            Design::TokioMultiDirect => "tokio_multi_thread_direct",
         }
     }
 
@@ -191,6 +201,7 @@ impl Design {
                 // in the queue, and one for the batch being written.
                 tokio_writer(listen(), sink, conns + 1 + tokio_writer::QUEUE + 1)
             }
+            Design::TokioMultiDirect => tokio_direct(listen(), sink),
         };
         match self {
             Design::Reactor2 => warm_up_reactors(server.addr, 2, self.warm_up_bytes()),
@@ -372,6 +383,22 @@ fn tokio_writer(listener: TcpListener, sink: File, spares: usize) -> RunningServ
         stop: Box::new(move || {
             stopper.stop();
             thread.join().expect("tokio thread").expect("tokio writer run");
+        }),
+    }
+}
+
+/// The task-per-connection server on tokio whose tasks write their lines
+/// themselves ([`tokio_direct`]).
+fn tokio_direct(listener: TcpListener, sink: File) -> RunningServer {
+    let server = tokio_direct::Server::new(listener, sink).expect("tokio direct server");
+    let addr = server.local_addr();
+    let stopper = server.stopper();
+    let thread = thread::spawn(move || server.run());
+    RunningServer {
+        addr,
+        stop: Box::new(move || {
+            stopper.stop();
+            thread.join().expect("tokio thread").expect("tokio direct run");
         }),
     }
 }

@@ -107,9 +107,10 @@ pub struct Server {
 
 impl Server {
     /// Builds the runtime (one worker per core), starts the writer thread
-    /// on `sink`, and puts `spares` batch buffers in the pool (a bench
-    /// fills it for its connections and the queue, so that none is
-    /// allocated in the clock; more are made when it runs dry).
+    /// on `sink`, and puts `spares` batch buffers in the pool, every page
+    /// written (a bench fills it for its connections and the queue, so that
+    /// none is allocated or faulted in the clock; more are made when it
+    /// runs dry).
     pub fn new<W: Write + Send + 'static>(
         listener: std::net::TcpListener,
         sink: W,
@@ -118,8 +119,16 @@ impl Server {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_io().build()?;
+        // Written once, so that no batch faults a page in later.
         let spares = Arc::new(Spares(Mutex::new(
-            (0..spares).map(|_| Vec::with_capacity(OUT_CAPACITY)).collect(),
+            (0..spares)
+                .map(|_| {
+                    let mut batch = vec![0u8; OUT_CAPACITY];
+                    batch.fill(1);
+                    batch.clear();
+                    batch
+                })
+                .collect(),
         )));
         let (tx, rx) = mpsc::channel(QUEUE);
         // Subscribed now, so that a stop that comes before `run` is seen.

@@ -51,6 +51,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::lines::{self, Escapes};
 use super::text::{is_hidden_code, push_decimal, utf8_char_at};
 
 /// Bytes of a timestamp: `2026-11-25T20:15:03.123456Z`.
@@ -98,6 +99,8 @@ pub struct JsonLines {
     head_len: usize,
     /// The peer and the time `head` was built for.
     head_for: Option<(SocketAddr, u64)>,
+    /// How default-size lines are written on this CPU.
+    lines: lines::Kind,
 }
 
 impl JsonLines {
@@ -112,6 +115,7 @@ impl JsonLines {
             head: Vec::with_capacity(128),
             head_len: 0,
             head_for: None,
+            lines: lines::Kind::detect(),
         };
         lines.set_now(SystemTime::now());
         lines
@@ -197,6 +201,28 @@ impl JsonLines {
         self.prepare_head(peer);
         let m = self.max_read;
         let mut rest = block;
+        if m == DEFAULT_FRAME {
+            // The fast path: whole plain lines, one frame at a time; it
+            // stops at a frame with a byte to escape. Such frames are
+            // written here, one after another while they come, and the fast
+            // path resumes at the next plain one. The last few frames are
+            // left to the general path below.
+            'fast: loop {
+                let done = self.lines.plain(out, rest, &self.head, FRAME_END, Escapes::Json);
+                rest = &rest[done * DEFAULT_FRAME..];
+                loop {
+                    if rest.len() < self.lines.min_len() {
+                        break 'fast;
+                    }
+                    let (frame, after) = rest.split_at(DEFAULT_FRAME);
+                    if frame.iter().all(|&b| is_plain(b)) {
+                        continue 'fast;
+                    }
+                    self.push_frame(out, frame);
+                    rest = after;
+                }
+            }
+        }
         while !rest.is_empty() {
             match first_to_escape(rest) {
                 None => {
@@ -242,6 +268,7 @@ impl JsonLines {
 
     /// One frame line for a frame that needs escaping: `text` when it is
     /// valid UTF-8, else `b64`.
+    #[inline]
     fn push_frame(&self, out: &mut Vec<u8>, frame: &[u8]) {
         out.extend_from_slice(&self.head[..self.head_len]);
         push_decimal(out, frame.len());
@@ -777,6 +804,55 @@ mod tests {
                 );
             }
             assert_eq!(String::from_utf8(out).expect("UTF-8"), want, "peer {peer}");
+        }
+    }
+
+    /// Bytes that exercise the fast path's edges: printable runs with bytes
+    /// to escape (`"`, `\\`, controls, non-ASCII, broken UTF-8) between.
+    fn stream() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            4 => proptest::collection::vec(0x20u8..0x7F, 0..200),
+            1 => proptest::sample::select(vec![
+                &b"\""[..], b"\\", b"\n", b"\x1f", b" ", b"~", b"\x7f", b"\x80",
+                "é".as_bytes(), "\u{200b}".as_bytes(), b"\xe4\xb8",
+            ])
+            .prop_map(|b| b.to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// The fast path writes exactly the lines that the general path
+        /// (one frame at a time, byte by byte) writes, on every line writer
+        /// this CPU has, and each line reads back as its frame.
+        #[test]
+        fn framing_is_byte_identical_to_the_general_path(block in stream(), v6 in proptest::prelude::any::<bool>()) {
+            let peer: SocketAddr = if v6 { "[fe80::1%2]:7".parse().expect("addr") } else { peer() };
+            let mut reference = JsonLines::new(25);
+            reference.set_now(fixed_time());
+            reference.prepare_head(peer);
+            let mut want = Vec::new();
+            for frame in block.chunks(25) {
+                reference.push_frame(&mut want, frame);
+            }
+            let mut kinds = vec![lines::Kind::detect()];
+            #[cfg(target_arch = "x86_64")]
+            kinds.push(lines::Kind::Sse2);
+            for kind in kinds {
+                let mut lines = JsonLines::new(25);
+                lines.lines = kind;
+                lines.set_now(fixed_time());
+                let mut out = Vec::new();
+                proptest::prop_assert_eq!(lines.frame_block(&mut out, peer, &block), block.len().div_ceil(25) as u64);
+                proptest::prop_assert_eq!(&out, &want, "{:?}", kind);
+            }
+            let text = String::from_utf8(want).expect("JSON lines are UTF-8");
+            let back: Vec<u8> = text.lines().flat_map(|l| parse_line(l).expect("parses").bytes).collect();
+            proptest::prop_assert_eq!(back, block);
         }
     }
 

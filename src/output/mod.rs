@@ -21,6 +21,7 @@
 //! and nothing is lost.
 
 pub mod json;
+mod lines;
 pub mod text;
 pub mod unicode_table;
 

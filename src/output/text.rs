@@ -38,12 +38,17 @@
 //! derivation of the same properties. Printable ASCII never reaches the table.
 //! LEN counts the raw bytes. In raw mode TEXT is the bytes unchanged.
 //!
-//! The hot path is [`Framer::frame_block`] on printable text: one vectorisable
-//! scan of the block, then each full frame is a fixed-length line copied into
-//! a reused buffer, with no per-byte branch and no allocation.
+//! The hot path is [`Framer::frame_block`] on printable text at the default
+//! frame size: one pass in which each 25-byte frame is loaded once into a
+//! vector register, checked for bytes to escape with three vector compares,
+//! and stored as a whole `<25:TEXT>\n` line (see [`super::lines`]); a frame that
+//! holds a byte to escape, and any other frame size or a tag, go through a
+//! vectorisable scan and fixed-length copies. No per-byte branch, no
+//! allocation.
 
 use std::fmt;
 
+use super::lines::{self, Escapes};
 use super::unicode_table::HIDDEN;
 
 /// What ends every frame line.
@@ -62,6 +67,10 @@ const _: () = assert!(DEFAULT_FRAME == 25, "DEFAULT_PREFIX spells the default fr
 /// A full default line without its tag: `<25:` + 25 bytes + `>\n`.
 const DEFAULT_LINE: usize = DEFAULT_PREFIX.len() + DEFAULT_FRAME + LINE_END.len();
 
+/// The longest tag and `<25:` that the fast path takes (a tag is an
+/// address and a space: at most about 70 bytes).
+const MAX_TAGGED_HEAD: usize = 128;
+
 /// Cuts blocks of a connection's bytes into frame lines.
 #[derive(Debug, Clone)]
 pub struct Framer {
@@ -71,6 +80,8 @@ pub struct Framer {
     raw: bool,
     /// `<MAX_READ:`, the start of every full frame, formatted once.
     full_prefix: Vec<u8>,
+    /// How default-size lines are written on this CPU.
+    lines: lines::Kind,
 }
 
 impl Framer {
@@ -84,6 +95,7 @@ impl Framer {
             max_read,
             raw,
             full_prefix,
+            lines: lines::Kind::detect(),
         }
     }
 
@@ -103,11 +115,43 @@ impl Framer {
     pub fn frame_block(&self, out: &mut Vec<u8>, tag: &[u8], block: &[u8]) -> u64 {
         let m = self.max_read;
         let frames = block.len().div_ceil(m) as u64;
+        let mut rest = block;
+        // The head of a full default line: the tag, then `<25:`.
+        let mut head_buf = [0u8; MAX_TAGGED_HEAD];
+        let head_len = tag.len() + DEFAULT_PREFIX.len();
+        if m == DEFAULT_FRAME && head_len <= MAX_TAGGED_HEAD {
+            head_buf[..tag.len()].copy_from_slice(tag);
+            head_buf[tag.len()..head_len].copy_from_slice(DEFAULT_PREFIX);
+            let head = &head_buf[..head_len];
+            // The fast path: whole plain lines, one frame at a time; it
+            // stops at a frame with a byte to escape. Such frames are
+            // escaped here, one after another while they come (text that is
+            // not ASCII has one in every frame), and the fast path resumes
+            // at the next plain one. The last few frames are left to the
+            // general path below.
+            let escapes = if self.raw { Escapes::None } else { Escapes::Text };
+            'fast: loop {
+                let done = self.lines.plain(out, rest, head, LINE_END, escapes);
+                rest = &rest[done * DEFAULT_FRAME..];
+                loop {
+                    if rest.len() < self.lines.min_len() {
+                        break 'fast;
+                    }
+                    let (frame, after) = rest.split_at(DEFAULT_FRAME);
+                    if frame.iter().all(|&b| is_plain(b)) {
+                        continue 'fast;
+                    }
+                    out.extend_from_slice(head);
+                    escape_into(out, frame);
+                    out.extend_from_slice(LINE_END);
+                    rest = after;
+                }
+            }
+        }
         if self.raw {
-            self.emit_plain(out, tag, block);
+            self.emit_plain(out, tag, rest);
             return frames;
         }
-        let mut rest = block;
         while !rest.is_empty() {
             match first_to_escape(rest) {
                 None => {
@@ -598,6 +642,7 @@ pub fn parse_frame_line(line: &[u8]) -> Option<FrameLine<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn frames(max_read: usize, raw: bool, tag: &[u8], block: &[u8]) -> String {
         let mut out = Vec::new();
@@ -855,6 +900,111 @@ mod tests {
         assert_eq!((line.tag, line.len, line.text), (Some("[::1]:5"), 3, &b"a>b"[..]));
         assert_eq!(parse_frame_line(b"Connection from:  127.0.0.1:1"), None);
         assert_eq!(parse_frame_line(b"Listening to:  127.0.0.1:1"), None);
+    }
+
+    /// Framing as the format defines it, one frame at a time, with none of
+    /// the fast paths: what every framer must print, byte for byte.
+    fn frame_reference(max_read: usize, raw: bool, tag: &[u8], block: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for frame in block.chunks(max_read) {
+            out.extend_from_slice(tag);
+            out.extend_from_slice(format!("<{}:", frame.len()).as_bytes());
+            if raw {
+                out.extend_from_slice(frame);
+            } else {
+                out.extend_from_slice(&escape_reference(frame));
+            }
+            out.extend_from_slice(b">\n");
+        }
+        out
+    }
+
+    /// Every way this machine can write default lines (each is forced in
+    /// turn, whatever `detect` would pick).
+    fn every_line_kind() -> Vec<lines::Kind> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut kinds = vec![lines::Kind::Sse2];
+            if std::arch::is_x86_feature_detected!("avx2") {
+                kinds.push(lines::Kind::Avx2);
+            }
+            kinds
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            vec![lines::Kind::None]
+        }
+    }
+
+    /// Bytes that exercise the fast path's edges: runs of printable text
+    /// with a byte to escape (a control, `\\`, a non-ASCII character, a
+    /// broken sequence, the range ends 0x1F, 0x20, 0x7E, 0x7F) placed at
+    /// chosen offsets, so that it falls on every lane of a frame, in the
+    /// bytes a 32-byte load reads past its frame, and in the last frames.
+    fn stream() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            4 => proptest::collection::vec(0x20u8..0x7F, 0..200),
+            1 => proptest::sample::select(vec![
+                &b"\\"[..], b"\n", b"\x1f", b" ", b"~", b"\x7f", b"\x80", b"\xff",
+                "é".as_bytes(), "世".as_bytes(), "\u{200b}".as_bytes(), b"\xe4\xb8", b"\x1b[31m",
+            ])
+            .prop_map(|b| b.to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        /// The fast paths print exactly what the format defines, for any
+        /// stream, at the default frame size and others, tagged or not, raw
+        /// or escaped, on every line writer this CPU has.
+        #[test]
+        fn framing_is_byte_identical_to_the_reference(
+            block in stream(),
+            max_read in prop_oneof![4 => Just(25usize), 1 => 1usize..64],
+            tagged in any::<bool>(),
+            raw in any::<bool>(),
+        ) {
+            let tag: &[u8] = if tagged { b"127.0.0.1:4 " } else { b"" };
+            let want = frame_reference(max_read, raw, tag, &block);
+            for kind in every_line_kind() {
+                let mut f = Framer::new(max_read, raw);
+                f.lines = kind;
+                let mut out = b"before ".to_vec();
+                let frames = f.frame_block(&mut out, tag, &block);
+                prop_assert_eq!(&out[..7], b"before ");
+                prop_assert_eq!(
+                    String::from_utf8_lossy(&out[7..]),
+                    String::from_utf8_lossy(&want),
+                    "{:?}", kind
+                );
+                prop_assert_eq!(&out[7..], &want[..]);
+                prop_assert_eq!(frames, block.len().div_ceil(max_read) as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn a_byte_to_escape_in_any_lane_is_escaped() {
+        // 200 plain bytes with one byte to escape moved over every offset:
+        // each lane of the frame, and the bytes past it that a wide load
+        // also reads.
+        for bad in [b'\\', b'\n', 0x1f, 0x7f, 0x80, 0xff] {
+            for at in 0..200 {
+                let mut block = vec![b'a'; 200];
+                block[at] = bad;
+                let want = frame_reference(25, false, b"", &block);
+                for kind in every_line_kind() {
+                    let mut f = Framer::new(25, false);
+                    f.lines = kind;
+                    let mut out = Vec::new();
+                    f.frame_block(&mut out, b"", &block);
+                    assert_eq!(out, want, "{kind:?}, byte {bad:#x} at {at}");
+                }
+            }
+        }
     }
 
     #[test]
