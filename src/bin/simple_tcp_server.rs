@@ -630,12 +630,11 @@ impl Reload {
                             Some(_) => "taken from the supervisor".to_string(),
                             None => format!("read again from {}", path.display()),
                         };
-                        info!(
-                            "SIGHUP: access rules {from}: {} allow, {} deny",
-                            all.allow.len(),
-                            all.deny.len()
-                        );
+                        let (allow, deny) = (all.allow.len(), all.deny.len());
+                        // In force before it is said: whoever reads the
+                        // line may count on the new rules.
                         rules.set(all.allow, all.deny);
+                        info!("SIGHUP: access rules {from}: {allow} allow, {deny} deny");
                     }
                     Err(e) => warn!("SIGHUP: {e}; the rules in force stay"),
                 }
