@@ -829,9 +829,8 @@ def main():
     ap.add_argument("--hold-conns", type=int, default=19000)
     ap.add_argument("--scenario", choices=("load", "cores"), default="load",
                     help="load: the server against the reference loops (default); cores: --threads 1, --threads 2 "
-                         "and the tokio baseline")
-    ap.add_argument("--flood-clients", help="client counts for flood, comma-separated (default: 1,100,1000; "
-                                            "cores: 100,1000)")
+                         "and the tokio servers")
+    ap.add_argument("--flood-clients", help="client counts for flood, comma-separated (default: 1,100,1000)")
     ap.add_argument("--flood-bytes", type=int, default=FLOOD_BYTES,
                     help="bytes of client payload per flood run, whatever the client count (default: 1 GB)")
     ap.add_argument("--chat-conns", type=int, default=10000)

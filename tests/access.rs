@@ -293,6 +293,12 @@ fn max_per_source_caps_one_address_and_tells_it_why() {
         assert!(counted, "{args:?}: logged\n{}", server.context());
         server.signal(libc::SIGTERM);
         assert!(server.wait_exit(PATIENCE).success());
+        let err = server.stderr.text();
+        let summary = err.lines().find(|l| l.contains("summary: ")).unwrap_or("");
+        assert!(
+            summary.contains(" over --max-per-source"),
+            "{args:?}: the summary counts them\n{err}"
+        );
         let out = server.stdout.text();
         // The refused third never appears as a client.
         assert_eq!(

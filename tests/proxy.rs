@@ -390,7 +390,7 @@ fn allow_and_deny_decide_who_is_greeted() {
     assert!(!out.contains("127.0.0.2"), "{out}");
     let stderr = server.stderr.text();
     assert!(
-        stderr.contains("summary: 1 connections") && stderr.contains("3 denied"),
+        stderr.contains("summary: 1 connection (") && stderr.contains("3 denied"),
         "{stderr}"
     );
     assert_eq!(stderr.matches("denied by --allow/--deny").count(), 1, "{stderr}");

@@ -43,7 +43,7 @@ fn many_clients_on_four_reactors_keep_their_bytes_in_order() {
 
 #[test]
 fn the_cap_holds_across_reactors() {
-    let server = ServerProcess::start(&["--threads", THREADS, "--max-connections", "10"]);
+    let mut server = ServerProcess::start(&["--threads", THREADS, "--max-connections", "10"]);
     // Connections from many source ports, so that SO_REUSEPORT spreads them
     // over all four reactors.
     let mut served = Vec::new();
@@ -63,6 +63,15 @@ fn the_cap_holds_across_reactors() {
     assert_eq!(served.len(), 10, "the cap is global, not per reactor");
     assert_eq!(turned_away, 50);
     server.wait_lines("Connection from:  ", 10);
+    // The log line may come after the clients were told: wait for it, then
+    // stop the server, so that every line it logged is in.
+    let logged = server
+        .stderr
+        .wait_for(PATIENCE, |err| util::contains(err, b"server full"));
+    assert!(logged, "the burst is logged\n{}", server.context());
+    server.signal(libc::SIGTERM);
+    drop(served);
+    assert!(server.wait_exit(PATIENCE).success(), "{}", server.context());
     let stderr = server.stderr.text();
     assert_eq!(stderr.matches("server full").count(), 1, "one line per burst\n{stderr}");
     assert_eq!(util::count_lines(&server.stdout.bytes(), "Connection from:  "), 10);

@@ -27,7 +27,7 @@ use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
     after_help = "Exit status: 0 the run was clean; 1 it was not (the report says why: a connection \
         failed, the run was cut short, a rate was out of reach) or could not run; 2 usage error.\n\n\
         Examples:\n  \
-        tcp_load --server-pid $(pidof simple_tcp_server) hold --conns 19000\n  \
+        tcp_load --server-pid $(pgrep -o -f simple_tcp_server) hold --conns 19000\n  \
         tcp_load --procs 50 --server-pid $PID hold --conns 1000000 --hold 60s\n  \
         tcp_load flood --conns 100 --bytes 10MB\n  \
         tcp_load --server-pid $PID chat --conns 10000 --rate 50000 --secs 10\n  \

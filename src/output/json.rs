@@ -201,7 +201,9 @@ impl JsonLines {
         self.prepare_head(peer);
         let m = self.max_read;
         let mut rest = block;
-        if m == DEFAULT_FRAME {
+        // (A head too long for the fast path, which no address makes today,
+        // goes the general way: `plain` would take no frame of it.)
+        if m == DEFAULT_FRAME && self.head.len() <= super::lines::MAX_HEAD {
             // The fast path: whole plain lines, one frame at a time; it
             // stops at a frame with a byte to escape. Such frames are
             // written here, one after another while they come, and the fast

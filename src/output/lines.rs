@@ -26,8 +26,9 @@ const _: () = assert!(
 
 /// The longest head taken: five 32-byte registers (a JSON head is at most
 /// about 150 bytes: its timestamp, keys and the longest address `Display`
-/// writes; a longer one goes the general way).
-const MAX_HEAD: usize = 160;
+/// writes). A format must send a longer one the general way: [`Kind::plain`]
+/// writes nothing for it.
+pub(crate) const MAX_HEAD: usize = 160;
 /// The longest end taken (stored as 4 bytes).
 const MAX_END: usize = 4;
 /// Spare capacity past the last line that the overlapping stores may touch.
@@ -98,9 +99,14 @@ impl Kind {
             return 0;
         }
         match self {
+            // SAFETY: checked here (a cached flag), whoever made the `Kind`.
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` chose Avx2 only on a CPU that has AVX2.
-            Kind::Avx2 => unsafe { x86::plain_avx2(out, block, head, end, escapes) },
+            Kind::Avx2 if std::arch::is_x86_feature_detected!("avx2") => unsafe {
+                x86::plain_avx2(out, block, head, end, escapes)
+            },
+            // SAFETY: every x86-64 CPU has SSE2.
+            #[cfg(target_arch = "x86_64")]
+            Kind::Avx2 => unsafe { x86::plain_sse2(out, block, head, end, escapes) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: every x86-64 CPU has SSE2.
             Kind::Sse2 => unsafe { x86::plain_sse2(out, block, head, end, escapes) },
@@ -323,9 +329,10 @@ mod x86 {
         while i < n {
             // SAFETY: frame i is block[25 i .. 25 i + 25], in bounds
             // (`frames_with_room`); the loads read 0..16 and 9..25 of it.
-            // Line i's stores reach at
-            // most 15 bytes past its head and 1 past its end, inside the
-            // capacity `reserve` made past `start` (n line_len + SLACK).
+            // Line i's stores reach at most 15 bytes past its head and
+            // 4 - end.len() past its end (the end is stored as 4 bytes),
+            // inside the capacity `reserve` made past `start` (n line_len +
+            // SLACK).
             unsafe {
                 let frame = src.add(i * FRAME);
                 let a = _mm_loadu_si128(frame.cast());
@@ -347,5 +354,85 @@ mod x86 {
         // capacity.
         unsafe { out.set_len(start + i * line_len) };
         i
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `plain` must write: one byte at a time.
+    fn reference(block: &[u8], head: &[u8], end: &[u8], escapes: Escapes, min_len: usize) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i * FRAME + min_len <= block.len() {
+            let frame = &block[i * FRAME..i * FRAME + FRAME];
+            let escaped = frame.iter().any(|&b| match escapes {
+                Escapes::None => false,
+                Escapes::Text => !(0x20..=0x7e).contains(&b) || b == b'\\',
+                Escapes::Json => !(0x20..=0x7e).contains(&b) || b == b'\\' || b == b'"',
+            });
+            if escaped {
+                break;
+            }
+            out.extend_from_slice(head);
+            out.extend_from_slice(frame);
+            out.extend_from_slice(end);
+            i += 1;
+        }
+        (out, i)
+    }
+
+    /// Every head and end length up to one past the longest taken, blocks
+    /// around the frame and register edges, a byte to escape in the frame,
+    /// in the bytes a wide load reads past it and in the next frame: the
+    /// lines are the reference's, into an empty vector and after bytes
+    /// already there, and a head or end too long is refused whole.
+    #[test]
+    fn every_head_and_end_length_writes_the_reference_lines() {
+        let mut kinds = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            kinds.push(Kind::Sse2);
+            if std::arch::is_x86_feature_detected!("avx2") {
+                kinds.push(Kind::Avx2);
+            }
+        }
+        for kind in kinds {
+            for head_len in 0..=MAX_HEAD + 1 {
+                let head: Vec<u8> = (0..head_len).map(|k| b'A' + (k % 26) as u8).collect();
+                for end_len in 0..=MAX_END + 1 {
+                    let end: Vec<u8> = (0..end_len).map(|k| b'0' + k as u8).collect();
+                    for block_len in [
+                        0usize, 1, 24, 25, 26, 31, 32, 33, 49, 50, 56, 57, 75, 81, 82, 100, 106, 107,
+                    ] {
+                        for bad_at in [usize::MAX, 0, 24, 25, 31, 49, 50, 56, 81] {
+                            for escapes in [Escapes::None, Escapes::Text, Escapes::Json] {
+                                let mut block: Vec<u8> = (0..block_len).map(|k| b'a' + (k % 26) as u8).collect();
+                                if bad_at < block_len {
+                                    block[bad_at] = if escapes == Escapes::Json { b'"' } else { 0x7f };
+                                }
+                                let mut out = Vec::new();
+                                let n = kind.plain(&mut out, &block, &head, &end, escapes);
+                                if head_len > MAX_HEAD || end_len > MAX_END {
+                                    assert_eq!((n, out.len()), (0, 0), "{kind:?} head {head_len} end {end_len}");
+                                    continue;
+                                }
+                                let (want, want_n) = reference(&block, &head, &end, escapes, kind.min_len());
+                                let case =
+                                    format!("{kind:?} head {head_len} end {end_len} block {block_len} bad {bad_at}");
+                                assert_eq!(n, want_n, "{case}");
+                                assert_eq!(out, want, "{case}");
+                                let mut after = b"xyz".to_vec();
+                                after.shrink_to_fit();
+                                kind.plain(&mut after, &block, &head, &end, escapes);
+                                assert_eq!(&after[..3], b"xyz", "{case}");
+                                assert_eq!(&after[3..], &want[..], "{case}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -119,14 +119,23 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} connections ({} open at stop, {} rejected, {} idle-closed), {} frames, {} bytes",
-            self.accepted, self.open_at_stop, self.rejected, self.closed_idle, self.frames, self.bytes
+            "{} connection{} ({} open at stop, {} rejected, {} idle-closed), {} frames, {} bytes",
+            self.accepted,
+            if self.accepted == 1 { "" } else { "s" },
+            self.open_at_stop,
+            self.rejected,
+            self.closed_idle,
+            self.frames,
+            self.bytes
         )?;
         if self.lost > 0 {
             write!(f, ", {} lost with their worker", self.lost)?;
         }
         if self.denied > 0 {
             write!(f, ", {} denied", self.denied)?;
+        }
+        if self.refused_per_source > 0 {
+            write!(f, ", {} over --max-per-source", self.refused_per_source)?;
         }
         if self.proxy_untrusted > 0 {
             write!(f, ", {} not from a trusted proxy", self.proxy_untrusted)?;

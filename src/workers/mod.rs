@@ -675,7 +675,10 @@ impl<'p> Supervisor<'p> {
         match crate::rules::read_good(path) {
             Ok(text) => match self.shared.set_rules(&text) {
                 Ok(()) => {
-                    info!("SIGHUP: {} read again; every worker takes its rules", path.display());
+                    info!(
+                        "SIGHUP: {} read again; telling every worker (each says when the rules are in force)",
+                        path.display()
+                    );
                     signal_workers(libc::SIGHUP);
                 }
                 Err(e) => warn!("SIGHUP: {}: {e}; the rules in force stay", path.display()),
