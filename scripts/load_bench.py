@@ -644,7 +644,7 @@ def render_cores(results):
                 if not top:
                     continue
                 print(f"\nWhere the CPU of {cores_label(kind, designs)} goes at {f['conns']} clients "
-                      "(`perf record`, first run; the top 10 symbols, each 1% or more):\n")
+                      "(`perf record`, first run; the top 5 symbols, each 1% or more):\n")
                 print("| share | symbol | in |")
                 print("|---:|---|---|")
                 for share, sym, where in top:
@@ -744,7 +744,7 @@ def render(results):
         for f in results["flood"]:
             if f.get("perf_top"):
                 print(f"\nWhere simple_tcp_server's CPU goes at {f['conns']} clients (`perf record`, one run; "
-                      "the top 10 symbols, each 1% or more):\n")
+                      "the top 5 symbols, each 1% or more):\n")
                 print("| share | symbol | in |")
                 print("|---:|---|---|")
                 for share, sym, where in f["perf_top"]:
@@ -757,7 +757,7 @@ def render(results):
                 "the write-limit loop at JSON line sizes" if kind == "write-limit-json" else \
                 f"`simple_tcp_server {' '.join(results.get('designs', {}).get(kind, []))}` ({kind})"
             print(f"\nWhere the CPU of {label} goes at {last['conns']} clients (`perf record`, one run; "
-                  "the top 10 symbols, each 1% or more):\n")
+                  "the top 5 symbols, each 1% or more):\n")
             print("| share | symbol | in |")
             print("|---:|---|---|")
             for share, sym, where in top:
