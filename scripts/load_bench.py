@@ -42,7 +42,7 @@ or averaged.
 NAME=ARGS adds a design, simple_tcp_server with those arguments, measured in
 the same interleaved runs (e.g. --design "threads2=--threads 2"); ARGS that
 start with @PATH run the binary at PATH instead, such as an older commit's
-build (--design "before=@/tmp/old/target/release/simple_tcp_server").
+build (--design "before=@../old/target/release/simple_tcp_server").
 
 --scenario cores (several cores) measures, in one interleaved
 session, `simple_tcp_server --threads 1`, `simple_tcp_server --threads 2`

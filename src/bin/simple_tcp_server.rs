@@ -478,7 +478,7 @@ fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64, reload: Rel
     server
         .stop_on_signals_as(Exits::WorkerOfSupervisor)
         .map_err(|e| format!("cannot handle signals: {}", plain(&e)))?;
-    // The supervisor passes SIGHUP on: every worker reads the file itself.
+    // The supervisor reads the file on SIGHUP; each worker takes its rules.
     reload
         .on_sighup(server.access_rules())
         .map_err(|e| format!("cannot handle SIGHUP: {}", plain(&e)))?;

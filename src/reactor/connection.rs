@@ -4,7 +4,7 @@
 //!
 //! What is kept, and why:
 //! - the socket (4 bytes: a descriptor);
-//! - the peer's address (24 bytes, stored flat: IP, port, IPv6 scope), for
+//! - the peer's address (23 bytes, stored flat: IP, port, IPv6 scope), for
 //!   the `Closed connection` line and `--tag`: after a reset the kernel no
 //!   longer knows it;
 //! - when the client last sent data (4 bytes), for `--idle-timeout`;

@@ -12,7 +12,7 @@
 //! - **Who gets new clients** (see [`steer`]): the kernel hashes each new
 //!   client to one worker's listener, but only over the workers that are
 //!   serving: a worker that is dead (waiting for its restart), stopped
-//!   (SIGSTOP, which the supervisor learns from `waitpid`), starting or
+//!   (SIGSTOP, which the supervisor learns from `waitid`), starting or
 //!   draining gets none, so no new client waits on it; the clients the
 //!   kernel had already queued for it are accepted by the supervisor and
 //!   handed to the workers that serve. The supervisor keeps the listeners,
