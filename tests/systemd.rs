@@ -122,8 +122,11 @@ fn activated_and_ready(test: &str, args: &[&str], log: &str) {
         context()
     );
     assert!(out.contains("<21:activated by a socket>\n"), "{}", context());
-    assert!(stderr.text().contains("passed by the service manager"), "{}", context());
-    assert!(stderr.text().contains(log), "{}", context());
+    // stderr is read by a thread of its own: wait for the lines.
+    let said = stderr.wait_for(PATIENCE, |err| {
+        util::contains(err, b"passed by the service manager") && util::contains(err, log.as_bytes())
+    });
+    assert!(said, "{}", context());
 
     let mut message = [0u8; 256];
     let n = notify.recv(&mut message).expect("READY=1 on the notify socket");

@@ -286,8 +286,10 @@ fn worker_pid(server: &ServerProcess, id: usize) -> i32 {
 /// before it tells the supervisor it is ready; any build of the server
 /// logs it, so a test that waits for it runs against an older build too).
 fn wait_serving(server: &ServerProcess, n: usize) {
+    // The supervisor says a worker is ready once new clients go to it.
     let ok = server.stderr.wait_for(PATIENCE, |err| {
-        String::from_utf8_lossy(err).matches("] serving on ").count() >= n
+        let err = String::from_utf8_lossy(err);
+        err.matches("] serving on ").count() >= n && err.matches(" is ready (pid ").count() >= n
     });
     assert!(ok, "{n} workers never served\n{}", server.context());
 }
@@ -830,12 +832,16 @@ fn when_stdout_goes_away_the_workers_still_drain_and_the_summary_counts_them() {
     for client in clients.iter_mut() {
         client.write_all(b"after stdout went away").expect("send");
     }
+    // Lines keep coming until the supervisor finds stdout gone (a child
+    // that another test forks may hold the pipe's reading end for a
+    // moment, until it execs, and take a write).
     let deadline = Instant::now() + PATIENCE;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
         }
         assert!(Instant::now() < deadline, "no exit\n{}", stderr.text());
+        let _ = clients[0].write_all(b"and again");
         thread::sleep(Duration::from_millis(5));
     };
     stderr.wait_for(Duration::from_secs(5), |_| false);

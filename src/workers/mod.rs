@@ -865,11 +865,12 @@ impl<'p> Supervisor<'p> {
                 }
             }
         }
+        let mut ready = None;
         while let Some(end) = worker.status_tail.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = worker.status_tail.drain(..=end).collect();
             worker.stage = match &line[..] {
                 READY if worker.stage == Stage::Starting => {
-                    info!("worker {id} is ready (pid {})", worker.pid.unwrap_or(0));
+                    ready = Some(worker.pid.unwrap_or(0));
                     Stage::Ready
                 }
                 DRAINING if worker.stage != Stage::Done => {
@@ -880,6 +881,12 @@ impl<'p> Supervisor<'p> {
                 DONE => Stage::Done,
                 _ => worker.stage,
             };
+        }
+        if let Some(pid) = ready {
+            // New clients go to it before it is said to be ready: whoever
+            // reads the line may count on it.
+            self.steer();
+            info!("worker {id} is ready (pid {pid})");
         }
     }
 
