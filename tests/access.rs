@@ -12,33 +12,6 @@ use std::time::{Duration, Instant};
 
 use util::{PATIENCE, ServerProcess};
 
-/// A client connected from the loopback address `source`.
-fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    // The port is chosen at connect, for this server: a bind alone would
-    // take one of the few ports a bind may have, which the thousands of
-    // TIME-WAITs earlier runs leave behind soon use up.
-    let yes: libc::c_int = 1;
-    // SAFETY: a valid socket, an int option of the right size.
-    let set = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&yes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "IP_BIND_ADDRESS_NO_PORT");
-    socket
-        .bind(&format!("{source}:0").parse::<SocketAddr>().expect("addr").into())
-        .expect("bind the source");
-    socket.connect(&server.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    stream
-}
-
 /// What the server sends a new client before it closes it or waits for
 /// it: the greeting, an `ERR` line, or nothing (closed without a word).
 fn first_words(stream: &mut TcpStream) -> Vec<u8> {
@@ -108,7 +81,9 @@ fn a_reload_that_denies_held_clients_keeps_them_and_refuses_newcomers() {
             assert!(ok, "{}", server.context());
         }
         // A thousand clients from 127.0.0.2, held.
-        let mut held: Vec<TcpStream> = (0..1000).map(|_| connect_from("127.0.0.2", server.addr)).collect();
+        let mut held: Vec<TcpStream> = (0..1000)
+            .map(|_| util::connect_from("127.0.0.2", server.addr))
+            .collect();
         for client in held.iter_mut() {
             assert_eq!(first_words(client), b"Let's GO!\n");
         }
@@ -123,14 +98,14 @@ fn a_reload_that_denies_held_clients_keeps_them_and_refuses_newcomers() {
         };
         reload(&server, processes, taken);
         // A newcomer from it is closed without a word.
-        let mut newcomer = connect_from("127.0.0.3", server.addr);
+        let mut newcomer = util::connect_from("127.0.0.3", server.addr);
         assert_eq!(
             first_words(&mut newcomer),
             b"",
             "{args:?}: a denied newcomer is not greeted"
         );
         // Another network is still welcome.
-        let mut other = connect_from("127.0.0.4", server.addr);
+        let mut other = util::connect_from("127.0.0.4", server.addr);
         assert_eq!(first_words(&mut other), b"Let's GO!\n", "{args:?}");
         // The held thousand are all still served.
         for (i, client) in held.iter_mut().enumerate() {
@@ -146,9 +121,9 @@ fn a_reload_that_denies_held_clients_keeps_them_and_refuses_newcomers() {
         file.write("deny 127.0.0.999\n");
         // The one process that reads the file says why it keeps the rules.
         reload(&server, 1, "the rules in force stay");
-        let mut still_denied = connect_from("127.0.0.3", server.addr);
+        let mut still_denied = util::connect_from("127.0.0.3", server.addr);
         assert_eq!(first_words(&mut still_denied), b"", "{args:?}");
-        let mut still_welcome = connect_from("127.0.0.4", server.addr);
+        let mut still_welcome = util::connect_from("127.0.0.4", server.addr);
         assert_eq!(first_words(&mut still_welcome), b"Let's GO!\n", "{args:?}");
     }
 }
@@ -184,9 +159,9 @@ fn a_restarted_worker_takes_the_rules_in_force_not_the_file() {
     // Every worker (the kernel spreads the connections over both): .9
     // denied, .4 welcome.
     for _ in 0..8 {
-        let mut denied = connect_from("127.0.0.9", server.addr);
+        let mut denied = util::connect_from("127.0.0.9", server.addr);
         assert_eq!(first_words(&mut denied), b"", "{}", server.context());
-        let mut welcome = connect_from("127.0.0.4", server.addr);
+        let mut welcome = util::connect_from("127.0.0.4", server.addr);
         assert_eq!(first_words(&mut welcome), b"Let's GO!\n", "{}", server.context());
     }
     assert!(
@@ -208,7 +183,7 @@ fn a_file_caught_half_written_is_not_taken() {
         "{}",
         server.context()
     );
-    let mut denied = connect_from("127.0.0.9", server.addr);
+    let mut denied = util::connect_from("127.0.0.9", server.addr);
     assert_eq!(first_words(&mut denied), b"");
 }
 
@@ -237,23 +212,7 @@ fn an_access_file_that_does_not_parse_at_start_is_one_clear_error() {
 /// The two first wait, within patience, for room: connections from the
 /// same address that were just closed may not have been seen closed yet.
 fn two_per_source(server: &ServerProcess, connect: &dyn Fn(&str) -> TcpStream) {
-    let deadline = Instant::now() + PATIENCE;
-    let (a, b) = loop {
-        let mut a = connect("127.0.0.5");
-        let first = first_words(&mut a);
-        let mut b = connect("127.0.0.5");
-        let second = first_words(&mut b);
-        if first == b"Let's GO!\n" && second == b"Let's GO!\n" {
-            break (a, b);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no room for two: {first:?}, {second:?}\n{}",
-            server.context()
-        );
-        drop((a, b));
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let mut greeted = greeted_once_there_is_room(server, connect, 2);
     let mut third = connect("127.0.0.5");
     assert_eq!(
         first_words(&mut third),
@@ -261,23 +220,29 @@ fn two_per_source(server: &ServerProcess, connect: &dyn Fn(&str) -> TcpStream) {
     );
     let mut other = connect("127.0.0.6");
     assert_eq!(first_words(&mut other), b"Let's GO!\n");
-    drop(a);
+    drop(greeted.pop());
     // Room again once the server has seen it close.
+    greeted_once_there_is_room(server, connect, 1);
+}
+
+/// `n` connections from 127.0.0.5, all greeted, tried again (within
+/// patience) until the server has seen earlier ones from it close.
+fn greeted_once_there_is_room(server: &ServerProcess, connect: &dyn Fn(&str) -> TcpStream, n: usize) -> Vec<TcpStream> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let mut again = connect("127.0.0.5");
-        let words = first_words(&mut again);
-        if words == b"Let's GO!\n" {
-            break;
+        let mut streams: Vec<TcpStream> = (0..n).map(|_| connect("127.0.0.5")).collect();
+        let words: Vec<Vec<u8>> = streams.iter_mut().map(first_words).collect();
+        if words.iter().all(|w| w == b"Let's GO!\n") {
+            return streams;
         }
         assert!(
             Instant::now() < deadline,
-            "no room again: {words:?}\n{}",
+            "no room for {n}: {words:?}\n{}",
             server.context()
         );
+        drop(streams);
         std::thread::sleep(Duration::from_millis(10));
     }
-    drop(b);
 }
 
 #[test]
@@ -286,7 +251,7 @@ fn max_per_source_caps_one_address_and_tells_it_why() {
         let mut all = vec!["--max-per-source", "2"];
         all.extend_from_slice(args);
         let mut server = ServerProcess::start(&all);
-        two_per_source(&server, &|source| connect_from(source, server.addr));
+        two_per_source(&server, &|source| util::connect_from(source, server.addr));
         let counted = server.stderr.wait_for(PATIENCE, |err| {
             util::contains(err, b"holds --max-per-source connections already")
         });

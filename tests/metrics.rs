@@ -86,18 +86,6 @@ fn metrics_addr(stderr: &util::Captured) -> SocketAddr {
     addr.unwrap_or_else(|| panic!("no metrics address"))
 }
 
-/// A client connected from `source` (a loopback address).
-fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket
-        .bind(&format!("{source}:0").parse::<SocketAddr>().expect("addr").into())
-        .expect("bind the source");
-    socket.connect(&server.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    stream
-}
-
 /// Everything `stream` gets until the server closes it.
 fn read_all(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
@@ -209,7 +197,7 @@ fn prometheus_reads_back_exactly_what_a_known_workload_did() {
     let (server, metrics) = start(&["--max-connections", "3", "--deny", "127.0.0.9"]);
     let prometheus = Prometheus::start(metrics);
     // One denied (before the cap fills: the cap is checked first).
-    let mut denied = connect_from("127.0.0.9", server.addr);
+    let mut denied = util::connect_from("127.0.0.9", server.addr);
     assert_eq!(read_all(&mut denied), b"", "denied: no greeting");
     // Three served, each with a known message.
     let mut served = Vec::new();

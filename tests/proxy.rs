@@ -61,17 +61,6 @@ fn same_family(client: SocketAddr, server: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Connects from `source` (any 127.x.y.z) to `server`.
-fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    let source: IpAddr = source.parse().expect("source");
-    socket.bind(&SocketAddr::new(source, 0).into()).expect("bind source");
-    socket.connect(&server.into()).expect("connect");
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
-    stream
-}
-
 /// Reads exactly the greeting.
 fn greeted(stream: &mut TcpStream) {
     let mut greeting = [0u8; 10];
@@ -377,10 +366,10 @@ fn allow_and_deny_decide_who_is_greeted() {
     // Deny one address of the loopback network.
     let mut server = ServerProcess::start(&["--deny", "127.0.0.2"]);
     for _ in 0..3 {
-        let mut denied = connect_from("127.0.0.2", server.addr);
+        let mut denied = util::connect_from("127.0.0.2", server.addr);
         assert_eq!(read_until_closed(&mut denied), b"");
     }
-    let mut allowed = connect_from("127.0.0.3", server.addr);
+    let mut allowed = util::connect_from("127.0.0.3", server.addr);
     greeted(&mut allowed);
     drop(allowed);
     server.wait_text("Closed connection:  127.0.0.3:");
@@ -403,7 +392,7 @@ fn allow_and_deny_decide_who_is_greeted() {
         ("127.0.0.3", true),
         ("127.0.0.9", false),
     ] {
-        let mut stream = connect_from(source, server.addr);
+        let mut stream = util::connect_from(source, server.addr);
         if served {
             greeted(&mut stream);
         } else {

@@ -702,6 +702,22 @@ pub fn count_lines(out: &[u8], prefix: &str) -> usize {
         .count()
 }
 
+/// A client connected from the loopback address `source` (the port is
+/// chosen at connect, for this server: a bind alone would take one of the
+/// few ports a bind may have, which the TIME-WAITs of earlier runs soon
+/// use up), with the tests' read timeout.
+pub fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    simple_tcp_server::load::bind_address_no_port(&socket).expect("IP_BIND_ADDRESS_NO_PORT");
+    socket
+        .bind(&format!("{source}:0").parse::<SocketAddr>().expect("addr").into())
+        .expect("bind the source");
+    socket.connect(&server.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    stream
+}
+
 /// Connects a client and reads the greeting (asserting it is the default one).
 pub fn connect_greeted(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).expect("connect");
