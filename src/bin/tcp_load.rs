@@ -16,7 +16,7 @@ use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use simple_tcp_server::duration::{format as format_duration, parse_duration};
-use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
+use simple_tcp_server::load::{self, LoadConfig, Mode, ProbeConfig, ProbeReport, Report, procs};
 
 /// Load generator for simple_tcp_server: hold many connections, flood them
 /// with bytes, chat at a paced message rate, or churn connections.
@@ -31,7 +31,8 @@ use simple_tcp_server::load::{self, LoadConfig, Mode, Report, procs};
         tcp_load --procs 50 --server-pid $PID hold --conns 1000000 --hold 60s\n  \
         tcp_load flood --conns 100 --bytes 10MB\n  \
         tcp_load --server-pid $PID chat --conns 10000 --rate 50000 --secs 10\n  \
-        tcp_load churn --hold 3000 --rate 1000 --secs 60s"
+        tcp_load churn --hold 3000 --rate 1000 --secs 60s\n  \
+        tcp_load probe --transcript server.out --rate 100 --secs 60s"
 )]
 struct Cli {
     #[command(flatten)]
@@ -83,6 +84,9 @@ struct Common {
     /// Run as one of the processes of `--procs` (internal).
     #[arg(long, global = true, hide = true)]
     coordinated: bool,
+    /// Which of the processes of `--procs` this is, from 1 (internal).
+    #[arg(long, global = true, hide = true, default_value_t = 0)]
+    proc_index: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,8 +113,11 @@ enum ModeCmd {
         #[arg(long, default_value = "256KiB", value_parser = parse_bytes)]
         write_size: u64,
     },
-    /// R messages per second spread over N connections for T seconds (R x T
-    /// in all); reports the server's CPU per message and whether it kept up.
+    /// R messages per second spread evenly over N connections for T
+    /// seconds (R x T in all, round robin); reports the server's CPU per
+    /// message and whether it kept up. Every message is 25 bytes,
+    /// `cKEY says: PROC.NUMBER`, so a transcript can be checked for each
+    /// exactly once.
     Chat {
         /// Connections.
         #[arg(long, value_parser = positive)]
@@ -121,6 +128,33 @@ enum ModeCmd {
         /// How long to send.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         secs: Duration,
+        /// How often each generator process wakes to send what is due.
+        #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_tick)]
+        tick: Duration,
+    },
+    /// Latency probe: a few clients send numbered messages at a paced rate
+    /// and watch the server's transcript file for their lines; reports
+    /// send-to-print latency (p50, p99, p99.9, max) and whether each
+    /// message was printed exactly once.
+    Probe {
+        /// The file the server's stdout goes to.
+        #[arg(long, value_name = "PATH")]
+        transcript: std::path::PathBuf,
+        /// Probe clients, used in turn.
+        #[arg(long, default_value_t = 4, value_parser = positive)]
+        clients: usize,
+        /// Probe messages per second, over all its clients.
+        #[arg(long, default_value_t = 100, value_parser = positive_u64)]
+        rate: u64,
+        /// How long to send.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        secs: Duration,
+        /// How long after the last message to wait for lines still missing.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+        /// How long to sleep when the transcript has nothing new.
+        #[arg(long, value_name = "DURATION", default_value = "200us", value_parser = parse_duration)]
+        poll: Duration,
     },
     /// Hold N connections while others come and go at R per second
     /// (connect, greeting, one message, close) for T seconds.
@@ -147,6 +181,15 @@ fn positive(text: &str) -> Result<usize, String> {
 /// A rate: a whole number of at least 1.
 fn positive_u64(text: &str) -> Result<u64, String> {
     positive(text).map(|n| n as u64)
+}
+
+/// A chat tick: 100 us to 1 s.
+fn parse_tick(text: &str) -> Result<Duration, String> {
+    let tick = parse_duration(text)?;
+    if tick < Duration::from_micros(100) || tick > Duration::from_secs(1) {
+        return Err(format!("`{text}` is not a tick between 100us and 1s"));
+    }
+    Ok(tick)
 }
 
 /// A process id that names a running process.
@@ -184,26 +227,29 @@ enum Failure {
     Failed(String),
 }
 
+/// A run's report.
+enum Outcome {
+    Load(Box<Report>),
+    Probe(ProbeReport),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let json = cli.common.json;
     match run(cli) {
-        Ok(report) => {
-            let text = if json {
-                format!("{}\n", report.json())
-            } else {
-                report.human()
+        Ok(outcome) => {
+            let (text, ok) = match (&outcome, json) {
+                (Outcome::Load(r), true) => (format!("{}\n", r.json()), r.ok),
+                (Outcome::Load(r), false) => (r.human(), r.ok),
+                (Outcome::Probe(r), true) => (format!("{}\n", r.json()), r.ok),
+                (Outcome::Probe(r), false) => (r.human(), r.ok),
             };
             // A closed stdout (`tcp_load --json | true`) loses the report,
             // not the verdict.
             let mut out = io::stdout().lock();
             let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-            if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
         Err(Failure::Usage(message)) => Cli::command().error(ErrorKind::ArgumentConflict, message).exit(),
         Err(Failure::Failed(message)) => {
@@ -214,11 +260,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<Report, Failure> {
+fn run(cli: Cli) -> Result<Outcome, Failure> {
     let c = cli.common;
     let target = simple_tcp_server::listen::resolve(&c.host, c.port)
         .map_err(|e| Failure::Failed(format!("cannot resolve `{}`: {e}", c.host)))?[0];
     let mode = match cli.mode {
+        ModeCmd::Probe {
+            transcript,
+            clients,
+            rate,
+            secs,
+            wait,
+            poll,
+        } => {
+            if c.procs > 1 {
+                return Err(Failure::Usage("the probe runs as one process: drop --procs".into()));
+            }
+            let config = ProbeConfig {
+                target,
+                transcript,
+                clients,
+                rate,
+                secs,
+                wait,
+                poll,
+                greeting_len: c.greeting_len,
+            };
+            return load::probe(&config)
+                .map(Outcome::Probe)
+                .map_err(|e| Failure::Failed(format!("probe: {e}")));
+        }
         ModeCmd::Hold { conns, hold } => Mode::Hold { conns, hold },
         ModeCmd::Flood {
             conns,
@@ -229,13 +300,23 @@ fn run(cli: Cli) -> Result<Report, Failure> {
             bytes,
             write_size: usize::try_from(write_size.clamp(1, 16 << 20)).unwrap_or(1 << 20),
         },
-        ModeCmd::Chat { conns, rate, secs } => Mode::Chat { conns, rate, secs },
+        ModeCmd::Chat {
+            conns,
+            rate,
+            secs,
+            tick,
+        } => Mode::Chat {
+            conns,
+            rate,
+            secs,
+            tick,
+        },
         ModeCmd::Churn { hold, rate, secs } => Mode::Churn { hold, rate, secs },
     };
     let soft = simple_tcp_server::limits::raise_nofile_limit()
         .map_err(|e| Failure::Failed(format!("open-file limit: {e}")))?;
     if c.procs > 1 {
-        return run_procs(&c, target, &mode, soft);
+        return run_procs(&c, target, &mode, soft).map(|r| Outcome::Load(Box::new(r)));
     }
     check_descriptors(mode.conns(), soft).map_err(Failure::Failed)?;
     let sources = if target.ip().is_loopback() && target.is_ipv4() {
@@ -254,8 +335,11 @@ fn run(cli: Cli) -> Result<Report, Failure> {
         progress: !c.quiet && !c.json,
         stop_on_signals: true,
         coordinated: c.coordinated,
+        proc_index: c.proc_index,
     };
-    load::run(config).map_err(|e| Failure::Failed(e.to_string()))
+    load::run(config)
+        .map(|r| Outcome::Load(Box::new(r)))
+        .map_err(|e| Failure::Failed(e.to_string()))
 }
 
 /// One process's connections must fit its open-file limit.
@@ -314,6 +398,8 @@ fn run_procs(c: &Common, target: SocketAddr, mode: &Mode, soft: u64) -> Result<R
                 "--json",
                 "--quiet",
                 "--coordinated",
+                "--proc-index",
+                &(i + 1).to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -356,7 +442,12 @@ fn mode_args(mode: &Mode) -> Vec<String> {
             "--write-size".into(),
             write_size.to_string(),
         ],
-        Mode::Chat { conns, rate, secs } => vec![
+        Mode::Chat {
+            conns,
+            rate,
+            secs,
+            tick,
+        } => vec![
             "chat".into(),
             "--conns".into(),
             conns.to_string(),
@@ -364,6 +455,8 @@ fn mode_args(mode: &Mode) -> Vec<String> {
             rate.to_string(),
             "--secs".into(),
             d(secs),
+            "--tick".into(),
+            format!("{}us", tick.as_micros()),
         ],
         Mode::Churn { hold, rate, secs } => vec![
             "churn".into(),

@@ -434,6 +434,9 @@ impl Run {
     /// Half-closes every held connection and waits (at most
     /// `wait`, and never past the deadline) for the server to close each;
     /// those it does not close are failures.
+    /// Half-closes every held connection and waits for the server to close
+    /// each; those it has not closed when it stops closing any for `wait`
+    /// fail.
     pub(super) fn close_and_wait(&mut self, wait: Duration, events: &mut Events) -> Result<(), LoadError> {
         for (_, conn) in self.conns.iter_mut() {
             if !conn.churn && conn.phase == Phase::Ready {
@@ -442,16 +445,25 @@ impl Run {
             }
         }
         self.ready.clear();
-        let until = Instant::now() + wait;
-        let draining = |run: &Run| run.conns.iter().any(|(_, c)| !c.churn && c.phase == Phase::Draining);
-        while draining(self) && !self.stopping() && Instant::now() < until {
+        // The server may take a while to close a million connections, but
+        // it closes some all the time: wait as long as it does (within the
+        // run's --timeout), and give up after `wait` without any.
+        let draining = |run: &Run| {
+            run.conns
+                .iter()
+                .filter(|(_, c)| !c.churn && c.phase == Phase::Draining)
+                .count()
+        };
+        let mut left = draining(self);
+        let mut until = Instant::now() + wait;
+        while left > 0 && !self.stopping() && Instant::now() < until {
             self.poll_events(events, POLL_TICK.min(until.saturating_duration_since(Instant::now())))?;
+            let now_left = draining(self);
+            if now_left < left {
+                until = Instant::now() + wait;
+            }
+            left = now_left;
         }
-        let left = self
-            .conns
-            .iter()
-            .filter(|(_, c)| !c.churn && c.phase == Phase::Draining)
-            .count();
         let kind = if self.stopping() {
             self.stop_kind()
         } else {

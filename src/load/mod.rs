@@ -13,6 +13,8 @@
 //!   1 ms tick; report the server's CPU time per message (from /proc) and
 //!   whether it kept up.
 //! - **churn**: short-lived connections at a paced rate beside held ones.
+//! - **probe** ([`probe`]): a few clients send numbered messages and watch
+//!   the server's transcript (a file) for them: send-to-print latency.
 //!
 //! Connections are spread over several loopback source addresses
 //! (127.0.0.1, 127.0.0.2, ...) so that ephemeral ports and TIME_WAIT never
@@ -51,6 +53,7 @@ mod flood;
 mod hold;
 mod json;
 mod pace;
+mod probe;
 mod proc;
 pub mod procs;
 mod report;
@@ -62,7 +65,9 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+pub use chat::{CHAT_MESSAGE_LEN, ChatId, chat_message};
 pub use conn::{bind_address_no_port, default_sources, sources_from};
+pub use probe::{ProbeConfig, ProbeReport, probe};
 pub use proc::{ProcSample, sample_process};
 pub use report::Report;
 
@@ -94,7 +99,8 @@ pub enum Mode {
         /// Bytes per write.
         write_size: usize,
     },
-    /// Paced small messages.
+    /// Paced small messages, each with its own identifier (see
+    /// [`chat_message`]).
     Chat {
         /// Connections.
         conns: usize,
@@ -102,6 +108,10 @@ pub enum Mode {
         rate: u64,
         /// How long to send.
         secs: Duration,
+        /// How often the generator wakes to send what is due: 1 ms keeps
+        /// the stream smooth; a longer tick costs the generator fewer
+        /// wakeups when many processes share the rate.
+        tick: Duration,
     },
     /// Connection churn: hold some connections open while others come and
     /// go (connect, greeting, one message, close) at a paced rate.
@@ -159,6 +169,9 @@ pub struct LoadConfig {
     /// SIGINT and SIGTERM end the run early, with the report so far (not
     /// clean). For binaries: a library user may not want its signals taken.
     pub stop_on_signals: bool,
+    /// Which generator process this is: 0 alone, 1 up under `--procs`. It
+    /// is part of every chat message's identifier.
+    pub proc_index: u16,
     /// Run as one of `--procs` generator processes: after connecting, and
     /// after the main phase, print `ready` (then `done`) on stdout and wait
     /// for a line on stdin before going on; end of input stops the run.
@@ -304,7 +317,7 @@ impl Run {
             match self.cfg.mode.clone() {
                 Mode::Hold { hold, .. } => self.hold(hold, &mut events)?,
                 Mode::Flood { conns, .. } => self.finish_flood(conns, &mut events)?,
-                Mode::Chat { rate, secs, .. } => self.chat(rate, secs, &mut events)?,
+                Mode::Chat { rate, secs, tick, .. } => self.chat(rate, secs, tick, &mut events)?,
                 Mode::Churn { rate, secs, .. } => self.churn(rate, secs, &mut events)?,
             }
         }

@@ -86,7 +86,12 @@ pub fn split(mode: &Mode, n: usize) -> Result<Vec<Mode>, String> {
                 })
                 .collect()
         }
-        Mode::Chat { conns, rate, secs } => {
+        Mode::Chat {
+            conns,
+            rate,
+            secs,
+            tick,
+        } => {
             need("connections", *conns as u64)?;
             need("messages per second", *rate)?;
             conns_of(*conns)
@@ -95,6 +100,7 @@ pub fn split(mode: &Mode, n: usize) -> Result<Vec<Mode>, String> {
                     conns,
                     rate,
                     secs: *secs,
+                    tick: *tick,
                 })
                 .collect()
         }
@@ -406,6 +412,7 @@ mod tests {
                 conns: 10,
                 rate: 7,
                 secs: Duration::from_secs(2),
+                tick: Duration::from_millis(1),
             },
             3,
         )

@@ -1,0 +1,348 @@
+//! Connections held alive at small scale: a chat rate spread over a few
+//! thousand held connections under `--workers`, every message printed
+//! exactly once (by its identifier), the latency probe beside it, and
+//! `scripts/alive.py` end to end.
+
+mod util;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use simple_tcp_server::load::ChatId;
+use util::{Captured, PATIENCE};
+
+/// A file the server's transcript goes to, removed when the test ends.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(what: &str) -> TempFile {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        TempFile(std::env::temp_dir().join(format!("stcp-alive-{}-{what}-{n}.out", std::process::id())))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The server with its stdout to `transcript` (a file, as the probe needs).
+struct FileServer {
+    child: Child,
+    stderr: Arc<Captured>,
+    port: u16,
+}
+
+impl FileServer {
+    fn start(transcript: &TempFile, args: &[&str], workers: usize) -> FileServer {
+        let out = File::create(&transcript.0).expect("create the transcript file");
+        let mut command = Command::new(util::bin("simple_tcp_server"));
+        util::die_with_the_test(&mut command);
+        let mut child = command
+            .args(["127.0.0.1", "0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let stderr = Captured::spawn(child.stderr.take().expect("stderr pipe"));
+        let deadline = Instant::now() + PATIENCE;
+        let port = loop {
+            let text = std::fs::read_to_string(&transcript.0).unwrap_or_default();
+            if let Some(line) = text.lines().next()
+                && let Ok(addr) = util::listening_addr(line)
+            {
+                break addr.port();
+            }
+            assert!(Instant::now() < deadline, "no Listening line\n{}", stderr.text());
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // Under --workers, a worker's clients wait until it is ready.
+        if workers > 1 {
+            let ready = stderr.wait_for(PATIENCE, |err| {
+                String::from_utf8_lossy(err).matches(" is ready").count() >= workers
+            });
+            assert!(ready, "workers not ready\n{}", stderr.text());
+        }
+        FileServer { child, stderr, port }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGTERM, and its exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory effects; the child is ours and not yet reaped.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn tcp_load(port: u16, args: &[&str]) -> Command {
+    let mut command = Command::new(util::bin("tcp_load"));
+    util::die_with_the_test(&mut command);
+    command
+        .args(["--port", &port.to_string(), "--json", "--quiet", "--timeout", "60s"])
+        .args(args);
+    command
+}
+
+/// A number field of a JSON line.
+fn field(json: &str, name: &str) -> f64 {
+    let key = format!("\"{name}\":");
+    let at = json.find(&key).unwrap_or_else(|| panic!("no {name} in {json}")) + key.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number in {json}"))
+}
+
+fn stdout_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many times each chat identifier is in the transcript.
+fn chat_ids(transcript: &[u8]) -> BTreeMap<(u16, u64), usize> {
+    let mut ids = BTreeMap::new();
+    for (_, _, text) in util::frames_of(transcript) {
+        if let Some(id) = ChatId::parse(&text) {
+            *ids.entry((id.proc_index, id.seq)).or_insert(0) += 1;
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_rate_spread_over_held_connections_prints_every_message_once_and_the_probe_times_them() {
+    util::raise_fd_limit();
+    let transcript = TempFile::new("chat");
+    let server = FileServer::start(&transcript, &["--workers", "2"], 2);
+    let pid = server.pid().to_string();
+    // 3,000 held by two generator processes, 400 messages a second round
+    // robin over all of them: each connection speaks about every 7 s.
+    let chat = tcp_load(
+        server.port,
+        &[
+            "--procs",
+            "2",
+            "--server-pid",
+            &pid,
+            "chat",
+            "--conns",
+            "3000",
+            "--rate",
+            "400",
+            "--secs",
+            "3s",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start tcp_load chat");
+    let path = transcript.0.to_string_lossy().into_owned();
+    let probe = tcp_load(
+        server.port,
+        &["probe", "--transcript", &path, "--rate", "100", "--secs", "2s"],
+    )
+    .output()
+    .expect("run the probe");
+    let chat = chat.wait_with_output().expect("wait for tcp_load chat");
+    let (chat_json, probe_json) = (stdout_of(&chat), stdout_of(&probe));
+    assert!(
+        chat.status.success(),
+        "{chat_json}\n{}",
+        String::from_utf8_lossy(&chat.stderr)
+    );
+    assert!(
+        probe.status.success(),
+        "{probe_json}\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert!(server.stop().success());
+
+    // The generator's report: all 1,200 sent, and acknowledged by the
+    // server closing each connection after reading it all.
+    assert_eq!(field(&chat_json, "messages"), 1200.0, "{chat_json}");
+    assert_eq!(field(&chat_json, "messages_acked"), 1200.0, "{chat_json}");
+    assert_eq!(field(&chat_json, "established"), 3000.0, "{chat_json}");
+
+    // The transcript: every identifier each process sent (numbered from 0,
+    // no gaps), exactly once, and nothing else.
+    let out = std::fs::read(&transcript.0).expect("read the transcript");
+    util::assert_lines_whole(&out);
+    let ids = chat_ids(&out);
+    let mut per_process: BTreeMap<u16, u64> = BTreeMap::new();
+    for (&(proc_index, _), &count) in &ids {
+        assert_eq!(count, 1, "a message printed {count} times");
+        *per_process.entry(proc_index).or_insert(0) += 1;
+    }
+    assert_eq!(per_process.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    for (&proc_index, &n) in &per_process {
+        for seq in 0..n {
+            assert!(
+                ids.contains_key(&(proc_index, seq)),
+                "process {proc_index} message {seq} missing"
+            );
+        }
+    }
+    assert_eq!(ids.len(), 1200);
+
+    // The probe: 200 messages, each found once, latencies in order.
+    assert_eq!(field(&probe_json, "sent"), 200.0, "{probe_json}");
+    assert_eq!(field(&probe_json, "printed"), 200.0, "{probe_json}");
+    assert_eq!(field(&probe_json, "missing"), 0.0, "{probe_json}");
+    assert_eq!(field(&probe_json, "duplicates"), 0.0, "{probe_json}");
+    let (p50, p99, p999, max) = (
+        field(&probe_json, "p50_ms"),
+        field(&probe_json, "p99_ms"),
+        field(&probe_json, "p999_ms"),
+        field(&probe_json, "max_ms"),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= p999 && p999 <= max, "{probe_json}");
+    let probe_lines = util::frames_of(&out)
+        .iter()
+        .filter(|(_, len, text)| *len == 25 && text.starts_with(b"probe "))
+        .count();
+    assert_eq!(probe_lines, 200);
+}
+
+#[test]
+fn a_probe_whose_lines_never_show_is_not_clean() {
+    // The server prints to one file; the probe watches another, which
+    // stays empty: every message is missing, and the probe says so.
+    let printed = TempFile::new("printed");
+    let watched = TempFile::new("watched");
+    File::create(&watched.0).expect("create the watched file");
+    let server = FileServer::start(&printed, &[], 1);
+    let path = watched.0.to_string_lossy().into_owned();
+    let probe = tcp_load(
+        server.port,
+        &[
+            "probe",
+            "--transcript",
+            &path,
+            "--rate",
+            "20",
+            "--secs",
+            "500ms",
+            "--wait",
+            "300ms",
+        ],
+    )
+    .output()
+    .expect("run the probe");
+    let json = stdout_of(&probe);
+    assert_eq!(probe.status.code(), Some(1), "{json}");
+    assert_eq!(field(&json, "sent"), 10.0, "{json}");
+    assert_eq!(field(&json, "missing"), 10.0, "{json}");
+    assert!(json.contains("\"ok\":false") && json.contains("not printed"), "{json}");
+    // They were printed, where the server prints.
+    let out = std::fs::read(&printed.0).expect("read the transcript");
+    assert_eq!(
+        util::frames_of(&out)
+            .iter()
+            .filter(|f| f.2.starts_with(b"probe "))
+            .count(),
+        10
+    );
+    assert!(server.stop().success());
+
+    // A transcript that is not there is a clear error, and the probe runs
+    // as one process.
+    let missing = tcp_load(1, &["probe", "--transcript", "/nonexistent/transcript", "--secs", "1s"])
+        .output()
+        .expect("run the probe");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot open /nonexistent/transcript"), "{err}");
+    let procs = tcp_load(1, &["--procs", "2", "probe", "--transcript", &path, "--secs", "1s"])
+        .output()
+        .expect("run the probe");
+    assert_eq!(
+        procs.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&procs.stderr)
+    );
+}
+
+#[test]
+fn the_alive_script_checks_every_message_and_reports_the_probe() {
+    if !util::have_program(
+        "python3",
+        "apt-get install -y python3",
+        "scripts/alive.py at small scale",
+    ) {
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = TempFile::new("script-json");
+    let path = out.0.to_string_lossy().into_owned();
+    let run = Command::new("python3")
+        .arg(format!("{root}/scripts/alive.py"))
+        .args([
+            "--runs",
+            "2000:200",
+            "--secs",
+            "3",
+            "--workers",
+            "2",
+            "--procs",
+            "2",
+            "--no-build",
+        ])
+        .args(["--keep-free-fds", "0", "--keep-free-gib", "0", "--out", &path])
+        .env(
+            "STCP_BIN_DIR",
+            std::path::Path::new(util::bin("tcp_load")).parent().expect("bin dir"),
+        )
+        .output()
+        .expect("run scripts/alive.py");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "{stderr}\n{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    let json = std::fs::read_to_string(&out.0).expect("the script's JSON");
+    // One run: 600 sent, 600 printed exactly once, none lost, the probe's
+    // latencies reported, the server's exit clean.
+    let compact: String = json.split_whitespace().collect();
+    for (name, value) in [
+        ("held", 2000.0),
+        ("sent", 600.0),
+        ("printed_once", 600.0),
+        ("duplicates", 0.0),
+        ("missing", 0.0),
+        ("gaps", 0.0),
+        ("errors", 0.0),
+        ("server_exit", 0.0),
+    ] {
+        assert_eq!(field(&compact, name), value, "{name}\n{json}");
+    }
+    assert!(field(&compact, "p99_ms") > 0.0, "{json}");
+    assert!(compact.contains("\"ok\":true"), "{json}");
+}
