@@ -55,6 +55,7 @@ fn ingest(design: Design, clients: usize, per_client: u64) -> Duration {
         progress: false,
         stop_on_signals: false,
         coordinated: false,
+        announce: false,
         proc_index: 0,
     };
     let started = Instant::now();

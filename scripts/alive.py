@@ -104,7 +104,8 @@ def machine_busy():
 
 def check_transcript(path, sent):
     """Every chat message exactly once: each generator process numbers its
-    messages 0, 1, 2 ...; returns (distinct, duplicates, missing, gaps)."""
+    messages 0, 1, 2 ...; returns (distinct, duplicates, missing, gaps,
+    the processes seen)."""
     counts = {}
     tail = b""
     with open(path, "rb") as f:
@@ -131,12 +132,13 @@ def check_transcript(path, sent):
         distinct += top - zeros
         duplicates += top - zeros - ones
         gaps += zeros
-    # Numbers run from 0 with no gaps in each process: if as many distinct
-    # ones were printed as were sent, every one sent was printed.
-    return distinct, duplicates, max(0, sent - distinct), gaps
+    # Numbers run from 0 with no gaps in each process: if exactly as many
+    # distinct ones were printed as were sent (the caller checks), every one
+    # sent was printed.
+    return distinct, duplicates, max(0, sent - distinct), gaps, sorted(counts)
 
 
-def plan(held, args):
+def plan(held, rate, args):
     """The run's connection count (lowered to keep the reserve), workers and
     generator processes, and notes on what was lowered."""
     limits = sysctls()
@@ -145,7 +147,10 @@ def plan(held, args):
     mem = meminfo()
     per_proc = min(capacity.PER_PROC, hard_nofile() - capacity.RESERVE_PER_PROC)
     by_fds = (file_max - in_use - args.keep_free_fds) // 2
-    by_mem = (mem["MemAvailable"] - int(args.keep_free_gib * (1 << 30)) - (1 << 30)) // capacity.GUESS_BYTES_PER_CONN
+    # The transcript grows in tmpfs (memory): about 40 bytes a message.
+    transcript = 40 * (rate + args.probe_rate) * args.secs
+    by_mem = (mem["MemAvailable"] - int(args.keep_free_gib * (1 << 30)) - (1 << 30) - transcript) \
+        // capacity.GUESS_BYTES_PER_CONN
     target = min(held, by_fds, by_mem)
     notes = []
     if target < held:
@@ -159,7 +164,7 @@ def plan(held, args):
 
 
 def one_run(held, rate, coalesce, load_nice, args):
-    target, workers, procs, notes, limits = plan(held, args)
+    target, workers, procs, notes, limits = plan(held, rate, args)
     if target < 1:
         raise SystemExit("alive: this machine has no room for the run")
     keep_mem = int(args.keep_free_gib * (1 << 30))
@@ -171,7 +176,26 @@ def one_run(held, rate, coalesce, load_nice, args):
     server_cmd = [server_bin, "127.0.0.1", "0", "--workers", str(workers), "--backlog", "4096"]
     if coalesce:
         server_cmd += ["--coalesce", coalesce]
-    base_sock = sockstat()
+    try:
+        return measure(target, workers, procs, notes, limits, held, rate, coalesce, load_nice, args,
+                       transcript, log, server_cmd)
+    finally:
+        capacity.stop_all()
+        for path in (transcript, log):
+            if os.path.exists(path):
+                os.remove(path)
+
+
+def lines_of(pipe, into):
+    """Collects `pipe`'s lines into the list `into` (on a thread)."""
+    for line in pipe:
+        into.append(line.decode(errors="replace").rstrip("\n"))
+
+
+def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_nice, args, transcript, log,
+            server_cmd):
+    import threading
+    keep_mem = int(args.keep_free_gib * (1 << 30))
     out, err = open(transcript, "wb"), open(log, "wb")
     server = subprocess.Popen(server_cmd, stdout=out, stderr=err, env={**os.environ, "RUST_LOG": "info"})
     capacity.STARTED.append(server)
@@ -196,19 +220,23 @@ def one_run(held, rate, coalesce, load_nice, args):
 
     nice = ["nice", "-n", str(load_nice)] if load_nice else []
     chat_cmd = [*nice, os.path.join(BIN, "tcp_load"), "--port", str(port), "--procs", str(procs), "--in-flight", "64",
-                "--server-pid", str(server.pid), "--timeout", f"{args.secs + 600}s", "--json", "--quiet",
+                "--server-pid", str(server.pid), "--timeout", f"{args.secs + 600}s", "--json", "--quiet", "--announce",
                 "chat", "--conns", str(target), "--rate", str(rate), "--secs", f"{args.secs}s", "--tick", args.tick]
     chat = subprocess.Popen(chat_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     capacity.STARTED.append(chat)
     t0 = time.time()
-    want = base_sock["inuse"] + 2 * target
-    while sockstat()["inuse"] < want:
+    chat_err = []
+    threading.Thread(target=lines_of, args=(chat.stderr, chat_err), daemon=True).start()
+    # tcp_load says when every connection is up and the chat begins.
+    while not any(line.startswith("tcp_load: all ") for line in chat_err):
         if chat.poll() is not None:
-            raise SystemExit(f"alive: tcp_load ended early: {chat.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+            raise SystemExit("alive: tcp_load ended early: " + "\n".join(chat_err)[-2000:])
         if meminfo()["MemAvailable"] < keep_mem:
             raise SystemExit("alive: MemAvailable fell under the floor while connecting; stopped")
-        time.sleep(0.2)
-    connect_secs = time.time() - t0
+        time.sleep(0.1)
+    t_up = time.time()
+    connect_secs = t_up - t0
     print(f"alive: {target:,} up in {connect_secs:.1f} s", file=sys.stderr)
     probe_secs = max(1, args.secs - 10)
     probe_cmd = [os.path.join(BIN, "tcp_load"), "--port", str(port), "--json", "probe",
@@ -230,33 +258,32 @@ def one_run(held, rate, coalesce, load_nice, args):
         now = (time.time(), cpu_secs(server_pids()), cpu_secs(loaders), cpu_secs([probe.pid]), machine_busy())
         samples.append({"t": round(now[0] - t0, 1), "rss": rss, "avail": mi["MemAvailable"],
                         "server_cpu": round(now[1], 2), "load_cpu": round(now[2], 2)})
-        # CPU shares over the window when every generator process runs (their
-        # CPU time leaves the sum when they exit).
-        if len(loaders) == procs + 1:
+        samples[-1]["load_rss"] = server_rss(loaders)
+        # CPU shares over the chat itself: from once all are up to the end
+        # of its --secs (not the close after it, when processes exit).
+        if now[0] <= t_up + args.secs + 1:
             if first is None:
                 first = now
             last = now
         time.sleep(2)
-    chat_out, chat_err = chat.communicate(timeout=60)
+    chat_out = chat.stdout.read()
+    chat.wait(timeout=60)
     chat_report = json.loads(chat_out.decode().strip().splitlines()[-1]) if chat_out.strip() else {}
-    probe_out, _ = probe.communicate(timeout=120)
+    probe_out, probe_err = probe.communicate(timeout=120)
     probe_report = json.loads(probe_out.decode().strip().splitlines()[-1]) if probe_out.strip() else {}
     server.send_signal(signal.SIGTERM)
     code = server.wait(timeout=120)
     out.close()
     err.close()
     stderr = read(log)
-    os.remove(log)
     summary = re.search(r"summary: (\d+) connections", stderr)
     accepted = int(summary[1]) if summary else None
     sent = chat_report.get("messages", 0)
     t_check = time.time()
-    distinct, duplicates, missing, gaps = check_transcript(transcript, sent)
+    distinct, duplicates, missing, gaps, processes = check_transcript(transcript, sent)
     transcript_bytes = os.path.getsize(transcript)
-    os.remove(transcript)
     print(f"alive: transcript checked in {time.time() - t_check:.0f} s", file=sys.stderr)
 
-    # Shares of the sampled window (from once all were up to the chat's end).
     span = last[0] - first[0] if first and last[0] > first[0] else None
     busy = (last[4][0] - first[4][0]) / max(1, last[4][1] - first[4][1]) if span else None
     peak_rss = max((s["rss"] for s in samples), default=start_rss)
@@ -264,17 +291,21 @@ def one_run(held, rate, coalesce, load_nice, args):
     # Whether the generator reached the rate asked is reported apart (as
     # the delivered rate): on a saturated machine it may fall short.
     errors = sum((chat_report.get("errors") or {}).values())
+    probe_clients = probe_report.get("clients", 0)
     ok = (code == 0 and errors == 0 and chat_report.get("established") == target and sent > 0
-          and probe_report.get("ok") is True and accepted is not None and accepted >= target
-          and duplicates == 0 and missing == 0 and gaps == 0
+          and probe_report.get("ok") is True and accepted == target + probe_clients
+          and distinct == sent and duplicates == 0 and missing == 0 and gaps == 0
+          and processes == (list(range(1, procs + 1)) if procs > 1 else [0])
           and chat_report.get("messages_acked") == sent and min_avail >= keep_mem)
+    load_rss = max((s.get("load_rss", 0) for s in samples), default=0)
     return {
         "held": target, "requested_held": held, "rate": rate, "coalesce": coalesce or "500us (default)",
         "workers": workers, "procs": procs, "secs": args.secs, "tick": args.tick, "load_nice": load_nice,
         "connect_secs": round(connect_secs, 1),
         "sent": sent, "acked": chat_report.get("messages_acked"),
-        "delivered_rate": round(sent / args.secs),
-        "printed_once": distinct - duplicates, "duplicates": duplicates, "missing": missing, "gaps": gaps,
+        # Acknowledged messages per second of the paced phase.
+        "delivered_rate": round(chat_report.get("rate_achieved") or 0),
+        "printed_once": distinct - duplicates, "printed_distinct": distinct, "processes_seen": len(processes), "duplicates": duplicates, "missing": missing, "gaps": gaps,
         "blocked_writes": chat_report.get("blocked_writes"),
         "errors": errors, "load_verdict": chat_report.get("reason") or "clean",
         "established": chat_report.get("established"),
@@ -285,8 +316,12 @@ def one_run(held, rate, coalesce, load_nice, args):
         "probe_cpu_util": round((last[3] - first[3]) / span, 3) if span else None,
         "machine_busy": round(busy, 3) if busy is not None else None,
         "probe": {k: probe_report.get(k) for k in ("sent", "printed", "missing", "duplicates",
-                                                     "p50_ms", "p99_ms", "p999_ms", "max_ms", "ok")},
+                                                     "p50_ms", "p99_ms", "p999_ms", "max_ms", "ok", "reason")},
+        "probe_stderr": probe_err.decode(errors="replace")[-2000:],
+        "load_rss_peak": load_rss, "load_bytes_per_conn": round(load_rss / target, 1),
         "server_rss_start": start_rss, "server_rss_peak": peak_rss,
+        # User memory (RSS) only; the kernel's socket memory is in the
+        # capacity block.
         "server_bytes_per_conn": round((peak_rss - start_rss) / target, 1),
         "min_mem_available": min_avail, "transcript_bytes": transcript_bytes,
         "server_exit": code, "summary_accepted": accepted, "notes": notes, "ok": ok,
@@ -327,6 +362,7 @@ def summarise(runs):
             "load_cpu_util": median([r["load_cpu_util"] for r in rs]),
             "machine_busy": median([r["machine_busy"] for r in rs]),
             "server_bytes_per_conn": median([r["server_bytes_per_conn"] for r in rs]),
+            "probe_missing": sum(r["probe"]["missing"] or 0 for r in rs),
             "ok": all(r["ok"] for r in rs),
         })
     return rows
@@ -356,6 +392,8 @@ def main():
     ap.add_argument("--no-build", action="store_true",
                     help="use the binaries as built (in STCP_BIN_DIR if set, else target/release)")
     args = ap.parse_args()
+    if args.secs < 1:
+        ap.error("--secs must be at least 1")
     specs = []
     for spec in args.runs:
         parts = spec.split(":")
@@ -404,6 +442,11 @@ def main():
     return 0
 
 
+def num(value, fmt):
+    """`value` formatted, or n/a when there is none."""
+    return "n/a" if value is None else fmt.format(value)
+
+
 def write_doc(r):
     runs = r["runs"]
     lines = [
@@ -413,18 +456,23 @@ def write_doc(r):
         "",
         "| held | `--coalesce` | generator nice | asked msg/s | delivered msg/s | runs | printed exactly once | lost "
         "| probe p50 | p99 | p99.9 | max | server CPU per msg | server CPU | generator CPU | machine busy "
-        "| server B/conn |",
+        "| server RSS per conn |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in r["summary"]:
         coalesce = "500us" if s["coalesce"].startswith("500us") else s["coalesce"]
-        p99 = f"{s['p99_ms']:.1f} ms" + (f" ({', '.join(f'{x:.1f}' for x in s['p99_ms_each'])})" if s["runs"] > 1 else "")
+        p99 = num(s["p99_ms"], "{:.1f} ms")
+        if s["runs"] > 1:
+            p99 += f" ({', '.join(num(x, '{:.1f}') for x in s['p99_ms_each'])})"
+
         lines.append(
             f"| {s['held']:,} | {coalesce} | {s['load_nice']} | {s['rate']:,} | {s['delivered_rate']:,} | {s['runs']} "
-            f"| {s['printed_once']:,} of {s['sent']:,} | {s['missing'] + s['errors']} "
-            f"| {s['p50_ms']:.2f} ms | {p99} | {s['p999_ms']:.1f} ms | {s['max_ms']:.0f} ms "
-            f"| {s['server_cpu_us_per_msg']:.1f} µs | {s['server_cpu_util']:.2f} core | {s['load_cpu_util']:.2f} core "
-            f"| {100 * s['machine_busy']:.0f} % | {s['server_bytes_per_conn']} |")
+            f"| {s['printed_once']:,} of {s['sent']:,} | {s['missing'] + s['errors'] + s['probe_missing']} "
+            f"| {num(s['p50_ms'], '{:.2f} ms')} | {p99} | {num(s['p999_ms'], '{:.1f} ms')} "
+            f"| {num(s['max_ms'], '{:.0f} ms')} "
+            f"| {num(s['server_cpu_us_per_msg'], '{:.1f} µs')} | {num(s['server_cpu_util'], '{:.2f} core')} "
+            f"| {num(s['load_cpu_util'], '{:.2f} core')} "
+            f"| {num(s['machine_busy'] and 100 * s['machine_busy'], '{:.0f} %')} | {s['server_bytes_per_conn']} B |")
     notes = sorted({n for run in runs for n in run["notes"]})
     for note in notes:
         lines += ["", f"Note: {note}."]

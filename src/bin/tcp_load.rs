@@ -85,8 +85,14 @@ struct Common {
     #[arg(long, global = true, hide = true)]
     coordinated: bool,
     /// Which of the processes of `--procs` this is, from 1 (internal).
-    #[arg(long, global = true, hide = true, default_value_t = 0)]
+    #[arg(long, global = true, hide = true, default_value_t = 0,
+          value_parser = clap::value_parser!(u16).range(0..=procs::MAX_PROCS as i64))]
     proc_index: u16,
+    /// Say on stderr (`tcp_load: all N connections are up`) when every
+    /// connection is up and the main phase begins, for a script that
+    /// starts something beside the run.
+    #[arg(long, global = true)]
+    announce: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -135,7 +141,8 @@ enum ModeCmd {
     /// Latency probe: a few clients send numbered messages at a paced rate
     /// and watch the server's transcript file for their lines; reports
     /// send-to-print latency (p50, p99, p99.9, max) and whether each
-    /// message was printed exactly once.
+    /// message was printed exactly once. It ends --wait after its last
+    /// message at the latest (--timeout and --procs do not apply).
     Probe {
         /// The file the server's stdout goes to.
         #[arg(long, value_name = "PATH")]
@@ -149,11 +156,12 @@ enum ModeCmd {
         /// How long to send.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         secs: Duration,
-        /// How long after the last message to wait for lines still missing.
-        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        /// How long after the last message to wait for lines still missing
+        /// (at least 10ms).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_wait)]
         wait: Duration,
-        /// How long to sleep when the transcript has nothing new.
-        #[arg(long, value_name = "DURATION", default_value = "200us", value_parser = parse_duration)]
+        /// How long to sleep when the transcript has nothing new (10us to 1s).
+        #[arg(long, value_name = "DURATION", default_value = "200us", value_parser = parse_poll)]
         poll: Duration,
     },
     /// Hold N connections while others come and go at R per second
@@ -190,6 +198,24 @@ fn parse_tick(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is not a tick between 100us and 1s"));
     }
     Ok(tick)
+}
+
+/// The probe's wait for missing lines: at least 10 ms.
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let wait = parse_duration(text)?;
+    if wait < Duration::from_millis(10) {
+        return Err(format!("`{text}` is shorter than 10ms"));
+    }
+    Ok(wait)
+}
+
+/// The probe's sleep between reads: 10 us to 1 s (0 would spin a core).
+fn parse_poll(text: &str) -> Result<Duration, String> {
+    let poll = parse_duration(text)?;
+    if poll < Duration::from_micros(10) || poll > Duration::from_secs(1) {
+        return Err(format!("`{text}` is not between 10us and 1s"));
+    }
+    Ok(poll)
 }
 
 /// A process id that names a running process.
@@ -276,6 +302,11 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
             if c.procs > 1 {
                 return Err(Failure::Usage("the probe runs as one process: drop --procs".into()));
             }
+            if u128::from(rate) * secs.as_nanos() < 1_000_000_000 {
+                return Err(Failure::Usage(
+                    "the probe would send no message: raise --rate or --secs".into(),
+                ));
+            }
             let config = ProbeConfig {
                 target,
                 transcript,
@@ -313,6 +344,17 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
         },
         ModeCmd::Churn { hold, rate, secs } => Mode::Churn { hold, rate, secs },
     };
+    if let Mode::Chat { rate, secs, .. } = &mode {
+        // Every message's number must fit its 25 bytes (8 digits).
+        let per_process = u128::from(*rate) * secs.as_nanos() / 1_000_000_000 / u128::from(c.procs);
+        if per_process > u128::from(load::CHAT_MAX_SEQ) {
+            return Err(Failure::Usage(format!(
+                "--rate x --secs gives a process {per_process} messages, more than the {} a message \
+                 number may count: spread them with --procs or send fewer",
+                load::CHAT_MAX_SEQ
+            )));
+        }
+    }
     let soft = simple_tcp_server::limits::raise_nofile_limit()
         .map_err(|e| Failure::Failed(format!("open-file limit: {e}")))?;
     if c.procs > 1 {
@@ -335,6 +377,7 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
         progress: !c.quiet && !c.json,
         stop_on_signals: true,
         coordinated: c.coordinated,
+        announce: c.announce,
         proc_index: c.proc_index,
     };
     load::run(config)
@@ -414,6 +457,7 @@ fn run_procs(c: &Common, target: SocketAddr, mode: &Mode, soft: u64) -> Result<R
         mode: mode.clone(),
         server_pid: c.server_pid,
         timeout: c.timeout,
+        announce: c.announce,
     })
     .map_err(|e| Failure::Failed(e.to_string()))
 }

@@ -55,6 +55,9 @@ impl ChatId {
     }
 }
 
+/// The largest message number that keeps a message in one frame.
+pub const CHAT_MAX_SEQ: u64 = 99_999_999;
+
 /// Writes chat message `id`, sent on connection `key`, into `out`:
 /// `c{key} says: {process}.{number}`, zero-padded to exactly
 /// [`CHAT_MESSAGE_LEN`] bytes while the number has at most 8 digits (the
@@ -118,11 +121,14 @@ impl Run {
                 };
                 chat_message(&mut message, key, id);
                 match conn.stream.write(&message) {
+                    // Part of a message: the rest would shift every later
+                    // frame on this connection, so it is given up (and
+                    // the run is not clean).
+                    Ok(w) if w < message.len() => {
+                        self.report.bytes_sent += w as u64;
+                        self.lose_kind(key, "short write");
+                    }
                     Ok(w) => {
-                        // A short write of a 25-byte message into an empty
-                        // socket buffer does not happen; if it did, the
-                        // transcript check would miss the message, not
-                        // count it twice.
                         conn.sent += w as u64;
                         conn.messages += 1;
                         self.report.messages += 1;

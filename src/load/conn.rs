@@ -289,7 +289,7 @@ impl Run {
     }
 
     /// As [`Run::lose`], for a failure without an `io::Error`.
-    fn lose_kind(&mut self, key: usize, kind: &str) {
+    pub(super) fn lose_kind(&mut self, key: usize, kind: &str) {
         self.fail_kind(kind);
         self.drop_conn(key);
         self.ready.retain(|&k| k != key);
@@ -431,9 +431,6 @@ impl Run {
         }
     }
 
-    /// Half-closes every held connection and waits (at most
-    /// `wait`, and never past the deadline) for the server to close each;
-    /// those it does not close are failures.
     /// Half-closes every held connection and waits for the server to close
     /// each; those it has not closed when it stops closing any for `wait`
     /// fail.

@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-pub use chat::{CHAT_MESSAGE_LEN, ChatId, chat_message};
+pub use chat::{CHAT_MAX_SEQ, CHAT_MESSAGE_LEN, ChatId, chat_message};
 pub use conn::{bind_address_no_port, default_sources, sources_from};
 pub use probe::{ProbeConfig, ProbeReport, probe};
 pub use proc::{ProcSample, sample_process};
@@ -169,6 +169,10 @@ pub struct LoadConfig {
     /// SIGINT and SIGTERM end the run early, with the report so far (not
     /// clean). For binaries: a library user may not want its signals taken.
     pub stop_on_signals: bool,
+    /// Say on stderr when every connection is up and the main phase
+    /// begins (`tcp_load: all N connections are up`), for a script that
+    /// starts something beside the run.
+    pub announce: bool,
     /// Which generator process this is: 0 alone, 1 up under `--procs`. It
     /// is part of every chat message's identifier.
     pub proc_index: u16,
@@ -247,6 +251,11 @@ struct Run {
     signals: Option<signal_hook_mio::v1_0::Signals>,
 }
 
+/// Says on stderr that `n` connections are up and the main phase begins.
+fn announce(n: usize) {
+    let _ = writeln!(io::stderr(), "tcp_load: all {n} connections are up");
+}
+
 /// Runs the load described by `cfg`.
 pub fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
     let conns = cfg.mode.conns();
@@ -313,6 +322,9 @@ impl Run {
         self.connect_all(&mut events)?;
         self.report.connect_secs = self.last_greeting.duration_since(self.started).as_secs_f64();
         self.barrier("ready")?;
+        if self.cfg.announce && !self.cfg.coordinated && !self.stopping() {
+            announce(self.report.established);
+        }
         if !self.stopping() {
             match self.cfg.mode.clone() {
                 Mode::Hold { hold, .. } => self.hold(hold, &mut events)?,

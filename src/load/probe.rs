@@ -24,6 +24,9 @@ const MESSAGE_LEN: usize = 25;
 const READ_CHUNK: usize = 1 << 20;
 /// Connecting and reading the greeting, per client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once every message was found, the transcript is read this much longer,
+/// so that a line printed twice is seen twice.
+const AFTER_ALL: Duration = Duration::from_millis(200);
 
 /// What the probe is told.
 #[derive(Debug, Clone)]
@@ -82,18 +85,26 @@ impl ProbeReport {
             Some(r) => format!("\"{}\"", r.replace('\\', "\\\\").replace('"', "\\\"")),
             None => "null".into(),
         };
+        // No latency without a printed message: null, not 0.
+        let ms = |v: f64| {
+            if self.printed > 0 {
+                format!("{v:.3}")
+            } else {
+                "null".into()
+            }
+        };
         format!(
             "{{\"mode\":\"probe\",\"clients\":{},\"sent\":{},\"printed\":{},\"missing\":{},\"duplicates\":{},\
-             \"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\"ok\":{},\"reason\":{}}}",
+             \"p50_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"ok\":{},\"reason\":{}}}",
             self.clients,
             self.sent,
             self.printed,
             self.missing,
             self.duplicates,
-            self.p50_ms,
-            self.p99_ms,
-            self.p999_ms,
-            self.max_ms,
+            ms(self.p50_ms),
+            ms(self.p99_ms),
+            ms(self.p999_ms),
+            ms(self.max_ms),
             self.ok,
             reason
         )
@@ -173,12 +184,16 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
         .unwrap_or(0)
         ^ std::process::id();
     let key = format!("probe {nonce:08x} ").into_bytes();
-    let mut transcript = File::open(&cfg.transcript)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", cfg.transcript.display())))?;
-    transcript.seek(SeekFrom::End(0))?;
+    let path = cfg.transcript.display();
+    let mut transcript =
+        File::open(&cfg.transcript).map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
+    transcript
+        .seek(SeekFrom::End(0))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))?;
     let mut clients = Vec::with_capacity(cfg.clients);
     for _ in 0..cfg.clients.max(1) {
-        let mut stream = TcpStream::connect_timeout(&cfg.target, CONNECT_TIMEOUT)?;
+        let mut stream = TcpStream::connect_timeout(&cfg.target, CONNECT_TIMEOUT)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", cfg.target)))?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
@@ -190,9 +205,9 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     }
     let schedule = Schedule::new(cfg.rate.max(1), cfg.secs);
     let total = usize::try_from(schedule.total).unwrap_or(usize::MAX);
-    let mut sent_at: Vec<Instant> = Vec::with_capacity(total.min(1 << 24));
-    let mut seen: Vec<u32> = Vec::with_capacity(total.min(1 << 24));
-    let mut latencies: Vec<f64> = Vec::with_capacity(total.min(1 << 24));
+    let mut sent_at: Vec<Instant> = Vec::with_capacity(total.min(1 << 20));
+    let mut seen: Vec<u32> = Vec::with_capacity(total.min(1 << 20));
+    let mut latencies: Vec<f64> = Vec::with_capacity(total.min(1 << 20));
     let mut buf = vec![0u8; READ_CHUNK];
     // Bytes of an unfinished last line kept at the front of `buf`.
     let mut kept = 0usize;
@@ -200,6 +215,7 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     let mut failed: Option<String> = None;
     let start = Instant::now();
     let mut last_sent = start;
+    let mut all_found: Option<Instant> = None;
     loop {
         // Send what is due.
         let due = usize::try_from(schedule.due(start.elapsed())).unwrap_or(usize::MAX);
@@ -229,7 +245,7 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
             let n = match transcript.read(&mut buf[kept..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {path}: {e}"))),
             };
             if n == 0 {
                 break;
@@ -250,7 +266,13 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
             kept = filled - whole;
         }
         let all_sent = sent_at.len() >= total || failed.is_some();
-        if all_sent && (latencies.len() == sent_at.len() || last_sent.elapsed() >= cfg.wait) {
+        if all_sent && latencies.len() == sent_at.len() {
+            let at = *all_found.get_or_insert_with(Instant::now);
+            if at.elapsed() >= AFTER_ALL {
+                break;
+            }
+        }
+        if all_sent && latencies.len() < sent_at.len() && last_sent.elapsed() >= cfg.wait {
             break;
         }
         if !new {

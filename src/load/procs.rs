@@ -131,6 +131,8 @@ pub struct ProcsConfig {
     pub server_pid: Option<i32>,
     /// The run's `--timeout`.
     pub timeout: Duration,
+    /// Say on stderr when every process has its connections up.
+    pub announce: bool,
 }
 
 /// What the processes tell the parent.
@@ -324,6 +326,9 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
                 _ => {}
             }
             went_at[stage] = Some(Instant::now());
+            if stage == 0 && cfg.announce && stopped.is_none() {
+                super::announce(cfg.mode.conns());
+            }
             children.go();
         }
     }
