@@ -83,6 +83,36 @@ def cpu_secs(pids):
     return total / CLK_TCK
 
 
+def profile(seconds, path):
+    """`perf record -a` of the whole machine for `seconds`: the share of its
+    CPU samples by process kind (generator, workers, supervisor, probe,
+    idle, other) and the top symbols. Returns a function that waits for it
+    and gives the summary (None without perf)."""
+    try:
+        rec = subprocess.Popen(["perf", "record", "-q", "-a", "-g", "-F", "499", "-o", path, "--", "sleep",
+                                str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return lambda: None
+
+    def finish():
+        if rec.wait() != 0 or not os.path.exists(path):
+            return None
+        def report(sort, limit):
+            out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none",
+                                  "--sort", sort, "--percent-limit", limit], capture_output=True, text=True).stdout
+            return [(float(m[1]), m[2].strip()) for m in re.finditer(r"^\s+([\d.]+)%\s+(.+)$", out, re.M)]
+        kinds = {}
+        for pct, comm in report("comm", "0"):
+            kind = ("tcp_load (generator, probe)" if comm.startswith("tcp_load") else "workers" if comm.startswith("stcp worker")
+                    else "supervisor" if comm.startswith("stcp supervisor") else "idle" if comm == "swapper"
+                    else "other")
+            kinds[kind] = round(kinds.get(kind, 0) + pct, 1)
+        symbols = [{"pct": pct, "symbol": sym} for pct, sym in report("sym", "0.5")[:8]]
+        os.remove(path)
+        return {"seconds": seconds, "by_process": kinds, "symbols": symbols}
+    return finish
+
+
 def server_rss(pids):
     """The RSS of `pids` (not their descriptors: listing a million costs
     the machine more than the sample is worth)."""
@@ -245,6 +275,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
     capacity.STARTED.append(probe)
 
     samples = []
+    finish_profile = None
     load_pids = lambda: [chat.pid, *children(chat.pid)]  # noqa: E731
     first = last = None
     min_avail = meminfo()["MemAvailable"]
@@ -259,6 +290,9 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         samples.append({"t": round(now[0] - t0, 1), "rss": rss, "avail": mi["MemAvailable"],
                         "server_cpu": round(now[1], 2), "load_cpu": round(now[2], 2)})
         samples[-1]["load_rss"] = server_rss(loaders)
+        # The profile: the middle of the chat, away from its start and end.
+        if args.perf and finish_profile is None and now[0] >= t_up + max(0, (args.secs - args.perf) / 2):
+            finish_profile = profile(args.perf, transcript + ".perf")
         # CPU shares over the chat itself: from once all are up to the end
         # of its --secs (not the close after it, when processes exit).
         if now[0] <= t_up + args.secs + 1:
@@ -266,6 +300,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
                 first = now
             last = now
         time.sleep(2)
+    prof = finish_profile() if finish_profile else None
     chat_out = chat.stdout.read()
     chat.wait(timeout=60)
     chat_report = json.loads(chat_out.decode().strip().splitlines()[-1]) if chat_out.strip() else {}
@@ -329,7 +364,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         "server_command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(server_cmd)),
         "probe_command": " ".join(os.path.basename(c) if i == 0 else
                                   ("TRANSCRIPT" if c == transcript else c) for i, c in enumerate(probe_cmd)),
-        "samples": samples, "limits": limits,
+        "profile": prof, "samples": samples, "limits": limits,
     }
 
 
@@ -388,6 +423,8 @@ def main():
     ap.add_argument("--doc", action="store_true",
                     help="write docs/measurements/alive.json and the block in docs/PERFORMANCE.md")
     ap.add_argument("--server", metavar="PATH", help="the server binary to measure (default: this checkout's)")
+    ap.add_argument("--perf", type=int, default=0, metavar="SECONDS",
+                    help="profile the whole machine (perf record -a) for this long in the middle of each chat")
     ap.add_argument("--out", metavar="PATH", help="where the JSON goes (default: target/alive.json)")
     ap.add_argument("--no-build", action="store_true",
                     help="use the binaries as built (in STCP_BIN_DIR if set, else target/release)")
@@ -473,6 +510,20 @@ def write_doc(r):
             f"| {num(s['server_cpu_us_per_msg'], '{:.1f} µs')} | {num(s['server_cpu_util'], '{:.2f} core')} "
             f"| {num(s['load_cpu_util'], '{:.2f} core')} "
             f"| {num(s['machine_busy'] and 100 * s['machine_busy'], '{:.0f} %')} | {s['server_bytes_per_conn']} B |")
+    for run in runs:
+        prof = run.get("profile")
+        if not prof:
+            continue
+        coalesce = run["coalesce"].split(" ")[0]
+        lines += ["", f"Where the CPU went, {run['held']:,} held at {run['rate']:,} msg/s (`--coalesce {coalesce}`, "
+                  f"generator at nice {run['load_nice']}): `perf record -a` for {prof['seconds']} s in the middle "
+                  "of the chat, share of all samples:", "",
+                  "| by process | share |", "|---|---:|"]
+        for kind, pct in sorted(prof["by_process"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {kind} | {pct} % |")
+        lines += ["", "| top symbols (kernel `[k]`, user `[.]`) | share |", "|---|---:|"]
+        for sym in prof["symbols"]:
+            lines.append(f"| `{sym['symbol']}` | {sym['pct']} % |")
     notes = sorted({n for run in runs for n in run["notes"]})
     for note in notes:
         lines += ["", f"Note: {note}."]
