@@ -240,10 +240,10 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
             raise SystemExit(f"alive: the server did not start: {read(log)[-2000:]}")
         else:
             time.sleep(0.05)
-    while workers > 1 and len(children(server.pid)) < workers and time.time() < deadline:
-        time.sleep(0.05)
     # Every worker said it is ready (a worker's clients wait until it is).
-    while workers > 1 and len(re.findall(r"worker \d+ is ready", read(log))) < workers and time.time() < deadline:
+    while workers > 1 and len(re.findall(r"worker \d+ is ready", read(log))) < workers:
+        if server.poll() is not None or time.time() > deadline:
+            raise SystemExit(f"alive: not every worker got ready within 60 s: {read(log)[-2000:]}")
         time.sleep(0.05)
     server_pids = lambda: [server.pid, *children(server.pid)]  # noqa: E731
     start_rss = server_rss(server_pids())
@@ -257,8 +257,9 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
     t0 = time.time()
     chat_err = []
     threading.Thread(target=lines_of, args=(chat.stderr, chat_err), daemon=True).start()
-    # tcp_load says when every connection is up and the chat begins.
-    while not any(line.startswith("tcp_load: all ") for line in chat_err):
+    # tcp_load says when the chat begins ("all N" or "M of N connections
+    # are up"; a run with some missing is not clean, and says so at the end).
+    while not any(line.startswith("tcp_load: ") and line.endswith(" connections are up") for line in chat_err):
         if chat.poll() is not None:
             time.sleep(0.5)
             raise SystemExit("alive: tcp_load ended early: " + "\n".join(chat_err)[-2000:])
@@ -405,8 +406,8 @@ def summarise(runs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", nargs="+", default=["1000000:50000"], metavar="HELD:RATE[:COALESCE[:NICE]]",
-                    help="one run each, in order (repeat one to get a median); COALESCE is the server's "
+    ap.add_argument("--runs", nargs="+", required=True, metavar="HELD:RATE[:COALESCE[:NICE]]",
+                    help="one run each (e.g. 1000000:50000: a million held, 50,000 msg/s), in order (repeat one to get a median); COALESCE is the server's "
                          "--coalesce (default its own, 500us), NICE the generator's niceness (default --load-nice)")
     ap.add_argument("--secs", type=int, default=120, help="seconds of chat per run")
     ap.add_argument("--tick", default="10ms",

@@ -289,6 +289,76 @@ fn a_probe_whose_lines_never_show_is_not_clean() {
     }
 }
 
+#[test]
+fn a_probe_that_cannot_measure_says_why_and_stops() {
+    let printed = TempFile::new("printed");
+    let server = FileServer::start(&printed, &["--max-connections", "2"], 1);
+    let path = printed.0.to_string_lossy().into_owned();
+
+    // A rate no machine reaches: the probe stops sending once --secs and
+    // its grace are over, and says the rate was out of reach. (Its messages
+    // queue up, so a read of the server's may end inside one and print it
+    // in two frames: found or missing, each is counted once.)
+    let args = [
+        "probe",
+        "--transcript",
+        &path,
+        "--clients",
+        "1",
+        "--rate",
+        "100000000",
+        "--secs",
+        "1s",
+        "--wait",
+        "2s",
+    ];
+    let probe = tcp_load(server.port, &args).output().expect("run the probe");
+    let json = stdout_of(&probe);
+    assert_eq!(probe.status.code(), Some(1), "{json}");
+    assert!(json.contains("the rate was out of reach"), "{json}");
+    let sent = field(&json, "sent");
+    assert!(sent > 0.0 && sent < 100_000_000.0, "{json}");
+    assert_eq!(field(&json, "printed") + field(&json, "missing"), sent, "{json}");
+    assert_eq!(field(&json, "duplicates"), 0.0, "{json}");
+
+    // A server that turns the probe away: the line it sent, not a bare
+    // broken pipe. Two held clients fill the cap (once the server has
+    // closed the probe's own connection, which may take a moment).
+    let mut held = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while held.len() < 2 {
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+        let mut greeting = [0u8; 3];
+        std::io::Read::read_exact(&mut client, &mut greeting).expect("a greeting");
+        if &greeting != b"ERR" {
+            held.push(client);
+        } else {
+            assert!(Instant::now() < deadline, "no room for two clients");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let args = ["probe", "--transcript", &path, "--secs", "1s"];
+    let refused = tcp_load(server.port, &args).output().expect("run the probe");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("the server turned the probe away (ERR "), "{err}");
+    drop(held);
+
+    // A FIFO is no transcript to read on from (and opening one with no
+    // writer would wait forever): a clear error, at once.
+    let fifo = TempFile::new("fifo");
+    let c_path = std::ffi::CString::new(fifo.0.to_string_lossy().as_bytes()).expect("a path");
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let fifo_path = fifo.0.to_string_lossy().into_owned();
+    let args = ["probe", "--transcript", &fifo_path, "--secs", "1s"];
+    let on_fifo = tcp_load(server.port, &args).output().expect("run the probe");
+    let err = String::from_utf8_lossy(&on_fifo.stderr);
+    assert_eq!(on_fifo.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert!(server.stop().success());
+}
+
 /// Prints the fields the script test checks, `name=value` a line.
 const FIELDS: &str = r#"
 import json, sys

@@ -256,6 +256,25 @@ fn refused_connections_make_a_run_not_clean() {
 }
 
 #[test]
+fn announce_says_how_many_are_up_when_some_were_turned_away() {
+    // Four of six fit under the cap: the line must not say "all", alone
+    // or added up over generator processes.
+    let server = ServerProcess::start(&["--max-connections", "4"]);
+    let port = server.addr.port().to_string();
+    for procs in ["1", "2"] {
+        let args = ["--port", &port, "--procs", procs, "--announce", "--json", "chat"];
+        let out = run_load(&[&args[..], &["--conns", "6", "--rate", "10", "--secs", "1s"]].concat());
+        not_clean(&out, "2 connections failed (server full 2)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("tcp_load: 4 of 6 connections are up\n"),
+            "--procs {procs}: {stderr}"
+        );
+        assert!(!stderr.contains("all 6"), "--procs {procs}: {stderr}");
+    }
+}
+
+#[test]
 fn chat_against_a_server_that_resets_is_not_kept_up() {
     // The server reads 300 bytes of each connection (about 16 messages),
     // then resets it: the server died for these clients.
@@ -481,6 +500,25 @@ fn huge_durations_and_missing_processes_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // 199,999,999 messages over two processes: the average share fits a
+    // message number (8 digits), the larger one (100,000,000) does not.
+    let out = run_load(&[
+        "--procs",
+        "2",
+        "chat",
+        "--conns",
+        "2",
+        "--rate",
+        "199999999",
+        "--secs",
+        "1s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("gives a process 100000000 messages, more than the 99999999"),
+        "{stderr}"
+    );
     // No process has this id (pid_max is at most 2^22).
     let out = run_load(&["--server-pid", "2147483647", "hold", "--conns", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

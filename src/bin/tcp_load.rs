@@ -88,9 +88,9 @@ struct Common {
     #[arg(long, global = true, hide = true, default_value_t = 0,
           value_parser = clap::value_parser!(u16).range(0..=procs::MAX_PROCS as i64))]
     proc_index: u16,
-    /// Say on stderr (`tcp_load: all N connections are up`) when every
-    /// connection is up and the main phase begins, for a script that
-    /// starts something beside the run.
+    /// Say on stderr when the main phase begins (`tcp_load: all N
+    /// connections are up`, or `M of N` when some are not), for a script
+    /// that starts something beside the run.
     #[arg(long, global = true)]
     announce: bool,
 }
@@ -345,8 +345,10 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
         ModeCmd::Churn { hold, rate, secs } => Mode::Churn { hold, rate, secs },
     };
     if let Mode::Chat { rate, secs, .. } = &mode {
-        // Every message's number must fit its 25 bytes (8 digits).
-        let per_process = u128::from(*rate) * secs.as_nanos() / 1_000_000_000 / u128::from(c.procs);
+        // Every message's number must fit its 25 bytes (8 digits), in the
+        // process with the largest share of the rate.
+        let largest_share = u128::from(*rate).div_ceil(u128::from(c.procs.max(1)));
+        let per_process = largest_share * secs.as_nanos() / 1_000_000_000;
         if per_process > u128::from(load::CHAT_MAX_SEQ) {
             return Err(Failure::Usage(format!(
                 "--rate x --secs gives a process {per_process} messages, more than the {} a message \

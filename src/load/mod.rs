@@ -169,9 +169,9 @@ pub struct LoadConfig {
     /// SIGINT and SIGTERM end the run early, with the report so far (not
     /// clean). For binaries: a library user may not want its signals taken.
     pub stop_on_signals: bool,
-    /// Say on stderr when every connection is up and the main phase
-    /// begins (`tcp_load: all N connections are up`), for a script that
-    /// starts something beside the run.
+    /// Say on stderr when the main phase begins, for a script that starts
+    /// something beside the run: `tcp_load: all N connections are up` when
+    /// every one is, `tcp_load: M of N connections are up` when not.
     pub announce: bool,
     /// Which generator process this is: 0 alone, 1 up under `--procs`. It
     /// is part of every chat message's identifier.
@@ -251,9 +251,14 @@ struct Run {
     signals: Option<signal_hook_mio::v1_0::Signals>,
 }
 
-/// Says on stderr that `n` connections are up and the main phase begins.
-fn announce(n: usize) {
-    let _ = writeln!(io::stderr(), "tcp_load: all {n} connections are up");
+/// Says on stderr that the main phase begins with `up` of the `asked`
+/// connections: `all N connections are up` only when every one is.
+fn announce(up: usize, asked: usize) {
+    let _ = if up >= asked {
+        writeln!(io::stderr(), "tcp_load: all {asked} connections are up")
+    } else {
+        writeln!(io::stderr(), "tcp_load: {up} of {asked} connections are up")
+    };
 }
 
 /// Runs the load described by `cfg`.
@@ -321,9 +326,11 @@ impl Run {
         // Connect everyone (flood starts streaming as each is greeted).
         self.connect_all(&mut events)?;
         self.report.connect_secs = self.last_greeting.duration_since(self.started).as_secs_f64();
-        self.barrier("ready")?;
+        // Under --procs, the parent adds up how many each process holds.
+        let up = self.count_up();
+        self.barrier(&format!("ready {up}"))?;
         if self.cfg.announce && !self.cfg.coordinated && !self.stopping() {
-            announce(self.report.established);
+            announce(up, self.cfg.mode.conns());
         }
         if !self.stopping() {
             match self.cfg.mode.clone() {
@@ -420,12 +427,12 @@ impl Run {
 
     /// With `coordinated`, tells the parent process that this one reached
     /// `name` and waits for its go; end of input stops the run.
-    fn barrier(&mut self, name: &str) -> Result<(), LoadError> {
+    fn barrier(&mut self, line: &str) -> Result<(), LoadError> {
         if !self.cfg.coordinated {
             return Ok(());
         }
         let mut out = io::stdout().lock();
-        writeln!(out, "{name}")?;
+        writeln!(out, "{line}")?;
         out.flush()?;
         drop(out);
         let mut line = String::new();
@@ -435,6 +442,14 @@ impl Run {
             self.stop("the parent process stopped the run".into());
         }
         Ok(())
+    }
+
+    /// Connections greeted and still open (not churn ones).
+    fn count_up(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|(_, c)| !c.churn && matches!(c.phase, conn::Phase::Ready | conn::Phase::Draining))
+            .count()
     }
 
     /// Held connections still open.

@@ -7,7 +7,9 @@
 //!
 //! The probe reads the file whenever it has nothing to send, and sleeps
 //! `poll` when it found nothing new: a latency is late by at most that
-//! (plus the probe's own scheduling).
+//! (plus the probe's own scheduling). A file cut short while the probe
+//! reads it (truncated, then appended to again) is read again from its
+//! start.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -16,6 +18,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::chat::PACE_GRACE;
 use super::pace::Schedule;
 
 /// Bytes of a probe message: `probe NNNNNNNN SSSSSSSSSS`, one frame.
@@ -59,10 +62,18 @@ pub struct ProbeReport {
     pub sent: u64,
     /// Messages whose line was found in the transcript.
     pub printed: u64,
-    /// Messages sent but never found (within `wait` of the last one).
+    /// Messages sent but never found whole (within `wait` of the last
+    /// one): not printed, or printed in two frames because they queued up
+    /// behind others and one of the server's reads ended inside them
+    /// (which a probe at its usual few messages a second never sees).
     pub missing: u64,
     /// Lines found more than once (every extra one counts).
     pub duplicates: u64,
+    /// Messages the socket took in two parts (a write cut short by
+    /// back-pressure): the server frames such a message in two, so its line
+    /// cannot be matched; neither printed nor missing, and the run is not
+    /// clean.
+    pub split: u64,
     /// Send-to-print latencies of the printed messages, milliseconds:
     /// median, 99th and 99.9th percentile (nearest rank), largest.
     pub p50_ms: f64,
@@ -95,12 +106,13 @@ impl ProbeReport {
         };
         format!(
             "{{\"mode\":\"probe\",\"clients\":{},\"sent\":{},\"printed\":{},\"missing\":{},\"duplicates\":{},\
-             \"p50_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"ok\":{},\"reason\":{}}}",
+             \"split\":{},\"p50_ms\":{},\"p99_ms\":{},\"p999_ms\":{},\"max_ms\":{},\"ok\":{},\"reason\":{}}}",
             self.clients,
             self.sent,
             self.printed,
             self.missing,
             self.duplicates,
+            self.split,
             ms(self.p50_ms),
             ms(self.p99_ms),
             ms(self.p999_ms),
@@ -115,14 +127,18 @@ impl ProbeReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "probe: {} messages from {} clients, {} printed, {} missing, {} printed twice",
-            self.sent, self.clients, self.printed, self.missing, self.duplicates
+            "probe: {} messages from {} clients, {} printed, {} missing, {} printed twice, {} split",
+            self.sent, self.clients, self.printed, self.missing, self.duplicates, self.split
         );
-        let _ = writeln!(
-            s,
-            "send-to-print latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            self.p50_ms, self.p99_ms, self.p999_ms, self.max_ms
-        );
+        if self.printed > 0 {
+            let _ = writeln!(
+                s,
+                "send-to-print latency: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+                self.p50_ms, self.p99_ms, self.p999_ms, self.max_ms
+            );
+        } else {
+            s.push_str("send-to-print latency: none (no message was printed)\n");
+        }
         match &self.reason {
             None => s.push_str("verdict: clean\n"),
             Some(why) => {
@@ -175,6 +191,72 @@ fn numbers_after(lines: &[u8], key: &[u8], mut found: impl FnMut(u64)) {
     }
 }
 
+/// Reads a greeting of `len` bytes; a server that turns the client away
+/// (`ERR ...`) or closes early is an error that says so.
+fn read_greeting(stream: &mut TcpStream, len: usize) -> io::Result<()> {
+    let mut greeting = vec![0; len];
+    let mut got = 0;
+    while got < len {
+        match stream.read(&mut greeting[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        if greeting[..got].starts_with(b"ERR") && greeting[..got].contains(&b'\n') {
+            break;
+        }
+    }
+    if greeting[..got].starts_with(b"ERR") {
+        let text = String::from_utf8_lossy(&greeting[..got]);
+        let line = text.lines().next().unwrap_or_default();
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("the server turned the probe away ({line})"),
+        ));
+    }
+    if got < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the server closed after {got} of {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads what was appended to `file` since the last read. A file cut
+/// shorter than where the reading is (truncated, then appended to again)
+/// is read again from its start; the second value says it was.
+fn read_on(file: &mut File, buf: &mut [u8]) -> io::Result<(usize, bool)> {
+    let n = file.read(buf)?;
+    if n > 0 {
+        return Ok((n, false));
+    }
+    let end = file.metadata()?.len();
+    if file.stream_position()? <= end {
+        return Ok((0, false));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok((file.read(buf)?, true))
+}
+
+/// Writes one message; `false` when the socket took it in two parts (a
+/// write cut short, then the rest), which the server frames as two.
+fn write_message(stream: &mut TcpStream, message: &[u8]) -> io::Result<bool> {
+    loop {
+        match stream.write(message) {
+            Ok(n) if n == message.len() => return Ok(true),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                stream.write_all(&message[n..])?;
+                return Ok(false);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs the probe.
 pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     // A nonce, so that lines of an earlier probe in the same file never count.
@@ -185,6 +267,16 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
         ^ std::process::id();
     let key = format!("probe {nonce:08x} ").into_bytes();
     let path = cfg.transcript.display();
+    // Only a regular file can be read from where it ends, and opening a
+    // FIFO without a writer would wait forever.
+    let meta =
+        std::fs::metadata(&cfg.transcript).map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{path} is not a regular file: give the file the server's stdout is appended to"),
+        ));
+    }
     let mut transcript =
         File::open(&cfg.transcript).map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
     transcript
@@ -197,9 +289,7 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-        let mut greeting = vec![0; cfg.greeting_len];
-        stream
-            .read_exact(&mut greeting)
+        read_greeting(&mut stream, cfg.greeting_len)
             .map_err(|e| io::Error::new(e.kind(), format!("no greeting from {}: {e}", cfg.target)))?;
         clients.push(stream);
     }
@@ -213,21 +303,33 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     let mut kept = 0usize;
     let mut message = Vec::with_capacity(MESSAGE_LEN);
     let mut failed: Option<String> = None;
+    // Sequence numbers of messages the socket took in two parts.
+    let mut split: Vec<usize> = Vec::new();
+    // Past this the rate was out of reach: the probe stops sending.
+    let mut out_of_reach = false;
     let start = Instant::now();
+    let give_up = start + cfg.secs + PACE_GRACE;
     let mut last_sent = start;
     let mut all_found: Option<Instant> = None;
     loop {
         // Send what is due.
         let due = usize::try_from(schedule.due(start.elapsed())).unwrap_or(usize::MAX);
-        while sent_at.len() < due && failed.is_none() {
+        while sent_at.len() < due && failed.is_none() && !out_of_reach {
             let seq = sent_at.len();
             message.clear();
             let _ = write!(message, "probe {nonce:08x} {seq:010}");
             let count = clients.len();
             let client = &mut clients[seq % count];
             let now = Instant::now();
-            match client.write_all(&message) {
-                Ok(()) => {
+            if now >= give_up {
+                out_of_reach = true;
+                break;
+            }
+            match write_message(client, &message) {
+                Ok(whole) => {
+                    if !whole {
+                        split.push(seq);
+                    }
                     sent_at.push(now);
                     seen.push(0);
                     last_sent = now;
@@ -242,11 +344,16 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
                 // A line longer than the buffer: no probe line; drop it.
                 kept = 0;
             }
-            let n = match transcript.read(&mut buf[kept..]) {
-                Ok(n) => n,
+            let (n, rewound) = match read_on(&mut transcript, &mut buf[kept..]) {
+                Ok(read) => read,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {path}: {e}"))),
             };
+            if rewound {
+                // What was kept of a line belongs to the file's old text.
+                buf.copy_within(kept..kept + n, 0);
+                kept = 0;
+            }
             if n == 0 {
                 break;
             }
@@ -265,14 +372,15 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
             buf.copy_within(whole..filled, 0);
             kept = filled - whole;
         }
-        let all_sent = sent_at.len() >= total || failed.is_some();
-        if all_sent && latencies.len() == sent_at.len() {
+        let all_sent = sent_at.len() >= total || failed.is_some() || out_of_reach;
+        let expected = sent_at.len() - split.len();
+        if all_sent && latencies.len() >= expected {
             let at = *all_found.get_or_insert_with(Instant::now);
             if at.elapsed() >= AFTER_ALL {
                 break;
             }
         }
-        if all_sent && latencies.len() < sent_at.len() && last_sent.elapsed() >= cfg.wait {
+        if all_sent && latencies.len() < expected && last_sent.elapsed() >= cfg.wait {
             break;
         }
         if !new {
@@ -299,8 +407,9 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
         clients: clients.len(),
         sent,
         printed,
-        missing: sent - printed,
+        missing: sent - printed - split.len() as u64,
         duplicates,
+        split: split.len() as u64,
         p50_ms: quantile(&latencies, 0.5),
         p99_ms: quantile(&latencies, 0.99),
         p999_ms: quantile(&latencies, 0.999),
@@ -314,14 +423,25 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     }
     if report.missing > 0 {
         reasons.push(format!(
-            "{} messages not printed within {:?} of the last",
+            "{} messages not found whole within {:?} of the last (not printed, or framed in two parts)",
             report.missing, cfg.wait
         ));
     }
     if report.duplicates > 0 {
         reasons.push(format!("{} lines printed twice", report.duplicates));
     }
-    if sent < schedule.total && reasons.is_empty() {
+    if report.split > 0 {
+        reasons.push(format!(
+            "{} messages were taken by the socket in two parts (back-pressure), so their lines could not be matched",
+            report.split
+        ));
+    }
+    if out_of_reach {
+        reasons.push(format!(
+            "the rate was out of reach: {sent} of {} messages sent by {:?} past --secs",
+            schedule.total, PACE_GRACE
+        ));
+    } else if sent < schedule.total && reasons.is_empty() {
         reasons.push(format!("{sent} of {} messages sent", schedule.total));
     }
     report.ok = reasons.is_empty();
@@ -332,6 +452,31 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_cut_short_is_read_again_from_its_start() {
+        let path = std::env::temp_dir().join(format!("stcp-probe-read-on-{}", std::process::id()));
+        let mut writer = File::create(&path).unwrap();
+        writer.write_all(b"0123456789\n").unwrap();
+        let mut file = File::open(&path).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(read_on(&mut file, &mut buf).unwrap(), (11, false));
+        assert_eq!(read_on(&mut file, &mut buf).unwrap(), (0, false));
+        // Appended: read on from where it was.
+        writer.write_all(b"ab\n").unwrap();
+        assert_eq!(read_on(&mut file, &mut buf).unwrap(), (3, false));
+        assert_eq!(&buf[..3], b"ab\n");
+        // Truncated, then written from the start again (shorter than where
+        // the reading is): the new text, from its start.
+        writer.set_len(0).unwrap();
+        writer.seek(SeekFrom::Start(0)).unwrap();
+        writer.write_all(b"xyz\n").unwrap();
+        assert_eq!(read_on(&mut file, &mut buf).unwrap(), (4, true));
+        assert_eq!(&buf[..4], b"xyz\n");
+        assert_eq!(read_on(&mut file, &mut buf).unwrap(), (0, false));
+        drop(writer);
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn quantiles_are_nearest_rank() {

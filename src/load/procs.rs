@@ -263,6 +263,8 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
 
     let give_up = Instant::now() + cfg.timeout + REPORT_GRACE;
     let mut reached = [vec![false; n], vec![false; n]];
+    // Connections each process holds when it is ready.
+    let mut held = vec![0usize; n];
     let mut went = [false; 2];
     let mut gone = vec![false; n];
     let mut reports: Vec<Option<Report>> = vec![None; n];
@@ -286,7 +288,10 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
             }
         };
         match event {
-            Event::Line(i, line) if line == "ready" => reached[0][i] = true,
+            Event::Line(i, line) if line.starts_with("ready") => {
+                reached[0][i] = true;
+                held[i] = line.strip_prefix("ready ").and_then(|n| n.parse().ok()).unwrap_or(0);
+            }
             Event::Line(i, line) if line == "done" => reached[1][i] = true,
             Event::Line(i, line) => match Report::from_json(&line) {
                 Ok(report) => reports[i] = Some(report),
@@ -327,7 +332,7 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
             }
             went_at[stage] = Some(Instant::now());
             if stage == 0 && cfg.announce && stopped.is_none() {
-                super::announce(cfg.mode.conns());
+                super::announce(held.iter().sum(), cfg.mode.conns());
             }
             children.go();
         }
