@@ -3,7 +3,7 @@
 over all of them, with a latency probe beside, measured with the real
 binaries on loopback.
 
-    scripts/alive.py [--runs HELD:RATE[:COALESCE[:NICE]] ...] [--secs 120] [--tick 10ms]
+    scripts/alive.py --runs HELD:RATE[:COALESCE[:NICE]] ... [--secs 120] [--tick 10ms]
                      [--load-nice 10] [--probe-rate 100] [--workers W] [--procs P]
                      [--keep-free-fds 200000] [--keep-free-gib 2]
                      [--doc] [--server PATH]
@@ -242,7 +242,9 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
             time.sleep(0.05)
     # Every worker said it is ready (a worker's clients wait until it is).
     while workers > 1 and len(re.findall(r"worker \d+ is ready", read(log))) < workers:
-        if server.poll() is not None or time.time() > deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"alive: the server exited before every worker was ready: {read(log)[-2000:]}")
+        if time.time() > deadline:
             raise SystemExit(f"alive: not every worker got ready within 60 s: {read(log)[-2000:]}")
         time.sleep(0.05)
     server_pids = lambda: [server.pid, *children(server.pid)]  # noqa: E731
@@ -351,7 +353,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         "load_cpu_util": round((last[2] - first[2]) / span, 3) if span else None,
         "probe_cpu_util": round((last[3] - first[3]) / span, 3) if span else None,
         "machine_busy": round(busy, 3) if busy is not None else None,
-        "probe": {k: probe_report.get(k) for k in ("sent", "printed", "missing", "duplicates",
+        "probe": {k: probe_report.get(k) for k in ("sent", "printed", "missing", "duplicates", "split",
                                                      "p50_ms", "p99_ms", "p999_ms", "max_ms", "ok", "reason")},
         "probe_stderr": probe_err.decode(errors="replace")[-2000:],
         "load_rss_peak": load_rss, "load_bytes_per_conn": round(load_rss / target, 1),

@@ -272,6 +272,20 @@ fn announce_says_how_many_are_up_when_some_were_turned_away() {
         );
         assert!(!stderr.contains("all 6"), "--procs {procs}: {stderr}");
     }
+    // A flood connection that is done before the last one is up still
+    // counts as up.
+    let server = ServerProcess::start(&[]);
+    let port = server.addr.port().to_string();
+    for procs in ["1", "2"] {
+        let args = ["--port", &port, "--procs", procs, "--announce", "--json", "flood"];
+        let out = run_load(&[&args[..], &["--conns", "300", "--bytes", "25"]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "--procs {procs}: {stderr}");
+        assert!(
+            stderr.contains("tcp_load: all 300 connections are up\n"),
+            "--procs {procs}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -500,8 +514,9 @@ fn huge_durations_and_missing_processes_are_usage_errors() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    // 199,999,999 messages over two processes: the average share fits a
-    // message number (8 digits), the larger one (100,000,000) does not.
+    // 200,000,001 messages over two processes: the average share fits the
+    // message numbers (0 to 99,999,999), the larger one (100,000,001)
+    // does not.
     let out = run_load(&[
         "--procs",
         "2",
@@ -509,16 +524,33 @@ fn huge_durations_and_missing_processes_are_usage_errors() {
         "--conns",
         "2",
         "--rate",
-        "199999999",
+        "200000001",
         "--secs",
         "1s",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("gives a process 100000000 messages, more than the 99999999"),
+        stderr.contains("gives a process 100000001 messages, more than the 100000000"),
         "{stderr}"
     );
+    // Exactly 100,000,000 in one process fit (numbers 0 to 99,999,999):
+    // not a usage error, the run goes ahead (and meets a closed port).
+    let closed = util::closed_port();
+    let port = closed.port.to_string();
+    let out = run_load(&[
+        "--port",
+        &port,
+        "chat",
+        "--conns",
+        "1",
+        "--rate",
+        "100000000",
+        "--secs",
+        "1s",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     // No process has this id (pid_max is at most 2^22).
     let out = run_load(&["--server-pid", "2147483647", "hold", "--conns", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -141,8 +141,9 @@ enum ModeCmd {
     /// Latency probe: a few clients send numbered messages at a paced rate
     /// and watch the server's transcript file for their lines; reports
     /// send-to-print latency (p50, p99, p99.9, max) and whether each
-    /// message was printed exactly once. It ends --wait after its last
-    /// message at the latest (--timeout and --procs do not apply).
+    /// message was printed exactly once. It stops sending 1 s past --secs
+    /// if the rate is out of reach (and says so), and ends --wait after
+    /// its last message at the latest (--timeout and --procs do not apply).
     Probe {
         /// The file the server's stdout goes to.
         #[arg(long, value_name = "PATH")]
@@ -345,14 +346,15 @@ fn run(cli: Cli) -> Result<Outcome, Failure> {
         ModeCmd::Churn { hold, rate, secs } => Mode::Churn { hold, rate, secs },
     };
     if let Mode::Chat { rate, secs, .. } = &mode {
-        // Every message's number must fit its 25 bytes (8 digits), in the
-        // process with the largest share of the rate.
+        // Every message's number (0 up) must fit its 25 bytes (8 digits),
+        // in the process with the largest share of the rate.
         let largest_share = u128::from(*rate).div_ceil(u128::from(c.procs.max(1)));
         let per_process = largest_share * secs.as_nanos() / 1_000_000_000;
-        if per_process > u128::from(load::CHAT_MAX_SEQ) {
+        let numbers = u128::from(load::CHAT_MAX_SEQ) + 1;
+        if per_process > numbers {
             return Err(Failure::Usage(format!(
-                "--rate x --secs gives a process {per_process} messages, more than the {} a message \
-                 number may count: spread them with --procs or send fewer",
+                "--rate x --secs gives a process {per_process} messages, more than the {numbers} \
+                 a message number may count (0 to {}): spread them with --procs or send fewer",
                 load::CHAT_MAX_SEQ
             )));
         }

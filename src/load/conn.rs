@@ -379,6 +379,7 @@ impl Run {
             self.last_churn = Some(now);
         } else {
             self.finished += 1;
+            self.closed_clean += 1;
             self.report.bytes_acked += conn.sent;
             self.report.messages_acked += conn.messages;
             self.last_close = Some(now);

@@ -229,6 +229,9 @@ struct Run {
     in_flight: usize,
     /// Connections finished (failed, or flood connections the server closed).
     finished: usize,
+    /// Connections (not churn ones) the server closed after reading all
+    /// they sent: a flood connection may be done before the others are up.
+    closed_clean: usize,
     /// Slab keys of greeted connections, for the chat's round robin.
     ready: Vec<usize>,
     payload: Vec<u8>,
@@ -300,6 +303,7 @@ pub fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         opened: 0,
         in_flight: 0,
         finished: 0,
+        closed_clean: 0,
         ready: Vec::with_capacity(conns),
         payload,
         started: now,
@@ -444,12 +448,14 @@ impl Run {
         Ok(())
     }
 
-    /// Connections greeted and still open (not churn ones).
+    /// Connections greeted and still open or done cleanly (not churn ones).
     fn count_up(&self) -> usize {
-        self.conns
+        let open = self
+            .conns
             .iter()
             .filter(|(_, c)| !c.churn && matches!(c.phase, conn::Phase::Ready | conn::Phase::Draining))
-            .count()
+            .count();
+        open + self.closed_clean
     }
 
     /// Held connections still open.

@@ -7,18 +7,19 @@
 //!
 //! The probe reads the file whenever it has nothing to send, and sleeps
 //! `poll` when it found nothing new: a latency is late by at most that
-//! (plus the probe's own scheduling). A file cut short while the probe
-//! reads it (truncated, then appended to again) is read again from its
-//! start.
+//! (plus the probe's own scheduling). A file truncated under the probe is
+//! read again from its start if the probe sees it shorter than where it
+//! was reading (lines written past that point before it looks are not
+//! found, and count as missing).
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::chat::PACE_GRACE;
 use super::pace::Schedule;
 
 /// Bytes of a probe message: `probe NNNNNNNN SSSSSSSSSS`, one frame.
@@ -30,6 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Once every message was found, the transcript is read this much longer,
 /// so that a line printed twice is seen twice.
 const AFTER_ALL: Duration = Duration::from_millis(200);
+/// How far past `--secs` the probe may run to send what is due before it
+/// gives up (the rate was out of reach): more than a stall of its own
+/// scheduling on a busy machine.
+const PACE_GRACE: Duration = Duration::from_secs(1);
+/// Longest refusal line (`ERR ...`) read and shown.
+const REFUSAL_MAX: usize = 256;
 
 /// What the probe is told.
 #[derive(Debug, Clone)]
@@ -69,10 +76,10 @@ pub struct ProbeReport {
     pub missing: u64,
     /// Lines found more than once (every extra one counts).
     pub duplicates: u64,
-    /// Messages the socket took in two parts (a write cut short by
-    /// back-pressure): the server frames such a message in two, so its line
-    /// cannot be matched; neither printed nor missing, and the run is not
-    /// clean.
+    /// Messages whose write came back cut short (it stalled for the
+    /// probe's 10 s write timeout part way, or a signal came) and whose
+    /// line was not found whole: the server may have framed them in two.
+    /// Neither printed nor missing; the run is not clean.
     pub split: u64,
     /// Send-to-print latencies of the printed messages, milliseconds:
     /// median, 99th and 99.9th percentile (nearest rank), largest.
@@ -191,42 +198,46 @@ fn numbers_after(lines: &[u8], key: &[u8], mut found: impl FnMut(u64)) {
     }
 }
 
-/// Reads a greeting of `len` bytes; a server that turns the client away
-/// (`ERR ...`) or closes early is an error that says so.
-fn read_greeting(stream: &mut TcpStream, len: usize) -> io::Result<()> {
-    let mut greeting = vec![0; len];
+/// Reads a greeting of `len` bytes from the server at `target`. A server
+/// that turns the client away (a greeting of 3 bytes or more that begins
+/// `ERR`: the line is read to its end) or closes early is an error that
+/// says so.
+fn read_greeting(stream: &mut TcpStream, len: usize, target: SocketAddr) -> io::Result<()> {
+    let mut buf = vec![0; len.max(REFUSAL_MAX)];
     let mut got = 0;
-    while got < len {
-        match stream.read(&mut greeting[got..]) {
+    let refused = |bytes: &[u8]| len >= 3 && bytes.starts_with(b"ERR");
+    while got < len || (refused(&buf[..got]) && got < REFUSAL_MAX && !buf[..got].contains(&b'\n')) {
+        let want = if refused(&buf[..got]) { REFUSAL_MAX } else { len };
+        match stream.read(&mut buf[got..want]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-        if greeting[..got].starts_with(b"ERR") && greeting[..got].contains(&b'\n') {
-            break;
+            // The refusal read so far says enough.
+            Err(_) if refused(&buf[..got]) => break,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("no greeting from {target}: {e}"))),
         }
     }
-    if greeting[..got].starts_with(b"ERR") {
-        let text = String::from_utf8_lossy(&greeting[..got]);
+    if refused(&buf[..got]) {
+        let text = String::from_utf8_lossy(&buf[..got]);
         let line = text.lines().next().unwrap_or_default();
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("the server turned the probe away ({line})"),
+            format!("the server at {target} turned the probe away: {line}"),
         ));
     }
     if got < len {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
-            format!("the server closed after {got} of {len} bytes"),
+            format!("no greeting from {target}: it closed after {got} of {len} bytes"),
         ));
     }
     Ok(())
 }
 
-/// Reads what was appended to `file` since the last read. A file cut
-/// shorter than where the reading is (truncated, then appended to again)
-/// is read again from its start; the second value says it was.
+/// Reads what was appended to `file` since the last read. A file found
+/// shorter than where the reading is (truncated, and not yet written past
+/// that point again) is read again from its start; the second value says
+/// it was.
 fn read_on(file: &mut File, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     let n = file.read(buf)?;
     if n > 0 {
@@ -240,8 +251,32 @@ fn read_on(file: &mut File, buf: &mut [u8]) -> io::Result<(usize, bool)> {
     Ok((file.read(buf)?, true))
 }
 
-/// Writes one message; `false` when the socket took it in two parts (a
-/// write cut short, then the rest), which the server frames as two.
+/// What the probe found, from how many times each message's line was seen
+/// (`seen`, by number) and which messages' writes were cut short (`split`).
+#[derive(Debug, PartialEq)]
+struct Tally {
+    /// Messages found at least once (cut short or not).
+    printed: u64,
+    /// Messages cut short and not found whole.
+    unfound_split: u64,
+    /// Extra sightings of a line.
+    duplicates: u64,
+}
+
+fn tally(seen: &[u32], split: &[usize]) -> Tally {
+    Tally {
+        printed: seen.iter().filter(|&&c| c > 0).count() as u64,
+        unfound_split: split
+            .iter()
+            .filter(|&&seq| seen.get(seq).is_some_and(|&c| c == 0))
+            .count() as u64,
+        duplicates: seen.iter().map(|&c| u64::from(c.saturating_sub(1))).sum(),
+    }
+}
+
+/// Writes one message; `false` when a write came back cut short (stalled
+/// for the write timeout part way, or a signal) and the rest followed: the
+/// server may frame such a message in two.
 fn write_message(stream: &mut TcpStream, message: &[u8]) -> io::Result<bool> {
     loop {
         match stream.write(message) {
@@ -267,18 +302,23 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
         ^ std::process::id();
     let key = format!("probe {nonce:08x} ").into_bytes();
     let path = cfg.transcript.display();
-    // Only a regular file can be read from where it ends, and opening a
-    // FIFO without a writer would wait forever.
-    let meta =
-        std::fs::metadata(&cfg.transcript).map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
+    // Only a regular file can be read from where it ends. Opened without
+    // blocking, since opening a FIFO that has no writer would wait forever
+    // (for a regular file the flag changes nothing), then checked.
+    let mut transcript = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&cfg.transcript)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
+    let meta = transcript
+        .metadata()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))?;
     if !meta.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{path} is not a regular file: give the file the server's stdout is appended to"),
         ));
     }
-    let mut transcript =
-        File::open(&cfg.transcript).map_err(|e| io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
     transcript
         .seek(SeekFrom::End(0))
         .map_err(|e| io::Error::new(e.kind(), format!("cannot read {path}: {e}")))?;
@@ -289,8 +329,7 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         stream.set_write_timeout(Some(CONNECT_TIMEOUT))?;
-        read_greeting(&mut stream, cfg.greeting_len)
-            .map_err(|e| io::Error::new(e.kind(), format!("no greeting from {}: {e}", cfg.target)))?;
+        read_greeting(&mut stream, cfg.greeting_len, cfg.target)?;
         clients.push(stream);
     }
     let schedule = Schedule::new(cfg.rate.max(1), cfg.secs);
@@ -373,7 +412,10 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
             kept = filled - whole;
         }
         let all_sent = sent_at.len() >= total || failed.is_some() || out_of_reach;
-        let expected = sent_at.len() - split.len();
+        // Found, or cut short in the write and not found whole (yet); the
+        // list of those cut short is nearly always empty.
+        let unfound_split = split.iter().filter(|&&seq| seen[seq] == 0).count();
+        let expected = sent_at.len() - unfound_split;
         if all_sent && latencies.len() >= expected {
             let at = *all_found.get_or_insert_with(Instant::now);
             if at.elapsed() >= AFTER_ALL {
@@ -401,15 +443,18 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     }
     latencies.sort_by(f64::total_cmp);
     let sent = sent_at.len() as u64;
-    let printed = seen.iter().filter(|&&c| c > 0).count() as u64;
-    let duplicates: u64 = seen.iter().map(|&c| u64::from(c.saturating_sub(1))).sum();
+    let Tally {
+        printed,
+        unfound_split,
+        duplicates,
+    } = tally(&seen, &split);
     let mut report = ProbeReport {
         clients: clients.len(),
         sent,
         printed,
-        missing: sent - printed - split.len() as u64,
+        missing: sent - printed - unfound_split,
         duplicates,
-        split: split.len() as u64,
+        split: unfound_split,
         p50_ms: quantile(&latencies, 0.5),
         p99_ms: quantile(&latencies, 0.99),
         p999_ms: quantile(&latencies, 0.999),
@@ -432,7 +477,7 @@ pub fn probe(cfg: &ProbeConfig) -> io::Result<ProbeReport> {
     }
     if report.split > 0 {
         reasons.push(format!(
-            "{} messages were taken by the socket in two parts (back-pressure), so their lines could not be matched",
+            "{} messages whose write was cut short (a 10 s stall or a signal) were not found whole",
             report.split
         ));
     }
@@ -476,6 +521,25 @@ mod tests {
         assert_eq!(read_on(&mut file, &mut buf).unwrap(), (0, false));
         drop(writer);
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_message_cut_short_counts_as_printed_when_found_whole() {
+        // Five sent: 0 printed twice, 1 missing, 2 cut short and found,
+        // 3 cut short and not found, 4 printed.
+        let seen = [2, 0, 1, 0, 1];
+        let t = tally(&seen, &[2, 3]);
+        assert_eq!(
+            t,
+            Tally {
+                printed: 3,
+                unfound_split: 1,
+                duplicates: 1
+            }
+        );
+        // Printed, cut short and not found, and missing add up to the sent.
+        let missing = seen.len() as u64 - t.printed - t.unfound_split;
+        assert_eq!(missing, 1);
     }
 
     #[test]

@@ -290,7 +290,10 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
         match event {
             Event::Line(i, line) if line.starts_with("ready") => {
                 reached[0][i] = true;
-                held[i] = line.strip_prefix("ready ").and_then(|n| n.parse().ok()).unwrap_or(0);
+                match line.strip_prefix("ready ").map(str::parse) {
+                    Some(Ok(n)) => held[i] = n,
+                    _ => problems.push(format!("process {} said {line:?}, not `ready N`", i + 1)),
+                }
             }
             Event::Line(i, line) if line == "done" => reached[1][i] = true,
             Event::Line(i, line) => match Report::from_json(&line) {
@@ -300,6 +303,10 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
             Event::Eof(i) => {
                 gone[i] = true;
                 children.stdins[i] = None;
+                // A process gone before the main phase holds nothing in it.
+                if !went[0] {
+                    held[i] = 0;
+                }
             }
             Event::Signal(signal) => {
                 let name = if signal == signal_hook::consts::SIGINT {
@@ -331,7 +338,8 @@ pub fn run(cfg: ProcsConfig) -> Result<Report, LoadError> {
                 _ => {}
             }
             went_at[stage] = Some(Instant::now());
-            if stage == 0 && cfg.announce && stopped.is_none() {
+            // Said only when some process is there to go ahead.
+            if stage == 0 && cfg.announce && stopped.is_none() && reached[0].iter().any(|&r| r) {
                 super::announce(held.iter().sum(), cfg.mode.conns());
             }
             children.go();
