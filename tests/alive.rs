@@ -299,19 +299,12 @@ fn a_probe_that_cannot_measure_says_why_and_stops() {
     // its grace are over, and says the rate was out of reach. (Its messages
     // queue up, so a read of the server's may end inside one and print it
     // in two frames: found, missing or cut short, each is counted once.)
+    let rest = "--clients 1 --rate 100000000 --secs 1s --wait 2s";
     let args = [
-        "probe",
-        "--transcript",
-        &path,
-        "--clients",
-        "1",
-        "--rate",
-        "100000000",
-        "--secs",
-        "1s",
-        "--wait",
-        "2s",
-    ];
+        &["probe", "--transcript", &path][..],
+        &rest.split(' ').collect::<Vec<_>>(),
+    ]
+    .concat();
     let probe = tcp_load(server.port, &args).output().expect("run the probe");
     let json = stdout_of(&probe);
     assert_eq!(probe.status.code(), Some(1), "{json}");

@@ -521,17 +521,8 @@ fn huge_durations_and_missing_processes_are_usage_errors() {
     // 200,000,001 messages over two processes: the average share fits the
     // message numbers (0 to 99,999,999), the larger one (100,000,001)
     // does not.
-    let out = run_load(&[
-        "--procs",
-        "2",
-        "chat",
-        "--conns",
-        "2",
-        "--rate",
-        "200000001",
-        "--secs",
-        "1s",
-    ]);
+    let args = "--procs 2 chat --conns 2 --rate 200000001 --secs 1s";
+    let out = run_load(&args.split(' ').collect::<Vec<_>>());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -541,18 +532,8 @@ fn huge_durations_and_missing_processes_are_usage_errors() {
     // Exactly 100,000,000 in one process fit (numbers 0 to 99,999,999):
     // not a usage error, the run goes ahead (and meets a closed port).
     let closed = util::closed_port();
-    let port = closed.port.to_string();
-    let out = run_load(&[
-        "--port",
-        &port,
-        "chat",
-        "--conns",
-        "1",
-        "--rate",
-        "100000000",
-        "--secs",
-        "1s",
-    ]);
+    let args = format!("--port {} chat --conns 1 --rate 100000000 --secs 1s", closed.port);
+    let out = run_load(&args.split(' ').collect::<Vec<_>>());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     // No process has this id (pid_max is at most 2^22).
