@@ -123,6 +123,10 @@ fn run(host: &str, port: u16, design: Design, prefault: usize) -> io::Result<()>
     simple_tcp_server::limits::raise_nofile_limit()?;
     let addr = simple_tcp_server::listen::resolve(host, port)?[0];
     let listener = simple_tcp_server::listen::listen(addr, simple_tcp_server::config::DEFAULT_BACKLOG)?;
+    // As the server does before its threads start: the descriptor table
+    // grows now, not a doubling at a time behind an RCU grace period once
+    // the runtime's threads share it.
+    simple_tcp_server::limits::grow_fd_table(listener.as_fd(), u64::MAX)?;
     // Straight to the stdout descriptor, as the server writes: whole-line
     // batches, without std's line buffering.
     let stdout = std::fs::File::from(io::stdout().as_fd().try_clone_to_owned()?);

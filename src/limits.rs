@@ -2,6 +2,7 @@
 //! and the connection cap derived from it.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Descriptors kept back from the connection cap for the listener, the
 /// poller, stdio, the signal pipe and logs. Redis keeps the same 32.
@@ -59,6 +60,63 @@ pub fn default_max_connections() -> usize {
     }
 }
 
+/// The most descriptor slots [`grow_fd_table`] makes room for ahead of
+/// need: 65,536 (half a MiB of the kernel's table). Past it the table
+/// grows as descriptors are opened, each doubling a rarer, smaller cost.
+pub const GROW_FD_TABLE_MAX: u64 = 65_536;
+
+/// Makes this process's descriptor table hold `slots` descriptors now
+/// (bounded by the soft open-file limit and [`GROW_FD_TABLE_MAX`]), by
+/// duplicating `any` to the highest of them and closing the copy.
+///
+/// Call it while the process runs one thread. The kernel doubles the
+/// table as descriptors are opened, and while the table is shared by
+/// threads each doubling first waits for an RCU grace period
+/// (`expand_fdtable`): milliseconds in which the thread that accepts is
+/// stopped, at every doubling from 64 slots up (five on the way to 2,000
+/// connections). A process with one thread grows its table without the
+/// wait, so a server that will run threads (`--threads`, `--metrics`, the
+/// reload thread of `--access-file`) grows it first. The table is kernel
+/// memory, 8 bytes a slot (rounded up to a power of two), that the
+/// connections would take anyway.
+pub fn grow_fd_table(any: BorrowedFd<'_>, slots: u64) -> io::Result<u64> {
+    let soft = nofile_limit()?.0;
+    let slots = slots.min(soft).min(GROW_FD_TABLE_MAX);
+    let Ok(highest) = libc::c_int::try_from(slots.saturating_sub(1)) else {
+        return Ok(0);
+    };
+    if highest <= any.as_raw_fd() {
+        return Ok(slots);
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) reads the descriptor `any` borrows
+    // (open for the whole call) and returns a new one, or -1.
+    let copy = unsafe { libc::fcntl(any.as_raw_fd(), libc::F_DUPFD_CLOEXEC, highest) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `copy` was just returned by fcntl and belongs to nothing
+    // else; dropping it closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(copy) });
+    Ok(slots)
+}
+
+/// The size of this process's descriptor table, in slots (`FDSize` of
+/// `/proc/self/status`), if `/proc` says.
+pub fn fd_table_size() -> Option<u64> {
+    fd_table_size_of("self")
+}
+
+/// The size of process `pid`'s descriptor table (`"self"` for this one).
+pub fn fd_table_size_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("FDSize:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// How many more files the machine lets all processes open together:
 /// `fs.file-max` less those open now (`fs.file-nr`), if `/proc` says.
 pub fn machine_files_free() -> Option<u64> {
@@ -104,5 +162,27 @@ mod tests {
         assert_eq!(nofile_limit().expect("getrlimit"), (hard, hard));
         // The default cap follows the soft limit.
         assert_eq!(default_max_connections(), max_connections_for(hard));
+    }
+
+    #[test]
+    fn grows_the_descriptor_table_ahead_of_need() {
+        use std::os::fd::AsFd;
+        let (soft, _) = nofile_limit().expect("getrlimit");
+        let want = soft.min(GROW_FD_TABLE_MAX).min(5000);
+        let before = fd_table_size().expect("FDSize in /proc/self/status");
+        let stdin = std::fs::File::open("/dev/null").expect("/dev/null");
+        let grown = grow_fd_table(stdin.as_fd(), want).expect("grow");
+        assert_eq!(grown, want);
+        let after = fd_table_size().expect("FDSize");
+        assert!(
+            after >= want && after >= before,
+            "FDSize {before} -> {after}, asked {want}"
+        );
+        // The copy that made the room is closed again.
+        let highest = libc::c_int::try_from(want - 1).expect("fits");
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        assert_eq!(unsafe { libc::fcntl(highest, libc::F_GETFD) }, -1);
+        // Never past the soft limit or the bound.
+        assert!(grow_fd_table(stdin.as_fd(), u64::MAX).expect("grow") <= soft.min(GROW_FD_TABLE_MAX));
     }
 }

@@ -115,3 +115,55 @@ fn a_hard_limit_of_64_files_pauses_accepts_without_spinning() {
     let warnings = server.stderr.text().matches("pausing accepts").count();
     assert_eq!(warnings, 1, "pause warnings\n{}", server.context());
 }
+
+/// The size of process `pid`'s descriptor table (`FDSize`), from /proc.
+fn fd_table_size(pid: i32) -> u64 {
+    simple_tcp_server::limits::fd_table_size_of(&pid.to_string())
+        .unwrap_or_else(|| panic!("no FDSize for process {pid}"))
+}
+
+#[test]
+fn a_server_that_will_run_threads_grows_its_descriptor_table_before_they_start() {
+    // Grown before `Listening to:`: for the cap and the reserve of 32.
+    for args in [
+        &["--threads", "2", "--max-connections", "5000"][..],
+        &["--metrics", "127.0.0.1:0", "--max-connections", "3000"][..],
+    ] {
+        let server = ServerProcess::start(args);
+        let cap: u64 = args[args.len() - 1].parse().expect("cap");
+        let size = fd_table_size(server.pid());
+        assert!(size >= cap + 32, "{args:?}: FDSize {size}");
+        // Bounded by the cap, not the open-file limit: the table is a power
+        // of two at least the cap and the reserve, not the limit's.
+        assert!(size < 2 * (cap + 32), "{args:?}: FDSize {size}");
+    }
+    // One thread grows its table without waiting: nothing is grown ahead.
+    let server = ServerProcess::start(&["--max-connections", "3000"]);
+    let size = fd_table_size(server.pid());
+    assert!(size < 3032, "FDSize {size} of a one-thread server");
+}
+
+#[test]
+fn the_descriptor_table_grown_ahead_stays_within_the_open_file_limit() {
+    let server = ServerProcess::start_with_limit(&["--threads", "2"], Some(1024));
+    let size = fd_table_size(server.pid());
+    assert!((1024..2048).contains(&size), "FDSize {size} under a limit of 1024");
+}
+
+#[test]
+fn workers_with_threads_grow_their_descriptor_tables_before_serving() {
+    let server = ServerProcess::start(&["--workers", "2", "--threads", "2", "--max-connections", "3000"]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let workers = util::children(server.pid());
+        let sizes: Vec<u64> = workers
+            .iter()
+            .filter_map(|pid| simple_tcp_server::limits::fd_table_size_of(&pid.to_string()))
+            .collect();
+        if sizes.len() == 2 && sizes.iter().all(|&size| size >= 3032) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers' FDSize: {sizes:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -389,7 +389,7 @@ fn run(args: Args) -> Result<(), String> {
             from_supervisor: Some(side.rules_source()),
             ..reload
         };
-        return run_worker(side, config, soft_limit, reload);
+        return run_worker(side, config, cap.min(fitting), soft_limit, reload);
     }
     // Under systemd socket activation the listener is passed in, already
     // bound (HOST and PORT are the .socket unit's business then); every
@@ -415,6 +415,11 @@ fn run(args: Args) -> Result<(), String> {
             metrics,
             args.access_file.clone(),
         );
+    }
+    // Threads to come (reactors, the metrics endpoint, the reload thread):
+    // the descriptor table grows now, while it is this thread's alone.
+    if threads > 1 || metrics.is_some() || args.access_file.is_some() {
+        grow_fd_table(listeners[0].as_fd(), cap.min(fitting));
     }
     let mut server = Server::from_listeners(listeners, config).map_err(|e| format!("cannot start: {}", plain(&e)))?;
     server
@@ -466,7 +471,18 @@ fn run(args: Args) -> Result<(), String> {
 /// `--stats` line (the supervisor adds up every worker's), publishes its
 /// counts in the shared memory, and tells the supervisor when it is ready,
 /// draining and done.
-fn run_worker(side: WorkerSide, mut config: Config, soft_limit: u64, reload: Reload) -> Result<(), String> {
+fn run_worker(
+    side: WorkerSide,
+    mut config: Config,
+    connections: usize,
+    soft_limit: u64,
+    reload: Reload,
+) -> Result<(), String> {
+    // With reactor threads or the reload thread to come, the descriptor
+    // table grows while it is this thread's alone.
+    if config.threads > 1 || reload.path.is_some() {
+        grow_fd_table(side.listener.as_fd(), connections);
+    }
     config.announce = false;
     config.stats_interval = None;
     config.worker = Some(side.share);
@@ -642,6 +658,17 @@ impl Reload {
         })?;
         // A supervisor starts its workers with SIGHUP blocked until here.
         simple_tcp_server::reactor::shutdown::unblock(&[signal_hook::consts::SIGHUP])
+    }
+}
+
+/// Grows the descriptor table for `connections` (and the reserve) before
+/// threads share it (see `limits::grow_fd_table`); a failure only costs
+/// the waits it would have spared.
+fn grow_fd_table(any: std::os::fd::BorrowedFd<'_>, connections: usize) {
+    let slots = (connections as u64).saturating_add(limits::RESERVED_FDS);
+    match limits::grow_fd_table(any, slots) {
+        Ok(grown) => debug!("descriptor table grown to {grown} slots before threads share it"),
+        Err(e) => debug!("cannot grow the descriptor table ahead: {e}"),
     }
 }
 
