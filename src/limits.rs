@@ -150,8 +150,13 @@ mod tests {
         assert_eq!(max_connections_for(10), 1);
     }
 
+    /// Held by the tests that set or read this process's open-file limit:
+    /// the test harness runs them on threads of one process.
+    static LIMIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn sets_and_raises_the_soft_limit() {
+        let _limit = LIMIT.lock().unwrap_or_else(|e| e.into_inner());
         let (_, hard) = nofile_limit().expect("getrlimit");
         // What is set is what is read back; the hard limit stays.
         let lower = (hard / 2).clamp(1, 4096);
@@ -167,11 +172,12 @@ mod tests {
     #[test]
     fn grows_the_descriptor_table_ahead_of_need() {
         use std::os::fd::AsFd;
+        let _limit = LIMIT.lock().unwrap_or_else(|e| e.into_inner());
         let (soft, _) = nofile_limit().expect("getrlimit");
         let want = soft.min(GROW_FD_TABLE_MAX).min(5000);
         let before = fd_table_size().expect("FDSize in /proc/self/status");
-        let stdin = std::fs::File::open("/dev/null").expect("/dev/null");
-        let grown = grow_fd_table(stdin.as_fd(), want).expect("grow");
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let grown = grow_fd_table(null.as_fd(), want).expect("grow");
         assert_eq!(grown, want);
         let after = fd_table_size().expect("FDSize");
         assert!(
@@ -183,6 +189,6 @@ mod tests {
         // SAFETY: F_GETFD only asks whether the descriptor is open.
         assert_eq!(unsafe { libc::fcntl(highest, libc::F_GETFD) }, -1);
         // Never past the soft limit or the bound.
-        assert!(grow_fd_table(stdin.as_fd(), u64::MAX).expect("grow") <= soft.min(GROW_FD_TABLE_MAX));
+        assert!(grow_fd_table(null.as_fd(), u64::MAX).expect("grow") <= soft.min(GROW_FD_TABLE_MAX));
     }
 }
