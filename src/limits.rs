@@ -77,8 +77,8 @@ pub const GROW_FD_TABLE_MAX: u64 = 65_536;
 /// connections). A process with one thread grows its table without the
 /// wait, so a server that will run threads (`--threads`, `--metrics`, the
 /// reload thread of `--access-file`) grows it first. The table is kernel
-/// memory, 8 bytes a slot (rounded up to a power of two), that the
-/// connections would take anyway.
+/// memory, 8 bytes a slot (rounded up to a power of two), taken whether
+/// or not the connections come.
 pub fn grow_fd_table(any: BorrowedFd<'_>, slots: u64) -> io::Result<u64> {
     let soft = nofile_limit()?.0;
     let slots = slots.min(soft).min(GROW_FD_TABLE_MAX);
