@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, ServerProcess};
+use util::{PATIENCE, ServerProcess, TempFile};
 
 /// What the server sends a new client before it closes it or waits for
 /// it: the greeting, an `ERR` line, or nothing (closed without a word).
@@ -29,31 +29,6 @@ fn first_words(stream: &mut TcpStream) -> Vec<u8> {
         }
     }
     got
-}
-
-/// A file of the test's own, removed when dropped.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("simple_tcp_server-{name}-{}", std::process::id()));
-        std::fs::write(&path, text).expect("write the file");
-        TempFile(path)
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(&self.0, text).expect("write the file");
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 path")
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Sends SIGHUP and waits until every process that serves has read the

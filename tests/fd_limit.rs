@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use util::{PATIENCE, ServerProcess};
+use util::{PATIENCE, ServerProcess, TempFile};
 
 /// Tries to read the greeting without blocking; true once it has arrived.
 fn greeted(client: &mut TcpStream) -> bool {
@@ -122,34 +122,13 @@ fn fd_table_size(pid: i32) -> u64 {
         .unwrap_or_else(|| panic!("no FDSize for process {pid}"))
 }
 
-/// An access file of the test's own, removed when dropped.
-struct AccessFile(std::path::PathBuf);
-
-impl AccessFile {
-    fn new(name: &str) -> AccessFile {
-        let path = std::env::temp_dir().join(format!("simple_tcp_server-{name}-{}", std::process::id()));
-        std::fs::write(&path, "# everyone\n").expect("write the access file");
-        AccessFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().expect("a UTF-8 path")
-    }
-}
-
-impl Drop for AccessFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 // Caps of 1,500 (a table of 2,048 slots) fit the open-file limits the rest
 // of the suite needs.
 const CAP: u64 = 1500;
 
 #[test]
 fn a_server_that_will_run_threads_grows_its_descriptor_table_before_they_start() {
-    let access = AccessFile::new("grown-table");
+    let access = TempFile::new("grown-table", "# everyone\n");
     let cap = CAP.to_string();
     // Grown before `Listening to:`, for the cap and the reserve of 32: a
     // power of two at least that, not the open-file limit's.
@@ -192,7 +171,7 @@ fn an_explicit_cap_past_the_open_file_limit_grows_the_table_only_to_the_limit() 
 
 #[test]
 fn workers_grow_their_tables_for_threads_and_the_supervisor_does_not() {
-    let access = AccessFile::new("grown-workers");
+    let access = TempFile::new("grown-workers", "# everyone\n");
     let cap = CAP.to_string();
     for threads in [&["--threads", "2"][..], &["--access-file", access.path()][..]] {
         let mut args = vec!["--workers", "2", "--metrics", "127.0.0.1:0", "--max-connections", &cap];

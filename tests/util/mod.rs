@@ -930,3 +930,29 @@ pub fn children(parent: i32) -> Vec<i32> {
     pids.sort_unstable();
     pids
 }
+
+/// A file of the test's own (named by `name` and this process), removed
+/// when dropped.
+pub struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, text: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("simple_tcp_server-{name}-{}", std::process::id()));
+        std::fs::write(&path, text).expect("write the file");
+        TempFile(path)
+    }
+
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).expect("write the file");
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
