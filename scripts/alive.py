@@ -5,8 +5,8 @@ binaries on loopback.
 
     scripts/alive.py --runs HELD:RATE[:COALESCE[:NICE]] ... [--secs 120] [--tick 10ms]
                      [--load-nice 10] [--probe-rate 100] [--workers W] [--procs P]
-                     [--keep-free-fds 200000] [--keep-free-gib 2]
-                     [--doc] [--server PATH]
+                     [--keep-free-fds 200000] [--keep-free-gib 2] [--in-flight 64]
+                     [--perf SECONDS] [--connect-perf SECONDS] [--doc] [--server PATH]
 
 Each run:
 1. Plans as scripts/capacity.py does: every connection costs two
@@ -68,6 +68,8 @@ from capacity import (REL, ROOT, TMPFS, children, files_in_use, fmt_bytes, hard_
 BIN = os.environ.get("STCP_BIN_DIR", REL)
 CHAT_ID = re.compile(rb"<25:c\d{5} says: (\d{3})\.(\d{8})>")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --connect-perf starts this long after the generator, past its start-up.
+CONNECT_PERF_AFTER = 10
 
 
 def cpu_secs(pids):
@@ -83,11 +85,11 @@ def cpu_secs(pids):
     return total / CLK_TCK
 
 
-def profile(seconds, path):
+def profile(seconds, path, top=8):
     """`perf record -a` of the whole machine for `seconds`: the share of its
     CPU samples by process kind (generator, workers, supervisor, probe,
-    idle, other) and the top symbols. Returns a function that waits for it
-    and gives the summary (None without perf)."""
+    idle, other) and the `top` symbols, of all and of each kind. Returns a
+    function that waits for it and gives the summary (None without perf)."""
     try:
         rec = subprocess.Popen(["perf", "record", "-q", "-a", "-g", "-F", "499", "-o", path, "--", "sleep",
                                 str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,15 +103,26 @@ def profile(seconds, path):
             out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none",
                                   "--sort", sort, "--percent-limit", limit], capture_output=True, text=True).stdout
             return [(float(m[1]), m[2].strip()) for m in re.finditer(r"^\s+([\d.]+)%\s+(.+)$", out, re.M)]
+        def kind_of(comm):
+            return ("tcp_load (generator, probe)" if comm.startswith("tcp_load") else "workers"
+                    if comm.startswith("stcp worker") else "supervisor" if comm.startswith("stcp supervisor")
+                    else "idle" if comm == "swapper" else "other")
         kinds = {}
         for pct, comm in report("comm", "0"):
-            kind = ("tcp_load (generator, probe)" if comm.startswith("tcp_load") else "workers" if comm.startswith("stcp worker")
-                    else "supervisor" if comm.startswith("stcp supervisor") else "idle" if comm == "swapper"
-                    else "other")
-            kinds[kind] = round(kinds.get(kind, 0) + pct, 1)
-        symbols = [{"pct": pct, "symbol": sym} for pct, sym in report("sym", "0.5")[:8]]
+            kinds[kind_of(comm)] = round(kinds.get(kind_of(comm), 0) + pct, 1)
+        symbols = [{"pct": pct, "symbol": sym} for pct, sym in report("sym", "0.5")[:top]]
+        # The same split by the kind of process each sample was in (comm and
+        # symbol are the report's first and second columns).
+        by_kind = {}
+        for pct, line in report("comm,sym", "0.2"):
+            m = re.match(r"(.+?)\s+(\[[.k]\] .+)$", line)
+            if m:
+                entries = by_kind.setdefault(kind_of(m[1].strip()), {})
+                entries[m[2]] = round(entries.get(m[2], 0) + pct, 2)
+        by_kind = {k: [{"pct": pct, "symbol": sym} for sym, pct in sorted(v.items(), key=lambda e: -e[1])[:top]]
+                   for k, v in by_kind.items()}
         os.remove(path)
-        return {"seconds": seconds, "by_process": kinds, "symbols": symbols}
+        return {"seconds": seconds, "by_process": kinds, "symbols": symbols, "symbols_by_process": by_kind}
     return finish
 
 
@@ -251,7 +264,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
     start_rss = server_rss(server_pids())
 
     nice = ["nice", "-n", str(load_nice)] if load_nice else []
-    chat_cmd = [*nice, os.path.join(BIN, "tcp_load"), "--port", str(port), "--procs", str(procs), "--in-flight", "64",
+    chat_cmd = [*nice, os.path.join(BIN, "tcp_load"), "--port", str(port), "--procs", str(procs), "--in-flight", str(args.in_flight),
                 "--server-pid", str(server.pid), "--timeout", f"{args.secs + 600}s", "--json", "--quiet", "--announce",
                 "chat", "--conns", str(target), "--rate", str(rate), "--secs", f"{args.secs}s", "--tick", args.tick]
     chat = subprocess.Popen(chat_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -259,6 +272,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
     t0 = time.time()
     chat_err = []
     threading.Thread(target=lines_of, args=(chat.stderr, chat_err), daemon=True).start()
+    finish_connect_profile = None
     # tcp_load says when the chat begins ("all N" or "M of N connections
     # are up"; a run with some missing is not clean, and says so at the end).
     while not any(line.startswith("tcp_load: ") and line.endswith(" connections are up") for line in chat_err):
@@ -267,6 +281,8 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
             raise SystemExit("alive: tcp_load ended early: " + "\n".join(chat_err)[-2000:])
         if meminfo()["MemAvailable"] < keep_mem:
             raise SystemExit("alive: MemAvailable fell under the floor while connecting; stopped")
+        if args.connect_perf and finish_connect_profile is None and time.time() >= t0 + CONNECT_PERF_AFTER:
+            finish_connect_profile = profile(args.connect_perf, transcript + ".connect.perf", top=12)
         time.sleep(0.1)
     t_up = time.time()
     connect_secs = t_up - t0
@@ -304,6 +320,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
             last = now
         time.sleep(2)
     prof = finish_profile() if finish_profile else None
+    connect_prof = finish_connect_profile() if finish_connect_profile else None
     chat_out = chat.stdout.read()
     chat.wait(timeout=60)
     chat_report = json.loads(chat_out.decode().strip().splitlines()[-1]) if chat_out.strip() else {}
@@ -339,7 +356,8 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
     return {
         "held": target, "requested_held": held, "rate": rate, "coalesce": coalesce or "500us (default)",
         "workers": workers, "procs": procs, "secs": args.secs, "tick": args.tick, "load_nice": load_nice,
-        "connect_secs": round(connect_secs, 1),
+        "connect_secs": round(connect_secs, 1), "in_flight": args.in_flight,
+        "connect_rate": round(target / connect_secs) if connect_secs > 0 else None,
         "sent": sent, "acked": chat_report.get("messages_acked"),
         # Acknowledged messages per second of the paced phase.
         "delivered_rate": round(chat_report.get("rate_achieved") or 0),
@@ -367,7 +385,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         "server_command": " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(server_cmd)),
         "probe_command": " ".join(os.path.basename(c) if i == 0 else
                                   ("TRANSCRIPT" if c == transcript else c) for i, c in enumerate(probe_cmd)),
-        "profile": prof, "samples": samples, "limits": limits,
+        "profile": prof, "connect_profile": connect_prof, "samples": samples, "limits": limits,
     }
 
 
@@ -428,6 +446,11 @@ def main():
     ap.add_argument("--server", metavar="PATH", help="the server binary to measure (default: this checkout's)")
     ap.add_argument("--perf", type=int, default=0, metavar="SECONDS",
                     help="profile the whole machine (perf record -a) for this long in the middle of each chat")
+    ap.add_argument("--connect-perf", type=int, default=0, metavar="SECONDS",
+                    help=f"profile the whole machine for this long while the connections are opened, from "
+                         f"{CONNECT_PERF_AFTER} s after the generator starts (it must still be connecting then)")
+    ap.add_argument("--in-flight", type=int, default=64,
+                    help="connections each generator process has connecting at once (tcp_load --in-flight)")
     ap.add_argument("--out", metavar="PATH", help="where the JSON goes (default: target/alive.json)")
     ap.add_argument("--no-build", action="store_true",
                     help="use the binaries as built (in STCP_BIN_DIR if set, else target/release)")
