@@ -114,7 +114,7 @@ def profile(seconds, path, top=8):
         # The same split by the kind of process each sample was in (comm and
         # symbol are the report's first and second columns).
         by_kind = {}
-        for pct, line in report("comm,sym", "0.2"):
+        for pct, line in report("comm,sym", "0"):
             m = re.match(r"(.+?)\s+(\[[.k]\] .+)$", line)
             if m:
                 entries = by_kind.setdefault(kind_of(m[1].strip()), {})
