@@ -139,10 +139,12 @@ def server_rss(pids):
 
 
 def machine_busy():
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    """(busy, total, softirq, steal) jiffies of the whole machine, from
+    /proc/stat: busy counts softirq (the kernel's packet work, not charged
+    to any process) and steal (time the hypervisor gave to others)."""
     fields = [int(x) for x in read("/proc/stat").splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
+    return sum(fields) - idle, sum(fields), fields[6], fields[7]
 
 
 def check_transcript(path, sent):
@@ -341,6 +343,8 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
 
     span = last[0] - first[0] if first and last[0] > first[0] else None
     busy = (last[4][0] - first[4][0]) / max(1, last[4][1] - first[4][1]) if span else None
+    # Shares of the machine's time over the chat (of both cores: 0.5 is one).
+    share = lambda i: round((last[4][i] - first[4][i]) / max(1, last[4][1] - first[4][1]), 3) if span else None  # noqa: E731
     peak_rss = max((s["rss"] for s in samples), default=start_rss)
     # Clean: nothing lost or doubled, no connection failed, a clean exit.
     # Whether the generator reached the rate asked is reported apart (as
@@ -371,6 +375,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         "load_cpu_util": round((last[2] - first[2]) / span, 3) if span else None,
         "probe_cpu_util": round((last[3] - first[3]) / span, 3) if span else None,
         "machine_busy": round(busy, 3) if busy is not None else None,
+        "softirq_share": share(2), "steal_share": share(3),
         "probe": {k: probe_report.get(k) for k in ("sent", "printed", "missing", "duplicates", "split",
                                                      "p50_ms", "p99_ms", "p999_ms", "max_ms", "ok", "reason")},
         "probe_stderr": probe_err.decode(errors="replace")[-2000:],
