@@ -70,6 +70,7 @@ CHAT_ID = re.compile(rb"<25:c\d{5} says: (\d{3})\.(\d{8})>")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # --connect-perf starts this long after the generator, past its start-up.
 CONNECT_PERF_AFTER = 10
+PERF_FILES = []  # perf data files, removed however the script ends
 
 
 def cpu_secs(pids):
@@ -88,42 +89,62 @@ def cpu_secs(pids):
 def profile(seconds, path, top=8):
     """`perf record -a` of the whole machine for `seconds`: the share of its
     CPU samples by process kind (generator, workers, supervisor, probe,
-    idle, other) and the `top` symbols, of all and of each kind. Returns a
-    function that waits for it and gives the summary (None without perf)."""
+    idle, other) and the `top` symbols, of all and of each kind, counted
+    from sample counts (56 workers' shares would drift if their rounded
+    percentages were added). Returns a function that waits for it and gives
+    the summary, with when it started (None without perf, or if perf
+    failed)."""
+    started = time.time()
     try:
         rec = subprocess.Popen(["perf", "record", "-q", "-a", "-g", "-F", "499", "-o", path, "--", "sleep",
                                 str(seconds)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:
         return lambda: None
+    capacity.STARTED.append(rec)
+    PERF_FILES.append(path)
 
     def finish():
         if rec.wait() != 0 or not os.path.exists(path):
+            remove_quietly(path)
             return None
-        def report(sort, limit):
-            out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none",
-                                  "--sort", sort, "--percent-limit", limit], capture_output=True, text=True).stdout
-            return [(float(m[1]), m[2].strip()) for m in re.finditer(r"^\s+([\d.]+)%\s+(.+)$", out, re.M)]
+        def report(sort):
+            out = subprocess.run(["perf", "report", "-i", path, "--stdio", "--no-children", "-g", "none", "-n",
+                                  "--sort", sort, "--percent-limit", "0"], capture_output=True, text=True).stdout
+            return [(int(m[1]), m[2].strip()) for m in re.finditer(r"^\s+[\d.]+%\s+(\d+)\s+(.+)$", out, re.M)]
         def kind_of(comm):
             return ("tcp_load (generator, probe)" if comm.startswith("tcp_load") else "workers"
                     if comm.startswith("stcp worker") else "supervisor" if comm.startswith("stcp supervisor")
                     else "idle" if comm == "swapper" else "other")
+        by_comm = report("comm")
+        total = sum(n for n, _ in by_comm) or 1
+        pct = lambda n, digits: round(100 * n / total, digits)  # noqa: E731
         kinds = {}
-        for pct, comm in report("comm", "0"):
-            kinds[kind_of(comm)] = round(kinds.get(kind_of(comm), 0) + pct, 1)
-        symbols = [{"pct": pct, "symbol": sym} for pct, sym in report("sym", "0.5")[:top]]
+        for n, comm in by_comm:
+            kinds[kind_of(comm)] = kinds.get(kind_of(comm), 0) + n
+        symbols = [{"pct": pct(n, 2), "symbol": sym} for n, sym in report("sym")[:top]]
         # The same split by the kind of process each sample was in (comm and
-        # symbol are the report's first and second columns).
+        # symbol are the report's columns after the sample count; a symbol
+        # is `[k]`, `[.]` or another one-letter mark, then its name).
         by_kind = {}
-        for pct, line in report("comm,sym", "0"):
-            m = re.match(r"(.+?)\s+(\[[.k]\] .+)$", line)
+        for n, line in report("comm,sym"):
+            m = re.match(r"(.+?)\s+(\[[^\]]\] .+)$", line)
             if m:
                 entries = by_kind.setdefault(kind_of(m[1].strip()), {})
-                entries[m[2]] = round(entries.get(m[2], 0) + pct, 2)
-        by_kind = {k: [{"pct": pct, "symbol": sym} for sym, pct in sorted(v.items(), key=lambda e: -e[1])[:top]]
+                entries[m[2]] = entries.get(m[2], 0) + n
+        by_kind = {k: [{"pct": pct(n, 2), "symbol": sym} for sym, n in sorted(v.items(), key=lambda e: -e[1])[:top]]
                    for k, v in by_kind.items()}
-        os.remove(path)
-        return {"seconds": seconds, "by_process": kinds, "symbols": symbols, "symbols_by_process": by_kind}
+        remove_quietly(path)
+        return {"seconds": seconds, "started": started, "samples": total,
+                "by_process": {k: pct(n, 1) for k, n in kinds.items()}, "symbols": symbols,
+                "symbols_by_process": by_kind}
     return finish
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def server_rss(pids):
@@ -140,8 +161,11 @@ def server_rss(pids):
 
 def machine_busy():
     """(busy, total, softirq, steal) jiffies of the whole machine, from
-    /proc/stat: busy counts softirq (the kernel's packet work, not charged
-    to any process) and steal (time the hypervisor gave to others)."""
+    /proc/stat. Busy is all but idle and iowait: it counts steal (time the
+    hypervisor gave to others), reported apart, and softirq (the kernel's
+    packet work; without CONFIG_IRQ_TIME_ACCOUNTING the ticks it takes are
+    also charged to the process it interrupted, so softirq overlaps the
+    processes' CPU and is not to be added to it)."""
     fields = [int(x) for x in read("/proc/stat").splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields), fields[6], fields[7]
@@ -226,9 +250,9 @@ def one_run(held, rate, coalesce, load_nice, args):
                        transcript, log, server_cmd)
     finally:
         capacity.stop_all()
-        for path in (transcript, log):
-            if os.path.exists(path):
-                os.remove(path)
+        for path in (transcript, log, *PERF_FILES):
+            remove_quietly(path)
+        PERF_FILES.clear()
 
 
 def lines_of(pipe, into):
@@ -323,6 +347,18 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         time.sleep(2)
     prof = finish_profile() if finish_profile else None
     connect_prof = finish_connect_profile() if finish_connect_profile else None
+    if args.connect_perf:
+        if connect_prof is None:
+            notes.append("--connect-perf: no profile (every connection was up before it was to start, or perf failed)")
+        else:
+            # Where the profile fell: it should end before all were up.
+            connect_prof["from_s"] = round(connect_prof["started"] - t0, 1)
+            connect_prof["to_s"] = round(connect_prof["started"] + args.connect_perf - t0, 1)
+            if connect_prof["started"] + args.connect_perf > t_up:
+                notes.append(f"--connect-perf: the profile ran past the connecting (all up at {connect_secs:.1f} s, "
+                             f"the profile to {connect_prof['to_s']} s): it includes the chat")
+        if notes and notes[-1].startswith("--connect-perf"):
+            print("alive: " + notes[-1], file=sys.stderr)
     chat_out = chat.stdout.read()
     chat.wait(timeout=60)
     chat_report = json.loads(chat_out.decode().strip().splitlines()[-1]) if chat_out.strip() else {}
@@ -343,7 +379,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
 
     span = last[0] - first[0] if first and last[0] > first[0] else None
     busy = (last[4][0] - first[4][0]) / max(1, last[4][1] - first[4][1]) if span else None
-    # Shares of the machine's time over the chat (of both cores: 0.5 is one).
+    # Shares of the machine's time over the chat (of all CPUs' time).
     share = lambda i: round((last[4][i] - first[4][i]) / max(1, last[4][1] - first[4][1]), 3) if span else None  # noqa: E731
     peak_rss = max((s["rss"] for s in samples), default=start_rss)
     # Clean: nothing lost or doubled, no connection failed, a clean exit.
@@ -361,7 +397,7 @@ def measure(target, workers, procs, notes, limits, held, rate, coalesce, load_ni
         "held": target, "requested_held": held, "rate": rate, "coalesce": coalesce or "500us (default)",
         "workers": workers, "procs": procs, "secs": args.secs, "tick": args.tick, "load_nice": load_nice,
         "connect_secs": round(connect_secs, 1), "in_flight": args.in_flight,
-        "connect_rate": round(target / connect_secs) if connect_secs > 0 else None,
+        "connect_rate": round((chat_report.get("established") or 0) / connect_secs) if connect_secs > 0 else None,
         "sent": sent, "acked": chat_report.get("messages_acked"),
         # Acknowledged messages per second of the paced phase.
         "delivered_rate": round(chat_report.get("rate_achieved") or 0),
